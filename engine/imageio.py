@@ -1,0 +1,176 @@
+"""Reading and writing image files for the CLI, keeping bit depth.
+
+Images inside the engine are float32 H×W×C arrays in [0, 1] (C = 1 grey, 2 grey+alpha,
+3 RGB, 4 RGBA). Files remember their sample type (``u8``/``u16``/``f32``) so that a 16-bit
+PNG comes back out as a 16-bit PNG: Pillow reduces 16-bit colour PNGs to 8 bits, so those
+go through pypng; TIFF goes through tifffile.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BadInput
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+WRITABLE = {".png", ".tif", ".tiff", ".jpg", ".jpeg", ".webp", ".bmp"}
+_MAX_FOR_DTYPE = {"u8": 255.0, "u16": 65535.0}
+
+
+@dataclass
+class LoadedImage:
+    pixels: np.ndarray  # float32 H×W×C in [0, 1] (f32 sources may exceed it)
+    sample_type: str  # "u8", "u16" or "f32": what the file stored
+
+    @property
+    def has_alpha(self) -> bool:
+        return self.pixels.shape[2] in (2, 4)
+
+
+def to_float(pixels: np.ndarray) -> np.ndarray:
+    """Integer or float samples → float32 in [0, 1] (H×W×C)."""
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if pixels.dtype == np.uint8:
+        return pixels.astype(np.float32) / 255.0
+    if pixels.dtype == np.uint16:
+        return pixels.astype(np.float32) / 65535.0
+    if pixels.dtype.kind == "f":
+        return pixels.astype(np.float32)
+    raise BadInput(f"unsupported sample type {pixels.dtype}")
+
+
+def from_float(pixels: np.ndarray, sample_type: str) -> np.ndarray:
+    """float32 [0, 1] → the given sample type, rounding to nearest."""
+    if sample_type == "f32":
+        return pixels.astype(np.float32)
+    top = _MAX_FOR_DTYPE[sample_type]
+    dtype = np.uint8 if sample_type == "u8" else np.uint16
+    return np.clip(np.rint(pixels * top), 0, top).astype(dtype)
+
+
+def _png_bit_depth(path: Path) -> int:
+    with path.open("rb") as handle:
+        head = handle.read(26)
+    return head[24] if head.startswith(PNG_SIGNATURE) and len(head) >= 26 else 8
+
+
+def _read_png16(path: Path) -> np.ndarray:
+    import png  # pypng
+
+    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+    planes = info["planes"]
+    data = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
+    return data.reshape(height, width, planes)
+
+
+def _read_with_pillow(path: Path) -> np.ndarray:
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("I;16", "I;16B", "I;16L"):
+            return np.asarray(img, dtype=np.uint16)
+        if img.mode == "F":
+            return np.asarray(img, dtype=np.float32)
+        if img.mode == "I":
+            return np.clip(np.asarray(img), 0, 65535).astype(np.uint16)
+        has_alpha = "A" in img.getbands() or "transparency" in img.info
+        grey = img.mode in ("1", "L", "LA") or (img.mode == "P" and _palette_is_grey(img))
+        target = ("LA" if has_alpha else "L") if grey else ("RGBA" if has_alpha else "RGB")
+        return np.asarray(img.convert(target), dtype=np.uint8)
+
+
+def _palette_is_grey(img) -> bool:
+    palette = np.asarray(img.convert("RGB"))
+    return bool(np.all(palette[..., 0] == palette[..., 1]) and np.all(palette[..., 1] == palette[..., 2]))
+
+
+def read_image(path: str | Path) -> LoadedImage:
+    """Load PNG/TIFF/JPEG/WebP/BMP; raise BadInput with a readable reason on failure."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"input file not found: {path}")
+    try:
+        suffix = path.suffix.lower()
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            raw = tifffile.imread(str(path))
+            if raw.ndim == 3 and raw.shape[0] in (1, 2, 3, 4) and raw.shape[2] > 4:
+                raw = np.moveaxis(raw, 0, -1)  # planar TIFF
+        elif _png_bit_depth(path) == 16:
+            raw = _read_png16(path)
+        else:
+            raw = _read_with_pillow(path)
+    except BadInput:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is the file's fault
+        raise BadInput(f"cannot read {path.name} as an image: {exc}") from None
+    if raw.ndim == 2:
+        raw = raw[:, :, None]
+    if raw.ndim != 3 or raw.shape[2] not in (1, 2, 3, 4):
+        raise BadInput(f"{path.name}: unsupported image layout {raw.shape}")
+    if raw.dtype == np.uint8:
+        sample_type = "u8"
+    elif raw.dtype == np.uint16:
+        sample_type = "u16"
+    elif raw.dtype.kind == "f":
+        sample_type = "f32"
+    else:
+        raise BadInput(f"{path.name}: unsupported sample type {raw.dtype}")
+    return LoadedImage(to_float(raw), sample_type)
+
+
+def read_mask(path: str | Path, size: tuple[int, int]) -> np.ndarray:
+    """A mask file → bool H×W, True where the mask is light (white = pixels to fill)."""
+    loaded = read_image(path)
+    pixels = loaded.pixels
+    colour = pixels[..., :3] if pixels.shape[2] >= 3 else pixels[..., :1]
+    mask = colour.mean(axis=2) > 0.5
+    if mask.shape != size:
+        raise BadInput(f"mask {Path(path).name} is {mask.shape[1]}×{mask.shape[0]}, "
+                       f"the image is {size[1]}×{size[0]}: they must be the same size")
+    return mask
+
+
+def write_image(path: str | Path, pixels: np.ndarray, sample_type: str) -> None:
+    """Write float32 H×W×C pixels; keep ``sample_type`` where the format can hold it."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in WRITABLE:
+        raise BadInput(f"cannot write {path.name}: use one of {', '.join(sorted(WRITABLE))}")
+    if not path.parent.exists():
+        raise BadInput(f"output folder does not exist: {path.parent}")
+    channels = pixels.shape[2]
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            data = from_float(pixels, sample_type)
+            photometric = "rgb" if channels >= 3 else "minisblack"
+            extrasamples = ["unassalpha"] if channels in (2, 4) else None
+            tifffile.imwrite(str(path), data if channels > 1 else data[:, :, 0],
+                             photometric=photometric, extrasamples=extrasamples)
+        elif suffix == ".png" and sample_type in ("u16", "f32"):
+            import png
+
+            data = from_float(pixels, "u16")
+            writer = png.Writer(width=data.shape[1], height=data.shape[0], bitdepth=16,
+                                greyscale=channels <= 2, alpha=channels in (2, 4))
+            with path.open("wb") as handle:
+                writer.write(handle, data.reshape(data.shape[0], -1).tolist())
+        else:
+            from PIL import Image
+
+            data = from_float(pixels, "u8")
+            if suffix in (".jpg", ".jpeg", ".bmp") and channels in (2, 4):
+                data = data[:, :, :channels - 1]  # these formats have no alpha
+                channels -= 1
+            # fromarray infers L / LA / RGB / RGBA from the channel count
+            image = Image.fromarray(np.ascontiguousarray(data[:, :, 0] if channels == 1 else data))
+            image.save(path, **({"quality": 95} if suffix in (".jpg", ".jpeg") else {}))
+    except OSError as exc:
+        raise BadInput(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -1,0 +1,146 @@
+"""``python -m engine serve``: the plug-in's subprocess entry (protocol: docs/protocol.md).
+
+A reader thread owns stdin so that a ``cancel`` frame is seen while an op runs in the
+main thread; only the main thread writes to stdout.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from typing import BinaryIO
+
+import numpy as np
+
+from . import __version__
+from .errors import BadInput, EngineError
+from .imageio import from_float, to_float
+from .logs import LOGGER_NAME, diagnostics, setup_logging
+from .ops import OPS, JobContext, run_op
+from .protocol import PROTOCOL_VERSION, Buffer, Message, ProtocolError, read_message, write_message
+
+log = logging.getLogger(LOGGER_NAME)
+PROGRESS_INTERVAL_S = 0.25
+_SAMPLE_TYPES = {np.dtype("u1"): "u8", np.dtype("<u2"): "u16", np.dtype("<f4"): "f32"}
+
+
+class _Session:
+    def __init__(self, stdin: BinaryIO, stdout: BinaryIO) -> None:
+        self.stdin = stdin
+        self.stdout = stdout
+        self.inbox: queue.Queue[Message | ProtocolError | None] = queue.Queue()
+        self.cancelled_ids: set[int] = set()
+        self.lock = threading.Lock()
+
+    def read_forever(self) -> None:
+        try:
+            while True:
+                message = read_message(self.stdin)
+                if message is None or message.type == "shutdown":
+                    break
+                if message.type == "cancel":
+                    with self.lock:
+                        self.cancelled_ids.add(message.header.get("id"))  # type: ignore[arg-type]
+                    continue
+                self.inbox.put(message)
+        except ProtocolError as exc:
+            self.inbox.put(exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - e.g. a closed pipe: end the session quietly
+            log.info("stdin reader stopped: %r", exc)
+        self.inbox.put(None)
+
+    def is_cancelled(self, request_id: int) -> bool:
+        with self.lock:
+            return request_id in self.cancelled_ids
+
+    def send(self, header: dict, buffers: list[Buffer] = ()) -> None:  # type: ignore[assignment]
+        write_message(self.stdout, header, buffers)
+
+
+def _decode_request(message: Message) -> tuple[str, dict, np.ndarray, np.ndarray | None, Buffer]:
+    op = message.header.get("op")
+    if not isinstance(op, str) or op not in OPS:
+        raise BadInput(f"unknown operation {op!r}; this engine knows {', '.join(OPS)}")
+    params = message.header.get("params", {})
+    if not isinstance(params, dict):
+        raise BadInput("request 'params' must be a JSON object")
+    source = message.buffer("image")
+    if source is None:
+        raise BadInput("request has no 'image' buffer")
+    mask_buffer = message.buffer("mask")
+    mask = None
+    if mask_buffer is not None:
+        if mask_buffer.pixels.shape[2] != 1:
+            raise BadInput("the mask buffer must have one channel")
+        mask = to_float(mask_buffer.pixels)[:, :, 0]  # selection strength 0…1
+    return op, params, to_float(source.pixels), mask, source
+
+
+def _handle(session: _Session, message: Message) -> None:
+    request_id = message.header.get("id")
+    started = time.monotonic()
+    last_sent = [0.0]
+
+    def progress(fraction: float, text: str) -> None:
+        now = time.monotonic()
+        if fraction >= 1.0 or now - last_sent[0] >= PROGRESS_INTERVAL_S:
+            last_sent[0] = now
+            session.send({"type": "progress", "id": request_id, "fraction": fraction, "text": text})
+
+    try:
+        if message.type != "request":
+            raise BadInput(f"unexpected message type {message.type!r}")
+        op, params, image, mask, source = _decode_request(message)
+        log.info("request %s: %s %s on %s×%s×%s %s", request_id, op, params, *source.pixels.shape,
+                 _SAMPLE_TYPES[source.pixels.dtype])
+        ctx = JobContext(progress, lambda: session.is_cancelled(request_id))  # type: ignore[arg-type]
+        layers = run_op(op, image, mask, params, ctx)
+        sample_type = _SAMPLE_TYPES[source.pixels.dtype]
+        out = [Buffer(layer.role, from_float(layer.pixels, sample_type), source.x, source.y,
+                      {"title": layer.title}) for layer in layers]
+        elapsed = time.monotonic() - started
+        log.info("request %s done in %.1f s", request_id, elapsed)
+        session.send({"type": "result", "id": request_id, "info": {"seconds": round(elapsed, 3)}}, out)
+    except EngineError as exc:
+        log.info("request %s: %s: %s", request_id, exc.kind, exc.message)
+        session.send({"type": "error", "id": request_id, "kind": exc.kind, "message": exc.message})
+    except Exception as exc:  # noqa: BLE001 - report any bug to the plug-in, keep serving
+        log.exception("request %s failed", request_id)
+        session.send({"type": "error", "id": request_id, "kind": "engine",
+                      "message": f"internal engine error: {exc!r} ({diagnostics()}; log: {_log_path()})"})
+
+
+def _log_path() -> str:
+    path = setup_logging()
+    return str(path) if path else "no log file"
+
+
+def serve(stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> int:
+    """Run the protocol on the given streams (default: this process's stdin/stdout)."""
+    if stdout is None:
+        # Keep the real stdout for frames; anything printed by libraries goes to stderr.
+        stdout = os.fdopen(os.dup(1), "wb")
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+    if stdin is None:
+        stdin = sys.stdin.buffer
+    log_path = setup_logging()
+    log.info("serve start: %s", diagnostics())
+    session = _Session(stdin, stdout)
+    session.send({"type": "hello", "protocol": PROTOCOL_VERSION, "engine": __version__,
+                  "ops": list(OPS), "python": sys.executable, "log": str(log_path) if log_path else None})
+    threading.Thread(target=session.read_forever, name="stdin-reader", daemon=True).start()
+    while True:
+        item = session.inbox.get()
+        if item is None:
+            log.info("serve end")
+            return 0
+        if isinstance(item, ProtocolError):
+            log.error("protocol error: %s", item)
+            session.send({"type": "error", "id": None, "kind": "protocol", "message": str(item)})
+            return 2
+        _handle(session, item)

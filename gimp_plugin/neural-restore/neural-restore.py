@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Neural Restore for GIMP 3: registers the filters under Filters > Enhance > Neural.
+
+GIMP → this entry → hosts/gimp3.py (editor calls) → filters.py (what to do) →
+client.py (engine subprocess, docs/protocol.md) → engine.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import gi  # noqa: E402
+
+gi.require_version("Gimp", "3.0")
+gi.require_version("GimpUi", "3.0")
+from gi.repository import GLib, GObject, Gimp  # noqa: E402
+
+from neural_restore import filters  # noqa: E402
+
+PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _add_arguments(procedure):
+    for name, kind, default, minimum, maximum, label, blurb in filters.DIP_PARAMS:
+        if kind == "int":
+            procedure.add_int_argument(name, label, blurb, minimum, maximum, default,
+                                       GObject.ParamFlags.READWRITE)
+        else:
+            choice = Gimp.Choice.new()
+            for index, (value, text) in enumerate(filters.DEVICE_CHOICES):
+                choice.add(value, index, text, "")
+            procedure.add_choice_argument(name, label, blurb, choice, default,
+                                          GObject.ParamFlags.READWRITE)
+
+
+class NeuralRestore(Gimp.PlugIn):
+    def do_query_procedures(self):
+        return [spec.procedure_name for spec in filters.FILTERS]
+
+    def do_set_i18n(self, name):
+        return False
+
+    def do_create_procedure(self, name):
+        spec = filters.filter_by_procedure(name)
+        procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, self.run, None)
+        procedure.set_image_types("RGB*, GRAY*")
+        procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
+        procedure.set_menu_label(spec.menu_label)
+        procedure.add_menu_path(filters.MENU_PATH)
+        procedure.set_documentation(spec.blurb, spec.blurb, name)
+        procedure.set_attribution("Neural Restore contributors", "Neural Restore contributors", "2026")
+        _add_arguments(procedure)
+        return procedure
+
+    def run(self, procedure, run_mode, image, drawables, config, run_data):
+        spec = filters.filter_by_procedure(procedure.get_name())
+        if run_mode == Gimp.RunMode.INTERACTIVE:
+            from gi.repository import GimpUi
+
+            GimpUi.init("neural-restore")
+            dialog = GimpUi.ProcedureDialog.new(procedure, config, spec.menu_label.replace("_", "").rstrip("."))
+            dialog.fill(None)
+            accepted = dialog.run()
+            dialog.destroy()
+            if not accepted:
+                return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+        values = dict((p[0], config.get_property(p[0])) for p in filters.DIP_PARAMS)
+        from neural_restore.hosts.gimp3 import Gimp3Host
+
+        try:
+            filters.run_filter(Gimp3Host(image, drawables), spec, values, PLUGIN_DIR)
+        except filters.FilterError as error:
+            status = (Gimp.PDBStatusType.CANCEL if error.kind == "cancelled"
+                      else Gimp.PDBStatusType.EXECUTION_ERROR)
+            return procedure.new_return_values(status, GLib.Error.new_literal(
+                GLib.quark_from_string("neural-restore"), error.message, 0))
+        return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+
+
+Gimp.main(NeuralRestore.__gtype__, sys.argv)

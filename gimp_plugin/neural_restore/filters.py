@@ -1,0 +1,152 @@
+"""Host-neutral filter logic: what each filter sends to the engine and where results go.
+
+A *host* adapter (hosts/gimp3.py; a GIMP 2.10 one can sit beside it) does the editor
+calls; this module decides everything else, so both GIMP versions behave the same.
+Stdlib only, Python 2.7 and 3 syntax.
+
+Host adapter interface (duck-typed):
+  host.source()                      -> SourceInfo of the active drawable (raises FilterError)
+  host.read_pixels(source)           -> bytes, in source.dtype / source.channels
+  host.selection_bounds()            -> None, or (x1, y1, x2, y2) in image coordinates, x2/y2 exclusive
+  host.read_selection(x, y, w, h)    -> bytes, one u8 per pixel (255 = fully selected)
+  host.progress(fraction, text)      -> True if the user asked to cancel
+  host.add_layers(source, buffers)   -> inserts result layers above the source in one undo step
+"""
+import os
+
+from .client import EngineFailure, EngineProcess, load_config
+from .protocol import WireBuffer
+
+PROCEDURE_PREFIX = "plug-in-neural-restore-"
+MENU_PATH = "<Image>/Filters/Enhance/Neural"
+
+
+class FilterError(Exception):
+    """A message for the user; the image has not been touched."""
+
+    def __init__(self, message, kind="bad-input"):
+        Exception.__init__(self, message)
+        self.message = message
+        self.kind = kind
+
+
+class SourceInfo(object):
+    """The drawable a filter reads: its geometry and the pixel format it is read in."""
+
+    def __init__(self, width, height, x, y, channels, dtype, name=""):
+        self.width = width
+        self.height = height
+        self.x = x
+        self.y = y
+        self.channels = channels
+        self.dtype = dtype
+        self.name = name
+
+
+class FilterSpec(object):
+    def __init__(self, key, op, menu_label, blurb, layer_name, needs_selection=False):
+        self.key = key
+        self.op = op
+        self.menu_label = menu_label
+        self.blurb = blurb
+        self.layer_name = layer_name
+        self.needs_selection = needs_selection
+
+    @property
+    def procedure_name(self):
+        return PROCEDURE_PREFIX + self.key
+
+
+# Shared by the DIP filters; hosts turn these into dialog widgets / PDB arguments.
+DIP_PARAMS = (
+    # (name, kind, default, minimum, maximum, label, help)
+    ("iterations", "int", 0, 0, 100000, "Iterations",
+     "Optimisation steps; 0 chooses automatically from the image size"),
+    ("seed", "int", 0, 0, 2147483647, "Seed", "Random seed: the same seed gives the same result"),
+    ("device", "choice", "auto", None, None, "Device", "Where to compute: auto, cpu or cuda"),
+)
+DEVICE_CHOICES = (("auto", "Automatic (GPU if present)"), ("cpu", "CPU"), ("cuda", "NVIDIA GPU (CUDA)"))
+
+FILTERS = (
+    FilterSpec("denoise", "denoise", "_Denoise...",
+               "Remove noise with a Deep Image Prior; the result is a new layer above the source.",
+               "Denoise"),
+    FilterSpec("inpaint-selection", "inpaint", "_Inpaint Selection...",
+               "Fill the selected pixels from their surroundings with a Deep Image Prior; "
+               "the result is a new layer above the source.",
+               "Inpaint", needs_selection=True),
+)
+
+EMPTY_SELECTION_MESSAGE = ("Inpaint selection needs a selection: select the area to fill "
+                           "(for example with the Free Select tool), then run the filter again.")
+OUTSIDE_SELECTION_MESSAGE = ("The selection does not touch the active layer: select pixels "
+                             "inside the layer to fill them.")
+
+
+def filter_by_procedure(name):
+    for spec in FILTERS:
+        if spec.procedure_name == name:
+            return spec
+    raise KeyError(name)
+
+
+def _intersect(bounds, source):
+    x1 = max(bounds[0], source.x)
+    y1 = max(bounds[1], source.y)
+    x2 = min(bounds[2], source.x + source.width)
+    y2 = min(bounds[3], source.y + source.height)
+    return (x1, y1, x2, y2) if x1 < x2 and y1 < y2 else None
+
+
+def engine_params(values):
+    """Dialog/PDB values → the engine's params (only the ones it knows)."""
+    names = [p[0] for p in DIP_PARAMS]
+    return dict((name, values[name]) for name in names if name in values)
+
+
+def run_filter(host, spec, values, plugin_dir, log_dir=None):
+    """Run one filter on the host's active drawable. Returns the engine's info dict.
+
+    Raises FilterError (kind bad-input / engine / cancelled / setup) with a message for the
+    user; in every failure case the image is left as it was.
+    """
+    source = host.source()
+    mask_buffer = None
+    if spec.needs_selection:
+        bounds = host.selection_bounds()
+        if bounds is None:
+            raise FilterError(EMPTY_SELECTION_MESSAGE)
+        if _intersect(bounds, source) is None:
+            raise FilterError(OUTSIDE_SELECTION_MESSAGE)
+        mask = host.read_selection(source.x, source.y, source.width, source.height)
+        if mask.count(b"\x00") == len(mask):
+            raise FilterError(OUTSIDE_SELECTION_MESSAGE)
+        mask_buffer = WireBuffer("mask", source.width, source.height, 1, "u8", mask, source.x, source.y)
+    image_buffer = WireBuffer("image", source.width, source.height, source.channels, source.dtype,
+                              host.read_pixels(source), source.x, source.y)
+    buffers = [image_buffer] + ([mask_buffer] if mask_buffer is not None else [])
+    try:
+        config = load_config(plugin_dir)
+        stderr_path = None
+        log_dir = log_dir or config.get("log_dir")
+        if log_dir:
+            try:
+                if not os.path.isdir(log_dir):
+                    os.makedirs(log_dir)
+                stderr_path = os.path.join(log_dir, "engine-stderr.log")
+            except OSError:
+                stderr_path = None
+        host.progress(0.0, "Starting the Neural Restore engine...")
+        with EngineProcess(config, stderr_path) as engine:
+            info, results = engine.run(spec.op, engine_params(values), buffers, host.progress)
+    except EngineFailure as failure:
+        raise FilterError(failure.message, failure.kind)
+    if not results:
+        raise FilterError("The engine returned no result.", "engine")
+    for result in results:
+        if (result.width, result.height, result.channels, result.dtype) != \
+                (source.width, source.height, source.channels, source.dtype):
+            raise FilterError("The engine returned a result of the wrong size or format.", "engine")
+    host.progress(1.0, "Adding the result layer...")
+    host.add_layers(source, spec.layer_name, results)
+    return info

@@ -1,0 +1,1 @@
+"""Host adapters: one per editor API. They read pixels and selection, create layers, show progress."""

@@ -1,0 +1,103 @@
+"""GIMP 3 host adapter (Python 3, GObject Introspection). See filters.py for the interface."""
+import gi
+
+gi.require_version("Gimp", "3.0")
+gi.require_version("Gegl", "0.4")
+from gi.repository import Gegl, Gimp  # noqa: E402
+
+from ..filters import FilterError, SourceInfo  # noqa: E402
+
+# Babl sample-type suffix per wire dtype; 16-bit and float images never pass through 8 bits.
+_BABL_TYPE = {"u8": "u8", "u16": "u16", "f32": "float"}
+_U8 = (Gimp.Precision.U8_LINEAR, Gimp.Precision.U8_NON_LINEAR, Gimp.Precision.U8_PERCEPTUAL)
+_U16 = (Gimp.Precision.U16_LINEAR, Gimp.Precision.U16_NON_LINEAR, Gimp.Precision.U16_PERCEPTUAL)
+
+
+def _wire_dtype(image):
+    precision = image.get_precision()
+    if precision in _U8:
+        return "u8"
+    if precision in _U16:
+        return "u16"
+    return "f32"
+
+
+def _babl_format(channels, dtype):
+    model = {1: "Y'", 2: "Y'A", 3: "R'G'B'", 4: "R'G'B'A"}[channels]
+    return "%s %s" % (model, _BABL_TYPE[dtype])
+
+
+class Gimp3Host(object):
+    def __init__(self, image, drawables):
+        self.image = image
+        self.drawables = list(drawables or [])
+        self._drawable = None
+        self._progress_started = False
+
+    def source(self):
+        if len(self.drawables) != 1:
+            raise FilterError("Select exactly one layer in the Layers dialog (%d are selected)."
+                              % len(self.drawables))
+        drawable = self.drawables[0]
+        if not isinstance(drawable, Gimp.Layer) or isinstance(drawable, Gimp.GroupLayer) \
+                or isinstance(drawable, Gimp.LayerMask):
+            raise FilterError("Neural Restore works on a normal pixel layer; the active item (%s) "
+                              "is a layer group, mask or channel." % drawable.get_name())
+        if drawable.is_indexed():
+            raise FilterError("Indexed images are not supported: use Image > Mode > RGB first.")
+        self._drawable = drawable
+        has_alpha = drawable.has_alpha()
+        channels = (1 if drawable.is_gray() else 3) + (1 if has_alpha else 0)
+        x, y = drawable.get_offsets()[-2:]
+        return SourceInfo(drawable.get_width(), drawable.get_height(), x, y, channels,
+                          _wire_dtype(self.image), drawable.get_name())
+
+    def read_pixels(self, source):
+        rect = Gegl.Rectangle.new(0, 0, source.width, source.height)
+        data = self._drawable.get_buffer().get(rect, 1.0, _babl_format(source.channels, source.dtype),
+                                               Gegl.AbyssPolicy.CLAMP)
+        return bytes(data)
+
+    def selection_bounds(self):
+        result = Gimp.Selection.bounds(self.image)
+        # 3.0.4 returns (ok, non_empty, x1, y1, x2, y2); x2/y2 exclusive.
+        non_empty, x1, y1, x2, y2 = result[-5:]
+        return (x1, y1, x2, y2) if non_empty else None
+
+    def read_selection(self, x, y, width, height):
+        selection = self.image.get_selection()
+        rect = Gegl.Rectangle.new(x, y, width, height)
+        # The selection mask is in image coordinates; outside the canvas reads as unselected.
+        return bytes(selection.get_buffer().get(rect, 1.0, "Y u8", Gegl.AbyssPolicy.NONE))
+
+    def progress(self, fraction, text):
+        if not self._progress_started:
+            Gimp.progress_init("Neural Restore")
+            self._progress_started = True
+        if text:
+            Gimp.progress_set_text(text)
+        Gimp.progress_update(max(0.0, min(1.0, fraction)))
+        return False
+
+    def add_layers(self, source, layer_name, buffers):
+        drawable = self._drawable
+        image = self.image
+        parent = drawable.get_parent()
+        position = image.get_item_position(drawable)
+        layer_type = drawable.type()
+        image.undo_group_start()
+        try:
+            for index, buf in enumerate(buffers):
+                name = layer_name if len(buffers) == 1 else "%s - %s" % (layer_name, buf.title)
+                layer = Gimp.Layer.new(image, name, buf.width, buf.height, layer_type, 100.0,
+                                       Gimp.LayerMode.NORMAL)
+                image.insert_layer(layer, parent, position + index)
+                layer.set_offsets(buf.x, buf.y)
+                rect = Gegl.Rectangle.new(0, 0, buf.width, buf.height)
+                target = layer.get_buffer()
+                target.set(rect, _babl_format(buf.channels, buf.dtype), buf.data)
+                target.flush()
+                layer.update(0, 0, buf.width, buf.height)
+        finally:
+            image.undo_group_end()
+        Gimp.displays_flush()
