@@ -81,11 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_file_op(args: argparse.Namespace) -> int:
-    from .imageio import read_image, read_mask, write_image
+    from .imageio import check_writable, read_image, read_mask, write_image
 
     spec: OpSpec = args.op_spec
-    if args.output.suffix.lower() not in {".png", ".tif", ".tiff", ".jpg", ".jpeg", ".webp", ".bmp"}:
-        raise BadInput(f"cannot write {args.output.name}: give the output a .png or .tif name")
+    check_writable(args.output)  # before minutes of work, not after
     loaded = read_image(args.input)
     mask = read_mask(args.mask, loaded.pixels.shape[:2]) if spec.needs_mask else None
     params = {p.name: getattr(args, p.name) for p in spec.params}

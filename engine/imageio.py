@@ -7,6 +7,7 @@ go through pypng; TIFF goes through tifffile.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,14 +137,22 @@ def read_mask(path: str | Path, size: tuple[int, int]) -> np.ndarray:
     return mask
 
 
+def check_writable(path: str | Path) -> Path:
+    """Fail before any work is done if ``path`` cannot be written as an image."""
+    path = Path(path)
+    if path.suffix.lower() not in WRITABLE:
+        raise BadInput(f"cannot write {path.name}: use one of {', '.join(sorted(WRITABLE))}")
+    if not path.parent.is_dir():
+        raise BadInput(f"output folder does not exist: {path.parent}")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise BadInput(f"cannot write {path}: permission denied")
+    return path
+
+
 def write_image(path: str | Path, pixels: np.ndarray, sample_type: str) -> None:
     """Write float32 H×W×C pixels; keep ``sample_type`` where the format can hold it."""
-    path = Path(path)
+    path = check_writable(path)
     suffix = path.suffix.lower()
-    if suffix not in WRITABLE:
-        raise BadInput(f"cannot write {path.name}: use one of {', '.join(sorted(WRITABLE))}")
-    if not path.parent.exists():
-        raise BadInput(f"output folder does not exist: {path.parent}")
     channels = pixels.shape[2]
     try:
         if suffix in (".tif", ".tiff"):

@@ -1,0 +1,102 @@
+"""The CLI as a user types it: real subprocesses, real files, one clear line on failure."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.imageio import read_image
+
+
+def run_cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _psnr(a, b):
+    return 10 * np.log10(1.0 / np.mean((a.astype(np.float64) - b) ** 2))
+
+
+@pytest.fixture
+def noisy_pair(tmp_path, shared_data):
+    clean = np.asarray(Image.open(shared_data / "dip/denoising/F16_GT.png").convert("RGB"))[200:248, 200:248]
+    noisy = np.clip(clean + np.random.default_rng(0).normal(0, 25, clean.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(noisy).save(tmp_path / "noisy.png")
+    return clean / 255.0, noisy / 255.0, tmp_path / "noisy.png"
+
+
+def test_denoise_cli_improves_psnr(noisy_pair, tmp_path):
+    clean, noisy, path = noisy_pair
+    result = run_cli("denoise", path, "-o", tmp_path / "out.png", "--iterations", "150", "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    assert "100%" in result.stderr  # the progress report reached the end
+    out = read_image(tmp_path / "out.png").pixels
+    assert out.shape == noisy.shape
+    assert _psnr(out, clean) > _psnr(noisy, clean) + 1.0
+
+
+def test_inpaint_cli_keeps_known_pixels_16bit(tmp_path):
+    rng = np.random.default_rng(5)
+    y, x = np.mgrid[0:40, 0:40]
+    image = np.stack([x * 1600, y * 1600, (x + y) * 800], axis=2).astype(np.uint16)
+    image += rng.integers(0, 50, image.shape, dtype=np.uint16)
+    import tifffile
+    tifffile.imwrite(tmp_path / "in.tif", image, photometric="rgb")
+    mask = np.zeros((40, 40), np.uint8)
+    mask[15:25, 12:22] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    result = run_cli("inpaint", tmp_path / "in.tif", "--mask", tmp_path / "mask.png", "-o", tmp_path / "out.tif",
+                     "--iterations", "60", "--quiet")
+    assert result.returncode == 0, result.stderr
+    out = tifffile.imread(tmp_path / "out.tif")
+    assert out.dtype == np.uint16
+    hole = mask > 0
+    np.testing.assert_array_equal(out[~hole], image[~hole])
+    assert not np.array_equal(out[hole], image[hole])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["denoise", "missing.png", "-o", "out.png"], "input file not found"),
+    (["denoise", "{bad}", "-o", "out.png"], "cannot read"),
+    (["denoise", "{tiny}", "-o", "out.png"], "at least"),
+    (["denoise", "{ok}", "-o", "out.xyz"], "cannot write"),
+    (["denoise", "{ok}", "-o", "no/such/dir/out.png"], "does not exist"),
+    (["denoise", "{ok}", "-o", "out.png", "--device", "tpu"], "invalid choice"),
+    (["denoise", "{ok}", "-o", "out.png", "--iterations", "-4"], "≥ 0"),
+    (["inpaint", "{ok}", "-o", "out.png"], "--mask"),
+    (["inpaint", "{ok}", "--mask", "{empty_mask}", "-o", "out.png"], "mask is empty"),
+    (["inpaint", "{ok}", "--mask", "{tiny}", "-o", "out.png"], "same size"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_input_gives_one_clear_line(tmp_path, args, message):
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    Image.new("RGB", (3, 3)).save(tmp_path / "tiny.png")
+    Image.new("RGB", (16, 16), (9, 90, 200)).save(tmp_path / "ok.png")
+    Image.new("L", (16, 16), 0).save(tmp_path / "empty_mask.png")
+    files = {name: tmp_path / f"{name}.png" for name in ("bad", "tiny", "ok", "empty_mask")}
+    args = [a.format(**files) if "{" in a else (str(tmp_path / a) if "/" in a or a.endswith((".png", ".xyz")) else a)
+            for a in args]
+    result = run_cli(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:") and message in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_cuda_without_gpu_is_clear(tmp_path):
+    pytest.importorskip("torch")
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    Image.new("RGB", (16, 16), (9, 90, 200)).save(tmp_path / "ok.png")
+    result = run_cli("denoise", tmp_path / "ok.png", "-o", tmp_path / "out.png", "--device", "cuda")
+    assert result.returncode == 2
+    assert "error:" in result.stderr and "CUDA" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_selfcheck():
+    result = run_cli("selfcheck")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ok")

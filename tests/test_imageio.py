@@ -1,0 +1,68 @@
+"""engine/imageio.py: formats, bit depth kept, masks, clear errors."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.errors import BadInput
+from engine.imageio import from_float, read_image, read_mask, to_float, write_image
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_png8_roundtrip_is_exact(tmp_path, channels):
+    pixels = np.random.default_rng(0).integers(0, 256, (9, 11, channels), dtype=np.uint8)
+    write_image(tmp_path / "a.png", to_float(pixels), "u8")
+    loaded = read_image(tmp_path / "a.png")
+    assert loaded.sample_type == "u8"
+    np.testing.assert_array_equal(from_float(loaded.pixels, "u8"), pixels)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16bit_is_kept(tmp_path, channels, suffix):
+    pixels = np.random.default_rng(1).integers(0, 65536, (7, 5, channels), dtype=np.uint16)
+    path = tmp_path / f"a{suffix}"
+    write_image(path, to_float(pixels), "u16")
+    loaded = read_image(path)
+    assert loaded.sample_type == "u16"
+    np.testing.assert_array_equal(from_float(loaded.pixels, "u16"), pixels)
+
+
+def test_float_tiff_is_kept(tmp_path):
+    pixels = np.random.default_rng(2).random((6, 4, 3), dtype=np.float32) * 1.5
+    write_image(tmp_path / "f.tif", pixels, "f32")
+    loaded = read_image(tmp_path / "f.tif")
+    assert loaded.sample_type == "f32"
+    np.testing.assert_array_equal(loaded.pixels, pixels)
+
+
+def test_palette_and_jpeg_inputs(tmp_path):
+    grey_palette = Image.new("P", (8, 6), 3)  # the default palette's entry 3 is grey
+    grey_palette.save(tmp_path / "g.png")
+    assert read_image(tmp_path / "g.png").pixels.shape == (6, 8, 1)
+    colour_palette = Image.new("RGB", (8, 6), (250, 20, 30)).convert("P", palette=Image.Palette.ADAPTIVE)
+    colour_palette.save(tmp_path / "p.png")
+    assert read_image(tmp_path / "p.png").pixels.shape == (6, 8, 3)
+    Image.new("RGB", (8, 6), (200, 10, 10)).save(tmp_path / "j.jpg")
+    assert read_image(tmp_path / "j.jpg").pixels.shape == (6, 8, 3)
+
+
+def test_mask_white_means_fill(tmp_path):
+    mask = np.zeros((6, 8), np.uint8)
+    mask[2:4, 3:6] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    hole = read_mask(tmp_path / "m.png", (6, 8))
+    assert hole.sum() == 6 and hole[2:4, 3:6].all()
+    with pytest.raises(BadInput, match="same size"):
+        read_mask(tmp_path / "m.png", (7, 8))
+
+
+def test_bad_files_are_bad_input(tmp_path):
+    (tmp_path / "x.png").write_bytes(b"not an image")
+    with pytest.raises(BadInput, match="cannot read"):
+        read_image(tmp_path / "x.png")
+    with pytest.raises(BadInput, match="not found"):
+        read_image(tmp_path / "missing.png")
+    with pytest.raises(BadInput, match="does not exist"):
+        write_image(tmp_path / "no" / "dir.png", np.zeros((2, 2, 3), np.float32), "u8")
+    with pytest.raises(BadInput, match="cannot write"):
+        write_image(tmp_path / "a.xyz", np.zeros((2, 2, 3), np.float32), "u8")
