@@ -12,7 +12,7 @@ from .protocol import PROTOCOL_VERSION, Buffer, read_message, write_message
 
 def selfcheck(iterations: int = 5) -> int:
     """Round-trip a 32×32 denoise through the protocol; print one line; 0 on success."""
-    process = subprocess.Popen([sys.executable, "-m", "engine", "serve"], stdin=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "-I", "-m", "engine", "serve"], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert process.stdin is not None and process.stdout is not None
     try:

@@ -68,7 +68,9 @@ class EngineProcess(object):
         return False
 
     def start(self):
-        command = [self.config["engine_python"], "-m", self.config.get("engine_module", "engine"), "serve"]
+        # -I: ignore PYTHON* variables and the working directory, so nothing on GIMP's side
+        # (its env, a checkout it was started from) can shadow the installed engine.
+        command = [self.config["engine_python"], "-I", "-m", self.config.get("engine_module", "engine"), "serve"]
         env = dict(os.environ)
         # GIMP's own Python settings must not leak into the engine's interpreter.
         for name in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"):
