@@ -13,3 +13,5 @@ sys.path.insert(0, str(REPO / "gimp_plugin"))  # the plug-in's stdlib package: n
 def shared_data() -> Path:
     assert SHARED_DATA.is_dir(), f"test data missing: {SHARED_DATA}"
     return SHARED_DATA
+
+pytest_plugins = ["tests.gimp_harness.fixtures"]
