@@ -11,5 +11,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # torch first, pinned: an unpinned torch would pull several GB of CUDA packages.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dip,onnx,test]"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dip,onnx,export,test]"
 exec .venv/bin/python -m pytest "$@"

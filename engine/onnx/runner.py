@@ -1,0 +1,237 @@
+"""ONNX Runtime sessions for the shipped nets, and whole-image inference with tiling.
+
+Never imports torch (tested): the ONNX backend must work in an engine installed without it.
+
+- ``load_model(path, device)``: an ``OnnxModel`` (session + model card), cached per
+  (model file, provider choice, threads) and reloaded if the file changed. The card is
+  ``model.json`` beside ``model.onnx`` (written by ``onnx_export.export``); its ``runtime``
+  section gives the scale, the size rule, the tile overlap and the activation size per px.
+- Providers: ``device="auto"`` uses CUDA when this onnxruntime build has the CUDA execution
+  provider, else the CPU; ``"cuda"`` insists (BadInput if unavailable); ``"cpu"`` is the CPU.
+  CPU sessions use as many intra-op threads as this process may really use (affinity mask and
+  cgroup quota). CUDA uses the heuristic conv-algorithm search: the exhaustive default makes
+  the first run at every new shape slow.
+- ``run_model(model, image, ...)``: H×W×C float32 in [0, 1] with 1–4 channels (grey is run as
+  RGB and averaged back; alpha is resampled separately, never through the net), tiled (see
+  ``tiling``), output clipped to [0, 1]. If the provider runs out of memory the tile side is
+  halved and the image restarted, down to the smallest tile the overlap allows.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import BadInput, EngineError
+
+from . import tiling
+
+DEVICES = ("auto", "cpu", "cuda")
+CPU_BUDGET_BYTES = 1536 * 2**20
+CUDA_BUDGET_BYTES = 3 * 2**30
+
+
+def models_dir() -> Path:
+    """Where shipped models live: ``engine/models`` (package data), or $NEURAL_RESTORE_MODELS."""
+    override = os.environ.get("NEURAL_RESTORE_MODELS")
+    return Path(override) if override else Path(__file__).resolve().parents[1] / "models"
+
+
+def find_model(name: str) -> Path:
+    """``name`` (e.g. "rdn_x2") → its .onnx file, or an error that says what is missing."""
+    path = models_dir() / f"{name}.onnx"
+    if not path.is_file():
+        raise EngineError(f"model {path.name} is not installed in {path.parent}: reinstall the engine "
+                          f"or set NEURAL_RESTORE_MODELS to a folder holding it (with its .json card)")
+    return path
+
+
+def available_cpu_threads() -> int:
+    """CPUs this process may really use: the affinity mask, capped by a cgroup v2 quota."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:  # the "onnx" extra is not installed
+        raise EngineError("onnxruntime is not installed: install the engine with its 'onnx' extra") from exc
+    return onnxruntime
+
+
+def available_providers() -> list[str]:
+    return list(_ort().get_available_providers())
+
+
+def choose_providers(device: str = "auto") -> list[Any]:
+    """The provider list for a session: CUDA first (with options) when chosen, CPU always last."""
+    if device not in DEVICES:
+        raise BadInput(f"device must be one of {', '.join(DEVICES)}; got {device!r}")
+    has_cuda = "CUDAExecutionProvider" in available_providers()
+    if device == "cuda" and not has_cuda:
+        raise BadInput("CUDA was requested but this onnxruntime has no CUDA provider "
+                       "(install onnxruntime-gpu, or choose device 'cpu' or 'auto')")
+    if device in ("cuda", "auto") and has_cuda:
+        return [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def read_card(model_path: Path) -> dict[str, Any]:
+    card_file = model_path.with_suffix(".json")
+    if not card_file.exists():
+        return {}
+    try:
+        return json.loads(card_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise EngineError(f"cannot read the model card {card_file}: {exc}") from exc
+
+
+@dataclass
+class OnnxModel:
+    path: Path
+    session: Any  # onnxruntime.InferenceSession
+    card: dict[str, Any]
+    provider: str  # the provider that really runs it (ORT may fall back to the CPU)
+    input_name: str
+    output_name: str
+    scale: int
+    size_multiple: int
+    tile_overlap: int
+    activation_floats_per_px: float
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.provider != "CPUExecutionProvider"
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """N×3×h×w float32 → N×3×(s·h)×(s·w) float32 (unclipped)."""
+        with self._lock:  # one run at a time per session keeps peak memory predictable
+            return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+
+_CACHE: dict[tuple[str, tuple[str, ...], int], tuple[int, OnnxModel]] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def clear_cache() -> None:
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+def load_model(path: str | Path, device: str = "auto", threads: int | None = None) -> OnnxModel:
+    """A session for ``path`` (cached: the same file, providers and threads give the same object)."""
+    model_path = Path(path).resolve()
+    if not model_path.is_file():
+        raise EngineError(f"model file not found: {model_path}")
+    providers = choose_providers(device)
+    threads = threads or available_cpu_threads()
+    key = (str(model_path), tuple(p if isinstance(p, str) else p[0] for p in providers), threads)
+    mtime = model_path.stat().st_mtime_ns
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None and hit[0] == mtime:
+            return hit[1]
+        ort = _ort()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1  # the nets are one chain of convs: no parallel branches
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
+        except Exception as exc:
+            raise EngineError(f"cannot load {model_path.name} in ONNX Runtime: {exc}") from exc
+        card = read_card(model_path)
+        model = _describe(model_path, session, card)
+        _CACHE[key] = (mtime, model)
+        return model
+
+
+def _describe(path: Path, session: Any, card: dict[str, Any]) -> OnnxModel:
+    rt = card.get("runtime", {})
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    model = OnnxModel(
+        path=path, session=session, card=card, provider=session.get_providers()[0],
+        input_name=rt.get("input_name", inputs[0].name), output_name=rt.get("output_name", outputs[0].name),
+        scale=int(rt.get("scale", 0)), size_multiple=int(rt.get("size_multiple", 1)),
+        tile_overlap=int(rt.get("tile_overlap", tiling.DEFAULT_OVERLAP)),
+        activation_floats_per_px=float(rt.get("activation_floats_per_px", 1024)),
+    )
+    if model.scale <= 0:
+        # No card: the scale is whatever a probe run gives (the size rule is then assumed 1).
+        probe = np.zeros((1, 3, 32, 32), np.float32)
+        model.scale = int(model.infer(probe).shape[2] // 32)
+    return model
+
+
+def _is_out_of_memory(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return any(s in text for s in ("out of memory", "failed to allocate", "bad_alloc", "cudaerrormemoryallocation"))
+
+
+def run_rgb(model: OnnxModel, rgb: np.ndarray, *, tile: int | None = None, overlap: int | None = None,
+            memory_budget_bytes: float | None = None,
+            progress: Callable[[float, str], None] | None = None,
+            cancel_requested: Callable[[], bool] | None = None) -> np.ndarray:
+    """H×W×3 → (s·H)×(s·W)×3 through the net, tiled, unclipped."""
+    overlap = model.tile_overlap if overlap is None else overlap
+    if tile is None:
+        budget = memory_budget_bytes or (CUDA_BUDGET_BYTES if model.on_gpu else CPU_BUDGET_BYTES)
+        tile = tiling.tile_from_budget(budget, model.activation_floats_per_px, overlap, model.size_multiple)
+    smallest = tiling.min_tile(overlap, model.size_multiple)
+    while True:
+        try:
+            return tiling.run_tiled(rgb, model.infer, scale=model.scale, multiple=model.size_multiple,
+                                    tile=tile, overlap=overlap, progress=progress,
+                                    cancel_requested=cancel_requested)
+        except Exception as exc:
+            if not _is_out_of_memory(exc) or tile <= smallest:
+                if isinstance(exc, EngineError):
+                    raise
+                if _is_out_of_memory(exc):
+                    raise EngineError(f"out of memory even with {tile}-px tiles: {exc}") from exc
+                raise EngineError(f"ONNX Runtime failed on {model.path.name}: {exc}") from exc
+            tile = max(smallest, tile // 2)  # chaiNNer's remedy: smaller tiles, same result
+            if progress is not None:
+                progress(0.0, f"out of memory: retrying with {tile}-px tiles")
+
+
+def run_model(model: OnnxModel, image: np.ndarray, *, tile: int | None = None, overlap: int | None = None,
+              memory_budget_bytes: float | None = None,
+              progress: Callable[[float, str], None] | None = None,
+              cancel_requested: Callable[[], bool] | None = None) -> np.ndarray:
+    """Restore/upscale an H×W×C (C = 1–4, alpha last if 2 or 4) float32 image in [0, 1]."""
+    if image.ndim != 3 or image.shape[2] not in (1, 2, 3, 4):
+        raise BadInput(f"image must be H×W×C with 1–4 channels, got shape {image.shape}")
+    channels = image.shape[2]
+    has_alpha = channels in (2, 4)
+    colour = image[:, :, :channels - 1] if has_alpha else image
+    grey = colour.shape[2] == 1
+    rgb = np.repeat(colour, 3, axis=2) if grey else colour
+    out = run_rgb(model, np.clip(rgb.astype(np.float32, copy=False), 0.0, 1.0), tile=tile, overlap=overlap,
+                  memory_budget_bytes=memory_budget_bytes, progress=progress, cancel_requested=cancel_requested)
+    out = np.clip(out, 0.0, 1.0)
+    if grey:
+        out = out.mean(axis=2, keepdims=True)
+    if has_alpha:
+        alpha = tiling.resize_alpha(np.clip(image[:, :, -1:], 0.0, 1.0), model.scale)
+        out = np.concatenate([out, alpha], axis=2)
+    return out.astype(np.float32, copy=False)

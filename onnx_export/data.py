@@ -1,0 +1,186 @@
+"""Image folders → training patch batches and a fixed validation set (numpy + Pillow only).
+
+The train/validation split is decided by a hash of each file's *name* (not its folder or its
+place in a listing), so it is stable when folders move or images are added: a file is in
+validation iff sha1(name) falls in the first ``val_fraction`` of the hash range. A non-empty
+collection always keeps at least one training and (with two or more files) one validation
+image.
+
+Tasks:
+- ``upscale`` (scale s): the whole image is modcropped and downscaled once (antialiased
+  bicubic, ``degrade.bicubic_downscale``); a batch is aligned LR patches P×P and HR patches
+  sP×sP, with random flips / 90° turns.
+- ``sharpen``: clean P×P crops (flipped / turned), degraded by ``degrade.sharpen_degradation``.
+
+Validation images are the same every time: upscale uses the standard protocol (whole image,
+or a centred crop of at most ``val_max_side``), sharpen degrades each with an rng seeded by
+its name, so PSNRs are comparable across evaluations and runs.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from . import degrade
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def list_images(dirs: list[str | Path]) -> list[Path]:
+    files: list[Path] = []
+    for d in dirs:
+        root = Path(d)
+        if root.is_file():
+            files.append(root)
+            continue
+        if not root.is_dir():
+            raise FileNotFoundError(f"no such image folder: {root}")
+        files += [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(set(files))
+
+
+def name_hash(path: Path) -> float:
+    """A file's place in [0, 1) from its name alone."""
+    return int(hashlib.sha1(path.name.encode("utf-8")).hexdigest()[:12], 16) / float(16 ** 12)
+
+
+def split_files(files: list[Path], val_fraction: float) -> tuple[list[Path], list[Path]]:
+    ranked = sorted(files, key=name_hash)
+    val = [p for p in ranked if name_hash(p) < val_fraction]
+    if not val and len(ranked) >= 2 and val_fraction > 0:
+        val = ranked[:1]
+    if len(val) == len(ranked) and ranked:
+        val = val[:-1]  # keep one image to train on
+    held_out = set(val)
+    train = [p for p in files if p not in held_out]
+    return train, sorted(val)
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as im:  # reads the header only
+        return im.size
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    """uint8 H×W×3 (compact: the cache keeps uint8, batches are float32)."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def augment(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """The same random flip/turn for every array in the list (LR and HR stay aligned)."""
+    k = int(rng.integers(4))
+    flip = bool(rng.integers(2))
+    out = []
+    for a in arrays:
+        a = np.rot90(a, k, axes=(0, 1))
+        out.append(np.ascontiguousarray(a[:, ::-1] if flip else a))
+    return out
+
+
+@dataclass
+class Sample:
+    source: np.ndarray  # net input, N×3×h×w float32
+    target: np.ndarray  # N×3×(s·h)×(s·w) float32
+
+
+class PatchData:
+    def __init__(self, dirs: list[str | Path], task: str, patch: int, scale: int = 1,
+                 val_fraction: float = 0.1, val_max_side: int = 256, cache: bool = True) -> None:
+        if task not in ("upscale", "sharpen"):
+            raise ValueError(f"unknown task {task!r}")
+        self.task, self.patch, self.scale = task, int(patch), int(scale if task == "upscale" else 1)
+        self.val_max_side = val_max_side
+        self.files = list_images(dirs)
+        if not self.files:
+            raise FileNotFoundError(f"no images in {', '.join(map(str, dirs))}")
+        self.train_files, self.val_files = split_files(self.files, val_fraction)
+        self._cache: dict[Path, tuple[np.ndarray, np.ndarray | None]] = {}
+        self._use_cache = cache
+        hr_side = self.patch * self.scale
+        self.train_files = [p for p in self.train_files if min(image_size(p)) >= hr_side]
+        self._validation: dict[int, list[tuple[str, np.ndarray, np.ndarray]]] = {}
+        if not self.train_files:
+            raise ValueError(f"no training image is at least {hr_side} px on its short side")
+
+    # -- training -------------------------------------------------------------------------
+    def _pair(self, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+        """(HR uint8, LR float32 or None): the LR is made once per image, as the protocol does."""
+        if path in self._cache:
+            return self._cache[path]
+        hr = load_rgb(path)
+        lr = None
+        if self.task == "upscale":
+            hr = degrade.modcrop(hr, self.scale)
+            lr = degrade.bicubic_downscale(hr.astype(np.float32) / 255.0, self.scale)
+        if self._use_cache:
+            self._cache[path] = (hr, lr)
+        return hr, lr
+
+    def batch(self, size: int, rng: np.random.Generator) -> Sample:
+        sources, targets = [], []
+        p, s = self.patch, self.scale
+        for _ in range(size):
+            hr, lr = self._pair(self.train_files[int(rng.integers(len(self.train_files)))])
+            if lr is not None:
+                y = int(rng.integers(lr.shape[0] - p + 1))
+                x = int(rng.integers(lr.shape[1] - p + 1))
+                src = lr[y:y + p, x:x + p]
+                tgt = hr[y * s:(y + p) * s, x * s:(x + p) * s].astype(np.float32) / 255.0
+                src, tgt = augment([src, tgt], rng)
+            else:
+                y = int(rng.integers(hr.shape[0] - p + 1))
+                x = int(rng.integers(hr.shape[1] - p + 1))
+                (tgt,) = augment([hr[y:y + p, x:x + p].astype(np.float32) / 255.0], rng)
+                src = degrade.sharpen_degradation(tgt, rng)
+            sources.append(src.transpose(2, 0, 1))
+            targets.append(tgt.transpose(2, 0, 1))
+        return Sample(np.stack(sources).astype(np.float32), np.stack(targets).astype(np.float32))
+
+    # -- validation -----------------------------------------------------------------------
+    def validation(self, multiple: int = 1) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """(name, input H×W×3, target) per validation image; input sides are multiples of
+        ``multiple`` (the net's size rule) and at most ``val_max_side``. Made once, then reused."""
+        if multiple in self._validation:
+            return self._validation[multiple]
+        out = []
+        for path in self.val_files:
+            img = load_rgb(path).astype(np.float32) / 255.0
+            unit = self.scale * multiple
+            side = max(unit, self.val_max_side * self.scale - (self.val_max_side * self.scale) % unit)
+            h = min(img.shape[0] - img.shape[0] % unit, side)
+            w = min(img.shape[1] - img.shape[1] % unit, side)
+            if h < unit or w < unit:
+                continue
+            y, x = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2
+            hr = img[y:y + h, x:x + w]
+            if self.task == "upscale":
+                out.append((path.name, degrade.bicubic_downscale(hr, self.scale), hr))
+            else:
+                rng = np.random.default_rng(int(name_hash(path) * 2 ** 32))
+                out.append((path.name, degrade.sharpen_degradation(hr, rng), hr))
+        self._validation[multiple] = out
+        return out
+
+
+def rgb_to_y(img: np.ndarray) -> np.ndarray:
+    """ITU-R BT.601 luma on the 0–255 scale (16–235), as the SR papers measure it."""
+    return 16.0 + (65.481 * img[..., 0] + 128.553 * img[..., 1] + 24.966 * img[..., 2])
+
+
+def psnr(result: np.ndarray, target: np.ndarray, shave: int = 0, y_only: bool = False) -> float:
+    """PSNR in dB of H×W×3 images in [0, 1]; ``shave`` px dropped on each side; on Y if asked."""
+    a = np.clip(result.astype(np.float64), 0.0, 1.0)
+    b = target.astype(np.float64)
+    if y_only:
+        a, b, peak = rgb_to_y(a), rgb_to_y(b), 255.0
+    else:
+        peak = 1.0
+    if shave:
+        a, b = a[shave:-shave, shave:-shave], b[shave:-shave, shave:-shave]
+    mse = float(np.mean((a - b) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(peak ** 2 / mse)

@@ -1,0 +1,130 @@
+"""Synthetic degradations (numpy + Pillow only) that make training inputs from clean images.
+
+All functions take and return float32 H×W×C arrays in [0, 1]. Randomness always comes from a
+``numpy.random.Generator`` passed in, so a seed reproduces a degradation exactly.
+
+- Super-resolution: ``bicubic_downscale`` (Pillow's antialiased bicubic, close to MATLAB's
+  ``imresize``, the standard SR protocol) of a ``modcrop``-ed image.
+- Sharpening: ``sharpen_degradation`` draws one blind degradation: a blur (Gaussian σ 0.5–3,
+  defocus disk, or down-and-up resize blur), then, sometimes, light noise and/or JPEG. The
+  output keeps the input's shape.
+"""
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+from PIL import Image
+
+_RESAMPLE = Image.Resampling
+
+
+def _resize(img: np.ndarray, width: int, height: int, resample: int) -> np.ndarray:
+    """Resize each channel as a float32 ("F") image: no 8-bit rounding on the way."""
+    out = [np.asarray(Image.fromarray(np.ascontiguousarray(img[:, :, c])).resize((width, height), resample))
+           for c in range(img.shape[2])]
+    return np.stack(out, axis=2).astype(np.float32)
+
+
+def modcrop(img: np.ndarray, scale: int) -> np.ndarray:
+    """Crop bottom/right so both sides are multiples of ``scale`` (the SR protocol)."""
+    h, w = img.shape[0] - img.shape[0] % scale, img.shape[1] - img.shape[1] % scale
+    return img[:h, :w]
+
+
+def bicubic_downscale(img: np.ndarray, scale: int) -> np.ndarray:
+    """LR image for SR training/evaluation: antialiased bicubic ÷scale of a modcropped image."""
+    hr = modcrop(img, scale)
+    lr = _resize(hr, hr.shape[1] // scale, hr.shape[0] // scale, _RESAMPLE.BICUBIC)
+    return np.clip(lr, 0.0, 1.0)
+
+
+def bicubic_upscale(img: np.ndarray, scale: int) -> np.ndarray:
+    """Plain bicubic enlargement (the SR baseline)."""
+    return np.clip(_resize(img, img.shape[1] * scale, img.shape[0] * scale, _RESAMPLE.BICUBIC), 0.0, 1.0)
+
+
+def convolve(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """2-D correlation of every channel with a small kernel, reflect-padded (same size out)."""
+    kh, kw = kernel.shape
+    py, px = kh // 2, kw // 2
+    padded = np.pad(img, ((py, kh - 1 - py), (px, kw - 1 - px), (0, 0)), mode="reflect")
+    out = np.zeros_like(img, dtype=np.float32)
+    h, w = img.shape[:2]
+    for dy in range(kh):
+        for dx in range(kw):
+            k = float(kernel[dy, dx])
+            if k != 0.0:
+                out += k * padded[dy:dy + h, dx:dx + w]
+    return out
+
+
+def gaussian_kernel1d(sigma: float) -> np.ndarray:
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (x / sigma) ** 2)
+    return (k / k.sum()).astype(np.float32)
+
+
+def gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    k = gaussian_kernel1d(sigma)
+    # Separable: a row pass then a column pass (a 2-D kernel would be 37×37 at σ=3).
+    return convolve(convolve(img, k[None, :]), k[:, None])
+
+
+def disk_kernel(radius: float, supersample: int = 8) -> np.ndarray:
+    """Defocus point-spread function: a uniform disk with antialiased (area-weighted) edge."""
+    r = int(math.ceil(radius))
+    n = (2 * r + 1) * supersample
+    coords = (np.arange(n) + 0.5) / supersample - (r + 0.5)
+    inside = (coords[None, :] ** 2 + coords[:, None] ** 2) <= radius ** 2
+    k = inside.reshape(2 * r + 1, supersample, 2 * r + 1, supersample).mean(axis=(1, 3))
+    return (k / k.sum()).astype(np.float32)
+
+
+def defocus_blur(img: np.ndarray, radius: float) -> np.ndarray:
+    return convolve(img, disk_kernel(radius))
+
+
+def resize_blur(img: np.ndarray, factor: float, down: int = _RESAMPLE.BICUBIC) -> np.ndarray:
+    """Lost resolution: shrink by ``factor`` with the given filter, enlarge back bicubically."""
+    h, w = img.shape[:2]
+    small = _resize(img, max(1, round(w / factor)), max(1, round(h / factor)), down)
+    return _resize(small, w, h, _RESAMPLE.BICUBIC)
+
+
+def add_noise(img: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    return img + rng.normal(0.0, sigma, size=img.shape).astype(np.float32)
+
+
+def jpeg(img: np.ndarray, quality: int) -> np.ndarray:
+    """JPEG round trip (also quantises to 8 bits, as real JPEG'd photos are)."""
+    u8 = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    grey = u8.shape[2] == 1
+    pil = Image.fromarray(u8[:, :, 0] if grey else u8)
+    buf = io.BytesIO()
+    pil.save(buf, format="JPEG", quality=int(quality))
+    out = np.asarray(Image.open(io.BytesIO(buf.getvalue())), dtype=np.float32) / 255.0
+    return out[:, :, None] if grey else out
+
+
+def random_blur(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    kind = rng.choice(["gaussian", "defocus", "resize"], p=[0.5, 0.25, 0.25])
+    if kind == "gaussian":
+        return gaussian_blur(img, float(rng.uniform(0.5, 3.0)))
+    if kind == "defocus":
+        return defocus_blur(img, float(rng.uniform(1.0, 4.0)))
+    filters = [_RESAMPLE.BICUBIC, _RESAMPLE.BILINEAR, _RESAMPLE.BOX]
+    return resize_blur(img, float(rng.uniform(1.5, 3.0)), filters[int(rng.integers(len(filters)))])
+
+
+def sharpen_degradation(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One random blind degradation for the sharpen net: blur, then maybe noise, maybe JPEG."""
+    out = random_blur(img.astype(np.float32, copy=False), rng)
+    if rng.random() < 0.5:
+        out = add_noise(out, float(rng.uniform(0.002, 0.02)), rng)  # light: we sharpen, not denoise
+    out = np.clip(out, 0.0, 1.0)
+    if rng.random() < 0.3:
+        out = jpeg(out, int(rng.integers(70, 96)))
+    return out.astype(np.float32)

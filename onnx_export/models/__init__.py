@@ -1,0 +1,45 @@
+"""Torch definitions of the exported nets; one architecture per file, each stating its size rules.
+
+``build_model(kind, params)`` is what checkpoints and the converter use, so a checkpoint only
+needs to store ``kind`` and ``params`` to rebuild its net.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .rdn import RDN, RDNConfig
+from .unet import PatchDiscriminator, UNet, UNetConfig
+
+KINDS = ("rdn", "unet")
+TASKS = {"rdn": "upscale", "unet": "sharpen"}
+
+
+def build_model(kind: str, params: dict[str, Any]) -> nn.Module:
+    if kind == "rdn":
+        return RDN(RDNConfig(**params))
+    if kind == "unet":
+        return UNet(UNetConfig(**params))
+    raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(KINDS)}")
+
+
+def model_params(model: nn.Module) -> dict[str, Any]:
+    return model.config.as_dict()  # type: ignore[union-attr,operator]
+
+
+def runtime_facts(model: nn.Module) -> dict[str, Any]:
+    """What the engine's runner needs to know about a net (goes into the model card)."""
+    return {
+        "scale": int(getattr(model, "scale")),
+        "size_multiple": int(getattr(model, "size_multiple")),
+        "receptive_radius": int(model.receptive_radius()),  # type: ignore[operator]
+        "activation_floats_per_px": int(model.activation_floats_per_px()),  # type: ignore[operator]
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "input": "N×3×H×W float32 RGB in [0, 1]",
+        "output": "N×3×(scale·H)×(scale·W) float32 RGB, clip to [0, 1]",
+    }
+
+
+__all__ = ["KINDS", "TASKS", "RDN", "RDNConfig", "UNet", "UNetConfig", "PatchDiscriminator",
+           "build_model", "model_params", "runtime_facts"]

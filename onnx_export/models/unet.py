@@ -1,0 +1,119 @@
+"""pix2pix-style U-Net generator for blind sharpening, sized for CPU, plus a PatchGAN critic.
+
+Generator (``UNet``): a full-resolution stem (3×3, 3→base), ``depth`` down steps (4×4 stride-2
+conv, LeakyReLU 0.2), a 3×3 bottleneck, and ``depth`` up steps (nearest ×2 + 3×3 conv, ReLU,
+concatenation with the encoder features of the same scale, 3×3 fusion conv, ReLU); a 3×3 head
+predicts the missing detail, which is *added to the input*: output = input + detail.
+Channels at level i: min(base·2^i, max_channels).
+
+Choices and why:
+- residual output: a mildly blurred image is already close to the answer, so the net only
+  learns the (small) detail; the identity is free, and an untrained net starts as a no-op.
+- no normalisation layers: batch/instance statistics would make a tile's output depend on the
+  rest of the tile, so tiled and untiled runs would differ (and ONNX would need the stats).
+- nearest upsampling + conv instead of transposed convs: no checkerboard in the detail.
+
+Tensors: input N×3×H×W RGB in [0, 1]; output N×3×H×W, not clipped (the runner clips).
+
+Size rule: H and W must be multiples of 2**depth (each stride-2 step halves exactly, each
+upsampling doubles back, and the skip concatenations need equal sizes). The runner pads
+(reflect) to that multiple and aligns tiles to it, because strided convs are not shift-
+invariant: a tile that starts off the 2**depth grid would see a different sampling phase.
+
+``PatchDiscriminator``: conditional PatchGAN (pix2pix: input and output concatenated, 6
+channels), 4×4 convs with strides 2, 2, 2, 1 and a 1-channel 4×4 conv, LeakyReLU 0.2; one
+real/fake logit per ~70×70 patch at the default n_layers=3. Training only, never exported.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    base: int = 32
+    depth: int = 4
+    max_channels: int = 256
+
+    def __post_init__(self) -> None:
+        if self.base < 1 or self.depth < 1 or self.max_channels < self.base:
+            raise ValueError(f"bad U-Net parameters: {self}")
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class UNet(nn.Module):
+    scale = 1
+
+    def __init__(self, config: UNetConfig | None = None) -> None:
+        super().__init__()
+        cfg = config or UNetConfig()
+        self.config = cfg
+        self.size_multiple = 2 ** cfg.depth
+        ch = [min(cfg.base * 2 ** i, cfg.max_channels) for i in range(cfg.depth + 1)]
+        self.stem = nn.Conv2d(3, ch[0], 3, padding=1)
+        self.downs = nn.ModuleList(nn.Conv2d(ch[i], ch[i + 1], 4, stride=2, padding=1)
+                                   for i in range(cfg.depth))
+        self.bottleneck = nn.Conv2d(ch[-1], ch[-1], 3, padding=1)
+        # up step i goes from level i+1 to level i
+        self.ups = nn.ModuleList(nn.Conv2d(ch[i + 1], ch[i], 3, padding=1) for i in range(cfg.depth))
+        self.fuses = nn.ModuleList(nn.Conv2d(2 * ch[i], ch[i], 3, padding=1) for i in range(cfg.depth))
+        self.head = nn.Conv2d(ch[0], 3, 3, padding=1)
+        # Start as the identity (output = input): the detail head begins at zero.
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.leaky_relu(self.stem(x), 0.2)
+        skips = [h]
+        for down in self.downs:
+            h = F.leaky_relu(down(h), 0.2)
+            skips.append(h)
+        h = F.relu(self.bottleneck(h))
+        for i in reversed(range(self.config.depth)):
+            h = F.relu(self.ups[i](F.interpolate(h, scale_factor=2.0, mode="nearest")))
+            h = F.relu(self.fuses[i](torch.cat([h, skips[i]], dim=1)))
+        return x + self.head(h)
+
+    def receptive_radius(self) -> int:
+        """Input pixels on each side that can influence one output pixel (upper bound)."""
+        r, stride = 1, 1  # stem
+        for _ in range(self.config.depth):
+            r += 2 * stride  # 4×4 stride-2 conv, padding 1: reaches 2 px (at this level) back
+            stride *= 2
+        r += stride  # bottleneck
+        for _ in range(self.config.depth):
+            stride //= 2
+            r += 2 * stride  # up conv + fuse conv at each level
+        return r + 1  # head
+
+    def activation_floats_per_px(self) -> int:
+        """Rough peak of live activations per input pixel (for the tiler's memory budget)."""
+        ch = [min(self.config.base * 2 ** i, self.config.max_channels) for i in range(self.config.depth + 1)]
+        skips = sum(c / 4 ** i for i, c in enumerate(ch))
+        return int(skips + 4 * ch[0] + 6)  # skips + the full-resolution up/fuse/concat maps
+
+
+class PatchDiscriminator(nn.Module):
+    def __init__(self, in_channels: int = 6, base: int = 64, n_layers: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, base, 4, stride=2, padding=1),
+                                   nn.LeakyReLU(0.2)]
+        ch = base
+        for i in range(1, n_layers + 1):
+            nxt = min(base * 2 ** i, base * 8)
+            stride = 2 if i < n_layers else 1
+            # Instance norm is fine here: the critic is never tiled or exported.
+            layers += [nn.Conv2d(ch, nxt, 4, stride=stride, padding=1),
+                       nn.InstanceNorm2d(nxt, affine=True), nn.LeakyReLU(0.2)]
+            ch = nxt
+        layers.append(nn.Conv2d(ch, 1, 4, stride=1, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, degraded: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([degraded, candidate], dim=1))

@@ -1,0 +1,388 @@
+"""The ONNX backend end to end, on small randomly initialised nets exported to a temp folder:
+export parity, seamless tiling, no torch on the runner path, the ISR converter (checked against
+an independent numpy implementation of ISR's Keras graph), degradations, and a training smoke
+run that writes a checkpoint + model card and resumes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx", reason="torch.onnx.export needs the onnx package (the engine's 'export' extra)")
+
+from engine.errors import BadInput, Cancelled  # noqa: E402
+from engine.onnx import runner, tiling  # noqa: E402
+from onnx_export import degrade  # noqa: E402
+from onnx_export.data import PatchData, psnr, split_files  # noqa: E402
+from onnx_export.export import export_with_card  # noqa: E402
+from onnx_export.models import RDN, RDNConfig, UNet, UNetConfig  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+PARITY_TOL = 1e-4
+
+
+def _test_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Photo-like content: smooth gradients, an edge, some texture and noise, in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = np.stack([x / w, y / h, 0.5 + 0.3 * np.sin(x / 5.0) * np.cos(y / 7.0)], axis=2)
+    base[(x - w / 2) ** 2 + (y - h / 3) ** 2 < (min(h, w) / 4) ** 2] *= 0.4
+    return np.clip(base + 0.05 * rng.standard_normal((h, w, 3)), 0, 1).astype(np.float32)
+
+
+def _randomise_head(model: UNet) -> UNet:
+    # An untrained U-Net is the identity (zero head); give it a real detail path to test.
+    torch.nn.init.normal_(model.head.weight, std=0.05)
+    torch.nn.init.normal_(model.head.bias, std=0.01)
+    return model
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict, torch.nn.Module]]:
+    out = tmp_path_factory.mktemp("onnx_models")
+    torch.manual_seed(0)
+    nets = {
+        "rdn_x2": ("rdn", RDN(RDNConfig(C=2, D=3, G=8, G0=16, scale=2, upscaling="shuffle", input_skip=True))),
+        "rdn_x4_ups": ("rdn", RDN(RDNConfig(C=2, D=2, G=8, G0=16, scale=4, upscaling="ups"))),
+        "unet": ("unet", _randomise_head(UNet(UNetConfig(base=8, depth=3, max_channels=32)))),
+    }
+    models = {}
+    for name, (kind, net) in nets.items():
+        path = out / f"{name}.onnx"
+        card = export_with_card(net.eval(), kind, path)
+        models[name] = (path, card, net)
+    return models
+
+
+# -- export ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["rdn_x2", "rdn_x4_ups", "unet"])
+def test_export_parity_and_card(exported, name: str) -> None:
+    path, card, net = exported[name]
+    parity = card["export"]["parity"]
+    assert len(parity["sizes"]) >= 3
+    assert parity["max_abs_diff"] < PARITY_TOL, parity
+    on_disk = json.loads(path.with_suffix(".json").read_text())
+    assert on_disk["runtime"]["scale"] == net.scale
+    assert on_disk["runtime"]["size_multiple"] == net.size_multiple
+    assert on_disk["export"]["sha256"] == card["export"]["sha256"]
+
+
+def test_export_dynamic_sizes_beyond_the_parity_set(exported) -> None:
+    path, _card, net = exported["rdn_x2"]
+    model = runner.load_model(path, device="cpu")
+    x = np.random.default_rng(1).random((1, 3, 23, 9), dtype=np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    got = model.infer(x)
+    assert got.shape == (1, 3, 46, 18)
+    assert np.abs(got - want).max() < PARITY_TOL
+
+
+# -- runner + tiling ---------------------------------------------------------------------------
+
+def test_session_cache_and_providers(exported) -> None:
+    path = exported["rdn_x2"][0]
+    a = runner.load_model(path, device="auto")
+    assert runner.load_model(path, device="auto") is a
+    assert a.provider in runner.available_providers()
+    assert runner.choose_providers("cpu") == ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in runner.available_providers():
+        assert a.provider == "CPUExecutionProvider"
+        with pytest.raises(BadInput):
+            runner.choose_providers("cuda")
+    assert a.session.get_session_options().intra_op_num_threads == runner.available_cpu_threads()
+
+
+@pytest.mark.parametrize("length,tile,overlap,multiple,scale", [
+    (300, 80, 16, 1, 1), (301, 66, 16, 1, 2), (512, 160, 32, 16, 1), (100, 300, 16, 1, 4), (97, 70, 16, 1, 3)])
+def test_blend_weights_are_a_partition_of_unity(length, tile, overlap, multiple, scale) -> None:
+    plan = tiling.make_plan(length, length, tile, overlap, multiple)
+    total = np.zeros(plan.padded_height * scale)
+    for start, w in zip(plan.ys, tiling.axis_weights(plan.ys, plan.tile_height, overlap, scale)):
+        assert all(s % multiple == 0 for s in plan.ys)
+        total[start * scale:start * scale + len(w)] += w
+    np.testing.assert_allclose(total, 1.0, atol=1e-6)
+    steps = np.diff([*plan.ys, plan.padded_height - plan.tile_height])
+    assert all(plan.tile_height - s >= overlap for s in steps if s > 0)
+
+
+@pytest.mark.parametrize("name,shape", [("rdn_x2", (150, 170)), ("unet", (200, 184))])
+def test_tiled_equals_untiled_away_from_borders(exported, name: str, shape: tuple[int, int]) -> None:
+    path, _card, net = exported[name]
+    model = runner.load_model(path, device="cpu")
+    image = _test_image(*shape)
+    whole = runner.run_rgb(model, image, tile=1024)
+    calls: list[float] = []
+    tiled = runner.run_rgb(model, image, tile=1, progress=lambda f, t: calls.append(f))  # smallest tiles
+    assert len(calls) >= 4 and calls[-1] == 1.0, "expected several tiles"
+    s, m = model.scale, 8
+    assert whole.shape == tiled.shape == (shape[0] * s, shape[1] * s, 3)
+    diff = np.abs(whole - tiled)[m * s:-m * s, m * s:-m * s].max()
+    assert diff < 1 / 255, f"tiled vs untiled max diff {diff:.4g}"
+    with torch.no_grad():  # the untiled ONNX run is the torch net (padded to its size rule)
+        mult = net.size_multiple
+        ph, pw = -(-shape[0] // mult) * mult, -(-shape[1] // mult) * mult
+        padded = np.pad(image, ((0, ph - shape[0]), (0, pw - shape[1]), (0, 0)), mode="reflect")
+        want = net(torch.from_numpy(padded.transpose(2, 0, 1)[None].copy()))[0].numpy().transpose(1, 2, 0)
+    assert np.abs(want[:shape[0] * s, :shape[1] * s] - whole).max() < PARITY_TOL
+
+
+def test_run_model_alpha_grey_and_cancel(exported) -> None:
+    model = runner.load_model(exported["rdn_x2"][0], device="cpu")
+    rgba = np.concatenate([_test_image(20, 30), np.linspace(0, 1, 600, dtype=np.float32).reshape(20, 30, 1)], 2)
+    out = runner.run_model(model, rgba)
+    assert out.shape == (40, 60, 4) and out.dtype == np.float32
+    assert 0.0 <= out.min() and out.max() <= 1.0
+    np.testing.assert_allclose(out[:, :, 3], tiling.resize_alpha(rgba[:, :, 3:], 2)[:, :, 0])
+    grey_alpha = runner.run_model(model, rgba[:, :, [0, 3]])
+    assert grey_alpha.shape == (40, 60, 2)
+    with pytest.raises(Cancelled):
+        runner.run_model(model, _test_image(150, 150), tile=1, cancel_requested=lambda: True)
+
+
+def test_tile_budget_and_out_of_memory_retry() -> None:
+    side = tiling.tile_from_budget(256 * 2**20, 1000, overlap=32, multiple=16)
+    assert side % 16 == 0 and tiling.min_tile(32, 16) <= side <= tiling.MAX_TILE
+    assert tiling.tile_from_budget(1, 1000, overlap=16) == tiling.min_tile(16, 1)
+
+    class SmallGpu:  # an identity "net" that runs out of memory on tiles over 100 px
+        def run(self, _names, feeds):
+            x = feeds["input"]
+            if max(x.shape[2:]) > 100:
+                raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory")
+            return [x]
+
+    fake = runner.OnnxModel(path=Path("fake.onnx"), session=SmallGpu(), card={}, provider="CPUExecutionProvider",
+                            input_name="input", output_name="output", scale=1, size_multiple=1,
+                            tile_overlap=16, activation_floats_per_px=10)
+    image = _test_image(300, 260)
+    texts: list[str] = []
+    out = runner.run_rgb(fake, image, tile=400, progress=lambda f, t: texts.append(t))
+    np.testing.assert_allclose(out, image, atol=1e-6)
+    assert any("out of memory" in t for t in texts)
+
+
+def test_runner_path_never_imports_torch(exported) -> None:
+    path = exported["unet"][0]
+    code = (
+        "import sys, numpy as np\n"
+        "from engine.onnx import runner\n"
+        f"m = runner.load_model({str(path)!r})\n"
+        "out = runner.run_model(m, np.random.default_rng(0).random((40, 50, 4), dtype=np.float32), tile=1)\n"
+        "assert out.shape == (40, 50, 4), out.shape\n"
+        "bad = sorted(k for k in sys.modules if k.split('.')[0] in ('torch', 'onnx_export'))\n"
+        "assert not bad, bad\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+# -- ISR converter -----------------------------------------------------------------------------
+
+def _keras_conv(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Keras Conv2D(padding='same', stride 1) on H×W×Cin with a (kh, kw, in, out) kernel."""
+    kh, kw = kernel.shape[:2]
+    padded = np.pad(x, ((kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    h, w = x.shape[:2]
+    out = np.zeros((h, w, kernel.shape[3]), dtype=np.float64)
+    for dy in range(kh):
+        for dx in range(kw):
+            out += np.einsum("hwi,io->hwo", padded[dy:dy + h, dx:dx + w], kernel[dy, dx])
+    return out + bias
+
+
+def _isr_reference(x: np.ndarray, w: dict[str, tuple[np.ndarray, np.ndarray]], C: int, D: int, scale: int,
+                   upscaling: str) -> np.ndarray:
+    """ISR's Keras RDN graph in numpy (NHWC semantics, TF depth_to_space), written from its
+    layer description, independent of our torch model and the converter."""
+    relu = lambda a: np.maximum(a, 0.0)  # noqa: E731
+    f_m1 = _keras_conv(x, *w["F_m1"])
+    h = _keras_conv(f_m1, *w["F_0"])
+    outs = []
+    for d in range(1, D + 1):
+        feats = h
+        for c in range(1, C + 1):
+            feats = np.concatenate([feats, relu(_keras_conv(feats, *w[f"F_{d}_{c}"]))], axis=2)
+        h = _keras_conv(feats, *w[f"LFF_{d}"]) + h
+        outs.append(h)
+    h = _keras_conv(_keras_conv(np.concatenate(outs, axis=2), *w["GFF_1"]), *w["GFF_2"]) + f_m1
+    h = relu(_keras_conv(h, *w["UPN1"]))
+    h = relu(_keras_conv(h, *w["UPN2"]))
+    h = _keras_conv(h, *w["UPN3"])
+    hh, ww, ch = h.shape
+    if upscaling == "ups":  # UpSampling2D, nearest
+        h = h.repeat(scale, axis=0).repeat(scale, axis=1)
+    else:  # tf.nn.depth_to_space, NHWC: out[y·s+i, x·s+j, c] = in[y, x, (i·s + j)·C' + c]
+        c_out = ch // scale ** 2
+        h = h.reshape(hh, ww, scale, scale, c_out).transpose(0, 2, 1, 3, 4).reshape(hh * scale, ww * scale, c_out)
+    return _keras_conv(h, *w["SR"])
+
+
+def _write_isr_hdf5(path: Path, C: int, D: int, G: int, G0: int, scale: int, upscaling: str,
+                    whole_model: bool, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    h5py = pytest.importorskip("h5py")
+    rng = np.random.default_rng(seed)
+    shapes: dict[str, tuple[int, int, int, int]] = {"F_m1": (3, 3, 3, G0), "F_0": (3, 3, G0, G0)}
+    for d in range(1, D + 1):
+        for c in range(1, C + 1):
+            shapes[f"F_{d}_{c}"] = (3, 3, G0 + (c - 1) * G, G)
+        shapes[f"LFF_{d}"] = (1, 1, G0 + C * G, G0)
+    shapes.update({"GFF_1": (1, 1, D * G0, G0), "GFF_2": (3, 3, G0, G0), "UPN1": (5, 5, G0, 64),
+                   "UPN2": (3, 3, 64, 32), "UPN3": (3, 3, 32, 3 * scale ** 2),
+                   "SR": (3, 3, 3 * scale ** 2 if upscaling == "ups" else 3, 3)})
+    weights = {}
+    for name, shape in shapes.items():
+        fan_in = shape[0] * shape[1] * shape[2]
+        weights[name] = ((rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32),
+                         (0.05 * rng.standard_normal(shape[3])).astype(np.float32))
+    with h5py.File(path, "w") as f:
+        root = f.create_group("model_weights") if whole_model else f
+        if whole_model:  # a whole saved model also holds optimiser slots, to be ignored
+            f.create_group("optimizer_weights").create_dataset("training/Adam/F_m1/kernel/m:0",
+                                                               data=np.zeros(1, np.float32))
+        names = ["LR", *shapes, "UPsample" if upscaling == "ups" else "PixelShuffle"]
+        root.attrs["layer_names"] = [n.encode() for n in names]
+        for name in names:
+            group = root.create_group(name)
+            if name not in shapes:
+                group.attrs["weight_names"] = []
+                continue
+            group.attrs["weight_names"] = [f"{name}/kernel:0".encode(), f"{name}/bias:0".encode()]
+            group.create_dataset(f"{name}/kernel:0", data=weights[name][0])  # Keras nests name/name
+            group.create_dataset(f"{name}/bias:0", data=weights[name][1])
+    return weights
+
+
+@pytest.mark.parametrize("scale,upscaling,whole_model", [(2, "ups", False), (3, "shuffle", True)])
+def test_isr_converter_matches_keras_graph(tmp_path: Path, scale: int, upscaling: str, whole_model: bool) -> None:
+    from onnx_export import isr_convert
+
+    C, D, G, G0 = 2, 3, 4, 8
+    h5 = tmp_path / "isr.hdf5"
+    weights = _write_isr_hdf5(h5, C, D, G, G0, scale, upscaling, whole_model, seed=scale)
+    model = isr_convert.load_isr_rdn(h5)
+    assert model.config == RDNConfig(C=C, D=D, G=G, G0=G0, scale=scale, kernel_size=3, upscaling=upscaling)
+    x = _test_image(7, 6, seed=3)
+    want = _isr_reference(x.astype(np.float64), weights, C, D, scale, upscaling)
+    with torch.no_grad():
+        got = model(torch.from_numpy(x.transpose(2, 0, 1)[None].copy()))[0].numpy().transpose(1, 2, 0)
+    assert got.shape == want.shape == (7 * scale, 6 * scale, 3)
+    assert np.abs(got - want).max() < 1e-4
+    onnx_path = tmp_path / "isr.onnx"
+    assert isr_convert.main([str(h5), "-o", str(onnx_path)]) == 0
+    card = json.loads(onnx_path.with_suffix(".json").read_text())
+    assert card["architecture"]["params"]["D"] == D and card["export"]["parity"]["max_abs_diff"] < PARITY_TOL
+    onnx_out = runner.run_rgb(runner.load_model(onnx_path, device="cpu"), x)
+    assert np.abs(onnx_out - want).max() < 1e-4
+
+
+# -- degradations and data ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(32, 32, 3), (41, 27, 3), (24, 40, 1)])
+def test_degradations_deterministic_and_shape_preserving(shape: tuple[int, int, int]) -> None:
+    img = _test_image(shape[0], shape[1])[:, :, :shape[2]]
+    outs = []
+    for seed in range(12):
+        a = degrade.sharpen_degradation(img, np.random.default_rng(seed))
+        b = degrade.sharpen_degradation(img, np.random.default_rng(seed))
+        np.testing.assert_array_equal(a, b)
+        assert a.shape == img.shape and a.dtype == np.float32 and 0 <= a.min() and a.max() <= 1
+        outs.append(a)
+    assert not np.array_equal(outs[0], outs[1])
+    assert degrade.gaussian_blur(img, 2.0).shape == img.shape
+    assert degrade.defocus_blur(img, 3.0).shape == img.shape
+    assert degrade.resize_blur(img, 2.5).shape == img.shape
+    lr = degrade.bicubic_downscale(img, 2)
+    assert lr.shape == (shape[0] // 2, shape[1] // 2, shape[2])
+    # A blur removes detail: the blurred image is closer to its own blur than the original is.
+    assert psnr(degrade.gaussian_blur(img, 1.5), img) < 40
+
+
+def test_validation_split_is_by_name_and_disjoint(tmp_path: Path) -> None:
+    files = [tmp_path / f"img{i:03d}.png" for i in range(200)]
+    train, val = split_files(files, 0.1)
+    assert set(train).isdisjoint(val) and len(train) + len(val) == 200
+    assert 5 <= len(val) <= 40
+    moved = [Path("/elsewhere") / p.name for p in files]
+    assert [p.name for p in split_files(moved, 0.1)[1]] == [p.name for p in val]
+
+
+# -- training ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("tiny_images")
+    for i in range(5):
+        Image.fromarray((_test_image(36, 44, seed=i) * 255).astype(np.uint8)).save(folder / f"t{i}.png")
+    return folder
+
+
+def test_training_smoke_checkpoint_card_resume(tmp_path: Path, tiny_images: Path) -> None:
+    from onnx_export import train
+
+    ckpt = tmp_path / "rdn.pt"
+    common = ["--model", "rdn", "--scale", "2", "--data", str(tiny_images), "--out", str(ckpt),
+              "--batch", "2", "--patch", "8", "--val-every", "1", "--log-every", "1",
+              "--C", "1", "--D", "2", "--G", "4", "--G0", "8", "--threads", "1"]
+    assert train.main([*common, "--steps", "2"]) == 0
+    card = json.loads(ckpt.with_suffix(".json").read_text())
+    assert card["training"]["steps"] == 2
+    assert card["architecture"]["params"] == {"C": 1, "D": 2, "G": 4, "G0": 8, "scale": 2,
+                                              "kernel_size": 3, "upscaling": "shuffle", "input_skip": True}
+    assert card["data"]["validation_images"] >= 1 and card["data"]["train_images"] >= 1
+    assert np.isfinite(card["validation"]["last"]["psnr"])
+    assert len(card["validation"]["history"]) == 2
+    assert card["commands"][0].startswith("python -m onnx_export.train --model rdn")
+    with pytest.raises(SystemExit):  # an existing checkpoint is never overwritten silently
+        train.main([*common, "--steps", "3"])
+    assert train.main([*common, "--steps", "3", "--resume"]) == 0
+    state = torch.load(ckpt, weights_only=True)
+    assert state["step"] == 3 and len(state["commands"]) == 2
+    card = json.loads(ckpt.with_suffix(".json").read_text())
+    assert card["training"]["steps"] == 3 and len(card["validation"]["history"]) == 3
+
+    from onnx_export import export
+
+    onnx_path = tmp_path / "rdn.onnx"
+    assert export.main([str(ckpt), "-o", str(onnx_path)]) == 0
+    exported_card = json.loads(onnx_path.with_suffix(".json").read_text())
+    assert exported_card["training"]["steps"] == 3 and exported_card["runtime"]["scale"] == 2
+    assert exported_card["export"]["parity"]["max_abs_diff"] < PARITY_TOL
+
+
+def test_training_smoke_unet_with_patchgan(tmp_path: Path, tiny_images: Path) -> None:
+    from onnx_export import train
+
+    ckpt = tmp_path / "sharpen.pt"
+    assert train.main(["--model", "unet", "--data", str(tiny_images), "--out", str(ckpt), "--steps", "2",
+                       "--batch", "2", "--patch", "16", "--base", "4", "--depth", "2", "--max-channels", "8",
+                       "--gan-weight", "0.01", "--val-every", "2", "--threads", "1"]) == 0
+    state = torch.load(ckpt, weights_only=True)
+    assert state["disc"] is not None and state["step"] == 2
+    card = json.loads(ckpt.with_suffix(".json").read_text())
+    assert card["task"] == "sharpen" and card["architecture"]["size_multiple"] == 4
+
+
+def test_patch_data_shapes(tiny_images: Path) -> None:
+    data = PatchData([tiny_images], "upscale", patch=8, scale=2)
+    batch = data.batch(3, np.random.default_rng(0))
+    assert batch.source.shape == (3, 3, 8, 8) and batch.target.shape == (3, 3, 16, 16)
+    sharpen = PatchData([tiny_images], "sharpen", patch=16)
+    b = sharpen.batch(2, np.random.default_rng(0))
+    assert b.source.shape == b.target.shape == (2, 3, 16, 16)
+    for _name, src, tgt in sharpen.validation(multiple=8):
+        assert src.shape == tgt.shape and src.shape[0] % 8 == 0
