@@ -28,12 +28,12 @@ def noisy_pair(tmp_path, shared_data):
 
 def test_denoise_cli_improves_psnr(noisy_pair, tmp_path):
     clean, noisy, path = noisy_pair
-    result = run_cli("denoise", path, "-o", tmp_path / "out.png", "--iterations", "150", "--seed", "3")
+    result = run_cli("denoise", path, "-o", tmp_path / "out.png", "--iterations", "300", "--seed", "3")
     assert result.returncode == 0, result.stderr
     assert "100%" in result.stderr  # the progress report reached the end
     out = read_image(tmp_path / "out.png").pixels
     assert out.shape == noisy.shape
-    assert _psnr(out, clean) > _psnr(noisy, clean) + 1.0
+    assert _psnr(out, clean) > _psnr(noisy, clean) + 2.0
 
 
 def test_inpaint_cli_keeps_known_pixels_16bit(tmp_path):
