@@ -34,6 +34,9 @@ class _Session:
         self.inbox: queue.Queue[Message | ProtocolError | None] = queue.Queue()
         self.cancelled_ids: set[int] = set()
         self.lock = threading.Lock()
+        # Set when stdin closes: the plug-in is gone (GIMP closed it, or the user's cancel
+        # killed it), so a running job must stop instead of computing for nobody.
+        self.peer_gone = threading.Event()
 
     def read_forever(self) -> None:
         try:
@@ -51,14 +54,20 @@ class _Session:
             return
         except Exception as exc:  # noqa: BLE001 - e.g. a closed pipe: end the session quietly
             log.info("stdin reader stopped: %r", exc)
+        self.peer_gone.set()
         self.inbox.put(None)
 
     def is_cancelled(self, request_id: int) -> bool:
+        if self.peer_gone.is_set():
+            return True
         with self.lock:
             return request_id in self.cancelled_ids
 
     def send(self, header: dict, buffers: list[Buffer] = ()) -> None:  # type: ignore[assignment]
-        write_message(self.stdout, header, buffers)
+        try:
+            write_message(self.stdout, header, buffers)
+        except (BrokenPipeError, ValueError, OSError):
+            self.peer_gone.set()  # nobody reads our answers any more
 
 
 def _decode_request(message: Message) -> tuple[str, dict, np.ndarray, np.ndarray | None, Buffer]:

@@ -128,3 +128,22 @@ def test_garbage_on_stdin_gives_a_protocol_error(config):
     header, _ = read_frame(stream)
     assert header["type"] == "error" and header["kind"] == "protocol"
     assert process.returncode == 2
+
+
+def test_engine_stops_working_when_the_plugin_goes_away(config):
+    """GIMP kills a plug-in whose progress the user cancels: the engine must not run on."""
+    import subprocess
+    from neural_restore.protocol import encode_frame, read_frame
+    data, buf = _image_buffer(64, 64)
+    process = subprocess.Popen([sys.executable, "-I", "-m", "engine", "serve"], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert read_frame(process.stdout)[0]["type"] == "hello"
+    process.stdin.write(encode_frame({"type": "request", "id": 1, "op": "denoise",
+                                      "params": {"iterations": 100000}}, [buf]))
+    process.stdin.flush()
+    assert read_frame(process.stdout)[0]["type"] == "progress"  # it is working
+    started = time.monotonic()
+    process.stdin.close()
+    process.stdout.close()
+    assert process.wait(timeout=30) == 0
+    assert time.monotonic() - started < 10
