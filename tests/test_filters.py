@@ -123,3 +123,142 @@ def test_engine_bad_input_reaches_the_user_unchanged(tmp_path):
     with pytest.raises(FilterError, match="at least") as error:
         filters.run_filter(host, _spec("denoise"), {"iterations": 2}, str(tmp_path))
     assert error.value.kind == "bad-input" and host.added == []
+
+
+# --- progress text, engine time-outs and lifetime (no GIMP needed) ---------------------
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from neural_restore.client import EngineFailure, EngineProcess
+
+FAKE_ENGINE = Path(__file__).with_name("gimp2") / "fake_engine.py"
+
+
+class FakeClock(object):
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_progress_text_shows_the_step_elapsed_and_time_left():
+    host = MemoryHost(_pixels())
+    clock = FakeClock()
+    progress = filters.ProgressClock(host, clock)
+    clock.now += 5  # engine start-up: counts as elapsed, not in the rate
+    progress.first = None
+    progress(0.1, "iteration 10/100")
+    clock.now += 10
+    progress(0.2, "iteration 20/100")
+    assert host.progress_calls[-1] == (0.2, "iteration 20/100 (0:15 elapsed, about 1:20 left)")
+    clock.now += 2
+    progress.tick()  # the engine is silent: same step, fresher clock
+    assert host.progress_calls[-1][1].startswith("iteration 20/100 (0:17 elapsed")
+
+
+def test_progress_text_has_no_estimate_until_the_rate_is_known():
+    host = MemoryHost(_pixels())
+    clock = FakeClock()
+    progress = filters.ProgressClock(host, clock)
+    progress(0.0, "iteration 0/3000")
+    clock.now += 1
+    progress(0.001, "iteration 3/3000")
+    assert host.progress_calls[-1][1] == "iteration 3/3000 (0:01 elapsed)"
+
+
+def test_too_small_layer_is_refused_before_the_engine_starts(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEURAL_RESTORE_ENGINE_PYTHON", str(tmp_path / "no-such-python"))
+    host = MemoryHost(_pixels(7, 30))
+    with pytest.raises(FilterError, match="30x7 pixels.*at least 8x8") as error:
+        filters.run_filter(host, _spec("denoise"), {}, str(tmp_path))
+    assert error.value.kind == "bad-input" and host.added == [] and host.progress_calls == []
+
+
+def _fake_engine(tmp_path, mode):
+    """A fake engine 'python' (tests/gimp2/fake_engine.py behind a shell wrapper) in ``mode``."""
+    shutil.copy(str(FAKE_ENGINE), str(tmp_path / "fake_engine.py"))
+    (tmp_path / "fake-mode").write_text(mode)
+    wrapper = tmp_path / "engine-python"
+    wrapper.write_text('#!/bin/sh\nexec "%s" "%s" "$@"\n' % (sys.executable, tmp_path / "fake_engine.py"))
+    wrapper.chmod(0o755)
+    return {"engine_python": str(wrapper)}
+
+
+def _image():
+    from neural_restore.protocol import WireBuffer
+    return WireBuffer("image", 16, 16, 3, "u8", bytes(16 * 16 * 3))
+
+
+@pytest.mark.parametrize("mode, what", [("hang-before-hello", "while starting"),
+                                        ("hang-mid-run", "while running denoise")])
+def test_a_silent_engine_times_out_is_killed_and_ticks_meanwhile(tmp_path, monkeypatch, mode, what):
+    monkeypatch.setenv("NEURAL_RESTORE_ENGINE_TIMEOUT", "2.5")
+    ticks = []
+    engine = EngineProcess(_fake_engine(tmp_path, mode))
+    started = time.monotonic()
+    with pytest.raises(EngineFailure, match="no word from it for 2.5 s %s" % what) as failure:
+        try:
+            engine.start(on_idle=lambda: ticks.append(time.monotonic()))
+            engine.run("denoise", {}, [_image()], on_idle=lambda: ticks.append(time.monotonic()))
+        finally:
+            process = engine.process
+            engine.close()
+    assert failure.value.kind == "engine"
+    assert 2.5 <= time.monotonic() - started < 8
+    assert len(ticks) >= 2  # the host hears from the plug-in about once a second
+    assert process.returncode is not None  # killed and reaped
+
+
+def test_timeout_setting_falls_back_to_the_default_on_nonsense(monkeypatch):
+    from neural_restore.client import DEFAULT_TIMEOUT_S, engine_timeout
+    for value, expected in (("7", 7.0), ("soon", DEFAULT_TIMEOUT_S), ("-1", DEFAULT_TIMEOUT_S)):
+        monkeypatch.setenv("NEURAL_RESTORE_ENGINE_TIMEOUT", value)
+        assert engine_timeout() == expected
+
+
+def test_the_engine_dies_with_the_plugin(tmp_path):
+    """GIMP kills a plug-in whose progress the user cancels: its engine must not run on.
+
+    A stand-in plug-in process (the real client, the real engine) starts a long denoise;
+    it is SIGKILLed like GIMP does, and its engine must then exit by itself.
+    """
+    script = tmp_path / "plugin.py"
+    script.write_text(
+        "import sys\n"
+        "sys.path.insert(0, %r)\n"
+        "from neural_restore.client import EngineProcess\n"
+        "from neural_restore.protocol import WireBuffer\n"
+        "engine = EngineProcess({'engine_python': sys.executable})\n"
+        "engine.start()\n"
+        "print(engine.process.pid, flush=True)\n"
+        "image = WireBuffer('image', 32, 32, 3, 'u8', bytes(32 * 32 * 3))\n"
+        "engine.run('denoise', {'iterations': 100000, 'device': 'cpu'}, [image],\n"
+        "           lambda fraction, text: print('progress', flush=True))\n"
+        % str(Path(filters.__file__).resolve().parents[1]))
+    plugin = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        engine_pid = int(plugin.stdout.readline())
+        assert plugin.stdout.readline().strip() == "progress"  # the engine is working
+        os.kill(plugin.pid, signal.SIGKILL)
+        plugin.wait()
+        deadline = time.monotonic() + 30
+        while _running(engine_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running(engine_pid), "the engine outlived its plug-in"
+    finally:
+        plugin.kill()
+        plugin.wait()
+
+
+def _running(pid):
+    try:
+        state = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")  # a zombie holds nothing; its new parent reaps it

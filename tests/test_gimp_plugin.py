@@ -32,9 +32,17 @@ INPAINT = "plug-in-neural-restore-inpaint-selection"
 SIZE = 48
 
 
+_installed: set[str] = set()  # chroot roots install.py already ran for, in this pytest process
+
+
 @pytest.fixture(scope="module")
 def gimp(gimp3: Gimp3Chroot) -> Gimp3Chroot:
-    """GIMP 3 with Neural Restore installed by install.py (engine venv + plug-in + config)."""
+    """GIMP 3 with Neural Restore installed by install.py (engine venv + plug-in + config).
+
+    Other test modules import this fixture; install.py runs once per pytest process.
+    """
+    if str(gimp3.root) in _installed:
+        return gimp3
     result = subprocess.run(
         [sys.executable, str(REPO / "install.py"), "--venv", str(ENGINE_VENV),
          "--gimp-dir", str(gimp3.plugin_dir)],
@@ -46,6 +54,7 @@ def gimp(gimp3: Gimp3Chroot) -> Gimp3Chroot:
     exchange = gimp3.to_host(EXCHANGE)
     shutil.rmtree(exchange, ignore_errors=True)
     exchange.mkdir(parents=True)
+    _installed.add(str(gimp3.root))
     return gimp3
 
 

@@ -3,16 +3,49 @@
 The engine lives in its own virtual environment (torch, numpy, onnxruntime); this side
 only knows the interpreter path that install.py wrote into ``engine.json`` next to the
 plug-in, or the NEURAL_RESTORE_ENGINE_PYTHON environment variable.
+
+Lifetime: the engine never outlives the plug-in. Its stdin is a pipe whose only write end
+is held by this process (``close_fds``; no other child inherits it), and the engine stops
+its job and exits when that pipe closes. When the user cancels the progress bar GIMP kills
+the plug-in; the kernel then closes the pipe, the engine exits on its own, and init reaps
+it (no zombie). In normal runs ``close()`` closes stdin and waits for the exit.
+
+Hangs: the engine sends a progress frame at least every 0.25 s while it works, so a long
+silence means it is stuck. ``EngineProcess`` reads frames on a helper thread and gives up
+(killing the engine) after NEURAL_RESTORE_ENGINE_TIMEOUT seconds without a frame
+(default 120, which also covers a slow first import of torch before the hello).
 """
 import json
 import os
 import subprocess
 import sys
+import threading
+import time
+
+try:
+    import queue
+except ImportError:  # Python 2.7 (GIMP 2.10)
+    import Queue as queue
 
 from .protocol import PROTOCOL_VERSION, ProtocolError, encode_frame, read_frame
 
 CONFIG_NAME = "engine.json"
 INSTALL_HINT = ("Run 'python3 install.py' from the Neural Restore folder, then restart GIMP.")
+TIMEOUT_ENV = "NEURAL_RESTORE_ENGINE_TIMEOUT"
+DEFAULT_TIMEOUT_S = 120.0
+# While waiting for a frame, on_idle is called this often, so the host's progress display
+# (elapsed time) stays alive even while the engine is silent, e.g. importing torch.
+IDLE_TICK_S = 1.0
+_clock = getattr(time, "monotonic", time.time)
+
+
+def engine_timeout():
+    """Seconds of engine silence after which the plug-in gives up (env override, else 120)."""
+    try:
+        value = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
+    except ValueError:
+        return DEFAULT_TIMEOUT_S
+    return value if value > 0 else DEFAULT_TIMEOUT_S
 
 
 class EngineFailure(Exception):
@@ -52,22 +85,29 @@ def load_config(plugin_dir):
 class EngineProcess(object):
     """One engine child process; use as a context manager so it is always reaped."""
 
-    def __init__(self, config, stderr_path=None):
+    def __init__(self, config, stderr_path=None, timeout=None):
         self.config = config
         self.stderr_path = stderr_path
+        self.timeout = engine_timeout() if timeout is None else float(timeout)
         self.process = None
         self.hello = None
         self._next_id = 1
+        self._frames = queue.Queue()
+        self._reader = None
 
     def __enter__(self):
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.close()  # __exit__ does not run when __enter__ fails: reap the child here
+            raise
         return self
 
     def __exit__(self, *exc_info):
         self.close()
         return False
 
-    def start(self):
+    def start(self, on_idle=None):
         # -I: ignore PYTHON* variables and the working directory, so nothing on GIMP's side
         # (its env, a checkout it was started from) can shadow the installed engine.
         command = [self.config["engine_python"], "-I", "-m", self.config.get("engine_module", "engine"), "serve"]
@@ -77,6 +117,7 @@ class EngineProcess(object):
             env.pop(name, None)
         stderr = open(self.stderr_path, "ab") if self.stderr_path else None
         try:
+            # close_fds: the engine must hold no copy of any other pipe (see the module doc).
             self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                             stderr=stderr, env=env, close_fds=True)
         except OSError as exc:
@@ -85,39 +126,82 @@ class EngineProcess(object):
         finally:
             if stderr is not None:
                 stderr.close()
-        header, _ = self._read("the engine did not start")
+        # A helper thread does the blocking reads so the main thread can time out and tick.
+        self._reader = threading.Thread(target=self._pump, args=(self.process.stdout, self._frames))
+        self._reader.daemon = True
+        self._reader.start()
+        header, _ = self._read("while starting", on_idle)
         if header.get("type") != "hello" or header.get("protocol") != PROTOCOL_VERSION:
             raise EngineFailure("setup", "The engine speaks another protocol version (%r). %s"
                                 % (header.get("protocol"), INSTALL_HINT))
         self.hello = header
 
-    def _read(self, what):
+    @staticmethod
+    def _pump(stream, frames):
+        """Reader thread: every frame (None at end of stream) or the read error, in order."""
         try:
-            frame = read_frame(self.process.stdout)
-        except ProtocolError as exc:
-            raise EngineFailure("protocol", "The engine sent garbage (%s). %s" % (exc, self._log_hint()))
-        if frame is None:
-            code = self.process.poll()
+            while True:
+                frame = read_frame(stream)
+                frames.put((None, frame))
+                if frame is None:
+                    return
+        except Exception as exc:  # noqa: BLE001 - handed to the main thread, which reports it
+            frames.put((exc, None))
+
+    def _read(self, what, on_idle=None):
+        deadline = _clock() + self.timeout
+        while True:
+            left = deadline - _clock()
+            if left <= 0:
+                self._kill()
+                raise EngineFailure("engine", "The Neural Restore engine stopped responding (no word from "
+                                    "it for %g s %s), so it was stopped. %s"
+                                    % (self.timeout, what, self._log_hint()))
+            try:
+                error, frame = self._frames.get(timeout=min(IDLE_TICK_S, left))
+            except queue.Empty:
+                if on_idle is not None:
+                    on_idle()
+                continue
+            break
+        if isinstance(error, ProtocolError):
+            raise EngineFailure("protocol", "The engine sent garbage (%s). %s" % (error, self._log_hint()))
+        if error is not None or frame is None:
+            code = self._exit_code()
             raise EngineFailure("engine", "The Neural Restore engine stopped unexpectedly (%s, exit code %s). %s"
                                 % (what, code, self._log_hint()))
         return frame
 
+    def _exit_code(self):
+        # The pipe closes a moment before the process is gone; wait briefly for the code.
+        for _ in range(20):
+            code = self.process.poll()
+            if code is not None:
+                return code
+            time.sleep(0.05)
+        return None
+
     def _log_hint(self):
         log = (self.hello or {}).get("log")
-        return ("Details are in %s." % log) if log else ""
+        if log:
+            return "Details are in %s." % log
+        if self.stderr_path:  # no hello yet: its error output is all there is
+            return "Details may be in %s." % self.stderr_path
+        return ""
 
-    def run(self, op, params, buffers, on_progress=None):
+    def run(self, op, params, buffers, on_progress=None, on_idle=None):
         """Send one request; call on_progress(fraction, text) per progress frame.
 
         Returns (info dict, [WireBuffer]) or raises EngineFailure.
-        on_progress may return True to ask the engine to cancel.
+        on_progress may return True to ask the engine to cancel. on_idle() is called about
+        once a second while no frame arrives.
         """
         request_id = self._next_id
         self._next_id += 1
         self._send({"type": "request", "id": request_id, "op": op, "params": params}, buffers)
         cancel_sent = False
         while True:
-            header, result_buffers = self._read("while running %s" % op)
+            header, result_buffers = self._read("while running %s" % op, on_idle)
             kind = header.get("type")
             if kind == "progress":
                 if on_progress is not None and on_progress(header.get("fraction", 0.0),
@@ -133,10 +217,16 @@ class EngineProcess(object):
         try:
             self.process.stdin.write(encode_frame(header, buffers))
             self.process.stdin.flush()
-        except (IOError, OSError):
-            code = self.process.poll()
+        except (IOError, OSError, ValueError):
+            code = self._exit_code()
             raise EngineFailure("engine", "The Neural Restore engine stopped unexpectedly (exit code %s). %s"
                                 % (code, self._log_hint()))
+
+    def _kill(self):
+        try:
+            self.process.kill()
+        except OSError:  # already gone
+            pass
 
     def close(self):
         if self.process is None:
@@ -145,10 +235,15 @@ class EngineProcess(object):
             self.process.stdin.close()
         except (IOError, OSError):
             pass
-        try:
-            self.process.wait(timeout=10) if sys.version_info[0] >= 3 else self.process.wait()
-        except Exception:  # noqa: BLE001 - a hung engine must never keep GIMP waiting
-            self.process.kill()
-            self.process.wait()
-        self.process.stdout.close()
+        # A hung engine must never keep GIMP waiting: 10 s to finish, then it is killed.
+        deadline = _clock() + 10
+        while self.process.poll() is None and _clock() < deadline:
+            time.sleep(0.02)
+        if self.process.poll() is None:
+            self._kill()
+        self.process.wait()
+        # The reader sees end of stream once the engine is gone; only then close its pipe.
+        self._reader.join(5)
+        if not self._reader.is_alive():
+            self.process.stdout.close()
         self.process = None

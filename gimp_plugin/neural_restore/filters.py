@@ -9,10 +9,13 @@ Host adapter interface (duck-typed):
   host.read_pixels(source)           -> bytes, in source.dtype / source.channels
   host.selection_bounds()            -> None, or (x1, y1, x2, y2) in image coordinates, x2/y2 exclusive
   host.read_selection(x, y, w, h)    -> bytes, one u8 per pixel (255 = fully selected)
-  host.progress(fraction, text)      -> True if the user asked to cancel
+  host.progress(fraction, text)      -> True if the user asked to cancel; called at least once
+                                        a second while the engine works (text carries the
+                                        step and the elapsed / remaining time)
   host.add_layers(source, buffers)   -> inserts result layers above the source in one undo step
 """
 import os
+import time
 
 from .client import EngineFailure, EngineProcess, load_config
 from .protocol import WireBuffer
@@ -79,6 +82,11 @@ FILTERS = (
 
 EMPTY_SELECTION_MESSAGE = ("Inpaint selection needs a selection: select the area to fill "
                            "(for example with the Free Select tool), then run the filter again.")
+# The engine refuses smaller images (its nets downsample several times); checking here
+# gives the user the reason before an engine starts.
+MIN_SIDE = 8
+TOO_SMALL_MESSAGE = ("The layer is %dx%d pixels; Neural Restore needs a layer at least "
+                     "%dx%d pixels. Pick or make a larger layer and run the filter again.")
 OUTSIDE_SELECTION_MESSAGE = ("The selection does not touch the active layer: select pixels "
                              "inside the layer to fill them.")
 
@@ -98,6 +106,58 @@ def _intersect(bounds, source):
     return (x1, y1, x2, y2) if x1 < x2 and y1 < y2 else None
 
 
+def _clock_text(seconds):
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return "%d:%02d:%02d" % (seconds // 3600, seconds // 60 % 60, seconds % 60)
+    return "%d:%02d" % (seconds // 60, seconds % 60)
+
+
+class ProgressClock(object):
+    """Adds elapsed and estimated remaining time to the engine's progress text.
+
+    The estimate uses the rate since the first progress frame, so the engine's start-up
+    (importing torch, building the net) does not skew it; it is shown once the job is 2 %
+    done or has run 3 s. ``tick()`` repeats the last state with a fresh clock: the client
+    calls it while the engine is silent, so the host hears from us at least once a second.
+    """
+
+    def __init__(self, host, clock=None):
+        self.host = host
+        self.clock = clock or getattr(time, "monotonic", time.time)
+        self.started = self.clock()
+        self.first = None  # (time, fraction) of the first engine progress frame
+        self.fraction = 0.0
+        self.text = ""
+
+    def __call__(self, fraction, text):
+        now = self.clock()
+        fraction = max(0.0, min(1.0, float(fraction)))
+        if self.first is None:
+            self.first = (now, fraction)
+        self.fraction, self.text = fraction, text
+        return self.host.progress(fraction, self.describe(now))
+
+    def tick(self):
+        return self.host.progress(self.fraction, self.describe(self.clock()))
+
+    def remaining(self, now):
+        if self.first is None:
+            return None
+        t0, f0 = self.first
+        done, spent = self.fraction - f0, now - t0
+        if done <= 0 or spent <= 0 or (self.fraction < 0.02 and spent < 3.0):
+            return None
+        return (1.0 - self.fraction) * spent / done
+
+    def describe(self, now):
+        timing = "%s elapsed" % _clock_text(now - self.started)
+        left = self.remaining(now)
+        if left is not None and self.fraction < 1.0:
+            timing += ", about %s left" % _clock_text(left)
+        return "%s (%s)" % (self.text or "Working", timing)
+
+
 def engine_params(values):
     """Dialog/PDB values → the engine's params (only the ones it knows)."""
     names = [p[0] for p in DIP_PARAMS]
@@ -111,6 +171,8 @@ def run_filter(host, spec, values, plugin_dir, log_dir=None):
     user; in every failure case the image is left as it was.
     """
     source = host.source()
+    if min(source.width, source.height) < MIN_SIDE:
+        raise FilterError(TOO_SMALL_MESSAGE % (source.width, source.height, MIN_SIDE, MIN_SIDE))
     mask_buffer = None
     if spec.needs_selection:
         bounds = host.selection_bounds()
@@ -136,9 +198,15 @@ def run_filter(host, spec, values, plugin_dir, log_dir=None):
                 stderr_path = os.path.join(log_dir, "engine-stderr.log")
             except OSError:
                 stderr_path = None
-        host.progress(0.0, "Starting the Neural Restore engine...")
-        with EngineProcess(config, stderr_path) as engine:
-            info, results = engine.run(spec.op, engine_params(values), buffers, host.progress)
+        clock = ProgressClock(host)
+        clock(0.0, "Starting the Neural Restore engine...")
+        engine = EngineProcess(config, stderr_path)
+        try:
+            engine.start(on_idle=clock.tick)
+            clock.first = None  # estimate from the job's own frames, not the start-up
+            info, results = engine.run(spec.op, engine_params(values), buffers, clock, clock.tick)
+        finally:
+            engine.close()
     except EngineFailure as failure:
         raise FilterError(failure.message, failure.kind)
     if not results:

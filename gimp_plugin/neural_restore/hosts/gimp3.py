@@ -39,12 +39,22 @@ class Gimp3Host(object):
             raise FilterError("Select exactly one layer in the Layers dialog (%d are selected)."
                               % len(self.drawables))
         drawable = self.drawables[0]
-        if not isinstance(drawable, Gimp.Layer) or isinstance(drawable, Gimp.GroupLayer) \
-                or isinstance(drawable, Gimp.LayerMask):
-            raise FilterError("Neural Restore works on a normal pixel layer; the active item (%s) "
-                              "is a layer group, mask or channel." % drawable.get_name())
+        # Specific messages: each of these is a different click away from a usable layer.
+        if isinstance(drawable, Gimp.LayerMask):
+            raise FilterError("The active item is a layer mask (%s): click the layer's own thumbnail in "
+                              "the Layers dialog, then run the filter again." % drawable.get_name())
+        if isinstance(drawable, Gimp.Channel):
+            raise FilterError("The active item is the channel '%s': Neural Restore works on a pixel "
+                              "layer, so select a layer in the Layers dialog." % drawable.get_name())
+        if isinstance(drawable, Gimp.GroupLayer) or drawable.is_group():
+            raise FilterError("'%s' is a layer group: select one of its layers (or merge the group with "
+                              "Layer > Merge Down), then run the filter again." % drawable.get_name())
+        if not isinstance(drawable, Gimp.Layer):
+            raise FilterError("Neural Restore works on a pixel layer; the active item '%s' is not one."
+                              % drawable.get_name())
         if drawable.is_indexed():
-            raise FilterError("Indexed images are not supported: use Image > Mode > RGB first.")
+            raise FilterError("Indexed (palette) images are not supported: convert with Image > Mode > "
+                              "RGB (or Grayscale) first, then run the filter again.")
         self._drawable = drawable
         has_alpha = drawable.has_alpha()
         channels = (1 if drawable.is_gray() else 3) + (1 if has_alpha else 0)
