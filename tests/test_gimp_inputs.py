@@ -234,3 +234,164 @@ def test_broken_engine_config_says_how_to_fix_it(broken_config_facts: dict[str, 
     for words in BROKEN_CONFIGS[case][1]:
         assert words in facts["message"], facts["message"]
     assert facts["layers_same"] and facts["pixels_same"]
+
+
+# --- formats and geometry, end to end with the real engine (plumbing, so 5 iterations) --
+
+FORMATS = {
+    # case -> (base type, precision, layer type, babl format, numpy dtype, channels)
+    "rgb-u8": ("RGB", "U8_NON_LINEAR", "RGB_IMAGE", "R'G'B' u8", "u1", 3),
+    "rgba-u8": ("RGB", "U8_NON_LINEAR", "RGBA_IMAGE", "R'G'B'A u8", "u1", 4),
+    "gray-u8": ("GRAY", "U8_NON_LINEAR", "GRAY_IMAGE", "Y' u8", "u1", 1),
+    "graya-u8": ("GRAY", "U8_NON_LINEAR", "GRAYA_IMAGE", "Y'A u8", "u1", 2),
+    "rgb-u16": ("RGB", "U16_NON_LINEAR", "RGB_IMAGE", "R'G'B' u16", "<u2", 3),
+    "rgba-u16": ("RGB", "U16_NON_LINEAR", "RGBA_IMAGE", "R'G'B'A u16", "<u2", 4),
+    "graya-u16": ("GRAY", "U16_NON_LINEAR", "GRAYA_IMAGE", "Y'A u16", "<u2", 2),
+    "rgba-f32": ("RGB", "FLOAT_NON_LINEAR", "RGBA_IMAGE", "R'G'B'A float", "<f4", 4),
+    "gray-f32": ("GRAY", "FLOAT_NON_LINEAR", "GRAY_IMAGE", "Y' float", "<f4", 1),
+    # Linear light: the plug-in sends these as perceptual f32 (see hosts/gimp3.py).
+    "rgba-u16-linear": ("RGB", "U16_LINEAR", "RGBA_IMAGE", "RGBA u16", "<u2", 4),
+    "rgb-f32-linear": ("RGB", "FLOAT_LINEAR", "RGB_IMAGE", "RGB float", "<f4", 3),
+}
+# Float linear -> perceptual -> linear in float32 is exact only to a few ulps.
+NEAR_EXACT = {"rgb-f32-linear"}
+GEOMETRIES = {
+    # case -> (canvas, layer offsets, selection rectangle in image coordinates); layer SIZE²
+    "offset": ((80, 70), (10, 7), (30, 20, 12, 10)),
+    "larger-than-canvas": ((32, 30), (-8, -6), (4, 4, 14, 12)),
+    "partly-outside": ((48, 48), (20, -10), (24, 0, 16, 12)),
+}
+FORMAT_SELECTION = (14, 16, 12, 10)  # image coordinates; format cases sit at (0, 0) on a SIZE² canvas
+# Denoise cases whose alpha channel must come back bit-identical at full precision.
+ALPHA_CASES = ("rgba-u16", "graya-u16", "rgba-f32", "graya-u8", "rgba-u16-linear")
+
+
+def _source_pixels(case: str) -> np.ndarray:
+    _, _, _, _, dtype, channels = FORMATS[case] if case in FORMATS else FORMATS["rgb-u8"]
+    rng = np.random.default_rng(sum(map(ord, case)))
+    if dtype == "u1":
+        return rng.integers(0, 256, (SIZE, SIZE, channels), dtype=np.uint8)
+    if dtype == "<u2":
+        data = rng.integers(0, 65536, (SIZE, SIZE, channels), dtype=np.uint16)
+        data[data % 257 == 0] += 1  # nothing that 8 bits could hold exactly
+        return data.astype("<u2")
+    return rng.random((SIZE, SIZE, channels), dtype=np.float32).astype("<f4")
+
+
+FORMAT_BODY = """
+def make(case, base, precision, layer_type, fmt, canvas, offsets):
+    image = Gimp.Image.new_with_precision(canvas[0], canvas[1], getattr(Gimp.ImageBaseType, base),
+                                          getattr(Gimp.Precision, precision))
+    layer = Gimp.Layer.new(image, "Source", {size}, {size}, getattr(Gimp.ImageType, layer_type), 100.0,
+                           Gimp.LayerMode.NORMAL)
+    image.insert_layer(layer, None, 0)
+    layer.set_offsets(*offsets)
+    buffer = layer.get_buffer()
+    buffer.set(Gegl.Rectangle.new(0, 0, {size}, {size}), fmt, read_raw(case + ".raw"))
+    buffer.flush()
+    return image, layer
+
+def layer_facts(layer):
+    return {{"type": layer.type().value_nick, "alpha": layer.has_alpha(), "bpp": layer.get_bpp(),
+            "offsets": list(layer.get_offsets()[-2:]), "size": [layer.get_width(), layer.get_height()],
+            "name": layer.get_name()}}
+
+def try_case(key, proc_name, case, spec, canvas, offsets, selection):
+    base, precision, layer_type, fmt = spec
+    image, layer = make(case, base, precision, layer_type, fmt, canvas, offsets)
+    if selection:
+        image.select_rectangle(Gimp.ChannelOps.REPLACE, *selection)
+    status, message = run_filter(proc_name, image, layer, iterations=5, seed=0, device="cpu")
+    layers = image.get_layers()
+    facts[key] = {{"status": status, "message": message, "precision": image.get_precision().value_nick,
+                  "layers": [layer_facts(l) for l in layers]}}
+    dump_layer(layer, key + "-source-after.raw", fmt)
+    if len(layers) == 2:
+        dump_layer(layers[0], key + "-result.raw", fmt)
+    image.delete()
+"""
+
+
+@pytest.fixture(scope="module")
+def format_facts(gimp: Gimp3Chroot) -> dict[str, Any]:  # noqa: F811 - pytest fixture injection
+    body = FORMAT_BODY.format(size=SIZE)
+    inpaint, denoise = "plug-in-neural-restore-inpaint-selection", "plug-in-neural-restore-denoise"
+    for case, spec in FORMATS.items():
+        gimp.to_host(f"{EXCHANGE}/{case}.raw").write_bytes(_source_pixels(case).tobytes())
+        body += (f"try_case('inpaint-{case}', {inpaint!r}, {case!r}, {spec[:4]!r}, ({SIZE}, {SIZE}), (0, 0), "
+                 f"{FORMAT_SELECTION!r})\n")
+        if case in ALPHA_CASES:
+            body += f"try_case('denoise-{case}', {denoise!r}, {case!r}, {spec[:4]!r}, ({SIZE}, {SIZE}), (0, 0), None)\n"
+    for case, (canvas, offsets, selection) in GEOMETRIES.items():
+        gimp.to_host(f"{EXCHANGE}/{case}.raw").write_bytes(_source_pixels(case).tobytes())
+        spec = FORMATS["rgb-u8"][:4]
+        body += f"try_case('inpaint-{case}', {inpaint!r}, {case!r}, {spec!r}, {canvas!r}, {offsets!r}, {selection!r})\n"
+        body += f"try_case('denoise-{case}', {denoise!r}, {case!r}, {spec!r}, {canvas!r}, {offsets!r}, None)\n"
+    return _run(gimp, body, timeout=900)
+
+
+def _dump(gimp: Gimp3Chroot, name: str, case: str) -> np.ndarray:
+    _, _, _, _, dtype, channels = FORMATS.get(case, FORMATS["rgb-u8"])
+    raw = gimp.to_host(f"{EXCHANGE}/{name}").read_bytes()
+    return np.frombuffer(raw, np.dtype(dtype)).reshape(SIZE, SIZE, channels)
+
+
+def _check_result_layer(facts: dict[str, Any], offsets: tuple[int, int] | list[int]) -> None:
+    assert facts["status"] == "success", facts["message"]
+    result, source = facts["layers"]
+    assert source["name"] == "Source"
+    # Same type (RGB/GRAY, alpha or not), bytes per pixel (so precision), size and place.
+    for key in ("type", "alpha", "bpp", "size"):
+        assert result[key] == source[key], (key, result, source)
+    assert result["offsets"] == source["offsets"] == list(offsets)
+
+
+@pytest.mark.parametrize("case", sorted(FORMATS))
+def test_inpaint_keeps_format_and_untouched_pixels_bit_identical(gimp: Gimp3Chroot,  # noqa: F811
+                                                                  format_facts: dict[str, Any], case: str) -> None:
+    facts = format_facts[f"inpaint-{case}"]
+    _check_result_layer(facts, (0, 0))
+    assert facts["precision"] == FORMATS[case][1].lower().replace("_", "-")
+    source = _source_pixels(case)
+    np.testing.assert_array_equal(_dump(gimp, f"inpaint-{case}-source-after.raw", case), source)
+    result = _dump(gimp, f"inpaint-{case}-result.raw", case)
+    x, y, w, h = FORMAT_SELECTION
+    hole = np.zeros((SIZE, SIZE), bool)
+    hole[y:y + h, x:x + w] = True
+    # Bit-identical at 16 bits / float outside the selection: no 8-bit round trip anywhere.
+    if case in NEAR_EXACT:
+        np.testing.assert_allclose(result[~hole], source[~hole], rtol=1e-5, atol=1e-6)
+    else:
+        assert result[~hole].tobytes() == source[~hole].tobytes()
+    assert not np.array_equal(result[hole], source[hole])
+
+
+@pytest.mark.parametrize("case", ALPHA_CASES)
+def test_denoise_keeps_format_and_alpha_bit_identical(gimp: Gimp3Chroot,  # noqa: F811
+                                                      format_facts: dict[str, Any], case: str) -> None:
+    facts = format_facts[f"denoise-{case}"]
+    _check_result_layer(facts, (0, 0))
+    source = _source_pixels(case)
+    result = _dump(gimp, f"denoise-{case}-result.raw", case)
+    assert result[..., -1].tobytes() == source[..., -1].tobytes()
+    assert not np.array_equal(result[..., :-1], source[..., :-1])
+
+
+@pytest.mark.parametrize("case", sorted(GEOMETRIES))
+def test_layer_offsets_and_canvas_overhang_are_respected(gimp: Gimp3Chroot,  # noqa: F811
+                                                         format_facts: dict[str, Any], case: str) -> None:
+    canvas, offsets, (sx, sy, sw, sh) = GEOMETRIES[case]
+    source = _source_pixels(case)
+    _check_result_layer(format_facts[f"denoise-{case}"], offsets)
+    assert _dump(gimp, f"denoise-{case}-source-after.raw", case).tobytes() == source.tobytes()
+    _check_result_layer(format_facts[f"inpaint-{case}"], offsets)
+    result = _dump(gimp, f"inpaint-{case}-result.raw", case)
+    # The selection (clipped to the canvas, where GIMP's selection lives) in layer coordinates.
+    x1, y1 = max(sx, 0, offsets[0]), max(sy, 0, offsets[1])
+    x2 = min(sx + sw, canvas[0], offsets[0] + SIZE)
+    y2 = min(sy + sh, canvas[1], offsets[1] + SIZE)
+    hole = np.zeros((SIZE, SIZE), bool)
+    hole[y1 - offsets[1]:y2 - offsets[1], x1 - offsets[0]:x2 - offsets[0]] = True
+    assert hole.any()
+    np.testing.assert_array_equal(result[~hole], source[~hole])
+    assert not np.array_equal(result[hole], source[hole])

@@ -9,8 +9,11 @@ from ..filters import FilterError, SourceInfo  # noqa: E402
 
 # Babl sample-type suffix per wire dtype; 16-bit and float images never pass through 8 bits.
 _BABL_TYPE = {"u8": "u8", "u16": "u16", "f32": "float"}
-_U8 = (Gimp.Precision.U8_LINEAR, Gimp.Precision.U8_NON_LINEAR, Gimp.Precision.U8_PERCEPTUAL)
-_U16 = (Gimp.Precision.U16_LINEAR, Gimp.Precision.U16_NON_LINEAR, Gimp.Precision.U16_PERCEPTUAL)
+# Linear-light integer images are not listed: the protocol's values are perceptual, and
+# linear u8/u16 -> perceptual u8/u16 -> linear would round untouched pixels; through f32
+# the round trip gives back the stored integers.
+_U8 = (Gimp.Precision.U8_NON_LINEAR, Gimp.Precision.U8_PERCEPTUAL)
+_U16 = (Gimp.Precision.U16_NON_LINEAR, Gimp.Precision.U16_PERCEPTUAL)
 
 
 def _wire_dtype(image):
@@ -19,7 +22,7 @@ def _wire_dtype(image):
         return "u8"
     if precision in _U16:
         return "u16"
-    return "f32"
+    return "f32"  # linear integers, half, u32, float, double
 
 
 def _babl_format(channels, dtype):
