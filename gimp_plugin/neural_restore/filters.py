@@ -87,6 +87,26 @@ EMPTY_SELECTION_MESSAGE = ("Inpaint selection needs a selection: select the area
 MIN_SIDE = 8
 TOO_SMALL_MESSAGE = ("The layer is %dx%d pixels; Neural Restore needs a layer at least "
                      "%dx%d pixels. Pick or make a larger layer and run the filter again.")
+# What the active item can be instead of one pixel layer; hosts call refuse_item(kind, ...).
+ITEM_MESSAGES = {
+    "count": "Select exactly one layer in the Layers dialog (%(count)d are selected).",
+    "mask": ("The active item is a layer mask (%(name)s): click the layer's own thumbnail in the "
+             "Layers dialog, then run the filter again."),
+    "channel": ("The active item is the channel '%(name)s': Neural Restore works on a pixel layer, "
+                "so select a layer in the Layers dialog."),
+    "group": ("'%(name)s' is a layer group: select one of its layers (or merge the group with "
+              "Layer > Merge Down), then run the filter again."),
+    "other": "Neural Restore works on a pixel layer; the active item '%(name)s' is not one.",
+    "indexed": ("Indexed (palette) images are not supported: convert with Image > Mode > RGB (or "
+                "Grayscale) first, then run the filter again."),
+}
+
+
+def refuse_item(kind, name="", count=0):
+    """Raise the FilterError for an active item the filters cannot work on."""
+    raise FilterError(ITEM_MESSAGES[kind] % {"name": name, "count": count})
+
+
 OUTSIDE_SELECTION_MESSAGE = ("The selection does not touch the active layer: select pixels "
                              "inside the layer to fill them.")
 
@@ -159,7 +179,7 @@ class ProgressClock(object):
 
 
 def engine_params(values):
-    """Dialog/PDB values → the engine's params (only the ones it knows)."""
+    """Dialog/PDB values -> the engine's params (only the ones it knows)."""
     names = [p[0] for p in DIP_PARAMS]
     return dict((name, values[name]) for name in names if name in values)
 

@@ -5,7 +5,7 @@ gi.require_version("Gimp", "3.0")
 gi.require_version("Gegl", "0.4")
 from gi.repository import Gegl, Gimp  # noqa: E402
 
-from ..filters import FilterError, SourceInfo  # noqa: E402
+from ..filters import SourceInfo, refuse_item  # noqa: E402
 
 # Babl sample-type suffix per wire dtype; 16-bit and float images never pass through 8 bits.
 _BABL_TYPE = {"u8": "u8", "u16": "u16", "f32": "float"}
@@ -39,25 +39,19 @@ class Gimp3Host(object):
 
     def source(self):
         if len(self.drawables) != 1:
-            raise FilterError("Select exactly one layer in the Layers dialog (%d are selected)."
-                              % len(self.drawables))
+            refuse_item("count", count=len(self.drawables))
         drawable = self.drawables[0]
         # Specific messages: each of these is a different click away from a usable layer.
         if isinstance(drawable, Gimp.LayerMask):
-            raise FilterError("The active item is a layer mask (%s): click the layer's own thumbnail in "
-                              "the Layers dialog, then run the filter again." % drawable.get_name())
+            refuse_item("mask", drawable.get_name())
         if isinstance(drawable, Gimp.Channel):
-            raise FilterError("The active item is the channel '%s': Neural Restore works on a pixel "
-                              "layer, so select a layer in the Layers dialog." % drawable.get_name())
+            refuse_item("channel", drawable.get_name())
         if isinstance(drawable, Gimp.GroupLayer) or drawable.is_group():
-            raise FilterError("'%s' is a layer group: select one of its layers (or merge the group with "
-                              "Layer > Merge Down), then run the filter again." % drawable.get_name())
+            refuse_item("group", drawable.get_name())
         if not isinstance(drawable, Gimp.Layer):
-            raise FilterError("Neural Restore works on a pixel layer; the active item '%s' is not one."
-                              % drawable.get_name())
+            refuse_item("other", drawable.get_name())
         if drawable.is_indexed():
-            raise FilterError("Indexed (palette) images are not supported: convert with Image > Mode > "
-                              "RGB (or Grayscale) first, then run the filter again.")
+            refuse_item("indexed")
         self._drawable = drawable
         has_alpha = drawable.has_alpha()
         channels = (1 if drawable.is_gray() else 3) + (1 if has_alpha else 0)

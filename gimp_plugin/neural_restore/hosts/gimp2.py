@@ -1,0 +1,96 @@
+"""GIMP 2.10 host adapter (Python 2.7, gimpfu / pygimp). See filters.py for the interface.
+
+Uses only the gimpfu API: ``gimp`` and ``pdb`` objects, drawable attributes, pixel regions
+(``drawable.get_pixel_rgn``) and PDB procedures that exist in GIMP 2.10.
+Pixel regions hand plug-ins data in the drawable's own layout, ``bpp`` bytes per pixel;
+for high-bit-depth images GIMP 2.10 converts that to 8 bits per channel unless the plug-in
+enabled precision, so the wire dtype is derived from ``bpp`` rather than assumed.
+"""
+from gimpfu import gimp, pdb  # noqa: F401 - pdb is the live PDB inside GIMP
+import gimpfu
+
+from ..filters import SourceInfo, refuse_item
+
+_DTYPE_BY_SIZE = {1: "u8", 2: "u16", 4: "f32"}
+
+
+class Gimp2Host(object):
+    def __init__(self, image, drawable):
+        self.image = image
+        self.drawable = drawable
+        self._progress_started = False
+
+    def source(self):
+        drawable = self.drawable
+        if drawable is None:
+            refuse_item("count", count=0)
+        # A layer mask is also a channel, so ask about it first.
+        if pdb.gimp_item_is_layer_mask(drawable):
+            refuse_item("mask", drawable.name)
+        if pdb.gimp_item_is_channel(drawable):
+            refuse_item("channel", drawable.name)
+        if pdb.gimp_item_is_group(drawable):
+            refuse_item("group", drawable.name)
+        if not pdb.gimp_item_is_layer(drawable):
+            refuse_item("other", drawable.name)
+        if drawable.is_indexed:
+            refuse_item("indexed")
+        channels = (1 if drawable.is_gray else 3) + (1 if drawable.has_alpha else 0)
+        dtype = _DTYPE_BY_SIZE.get(drawable.bpp // channels)
+        if dtype is None or drawable.bpp % channels:
+            refuse_item("other", drawable.name)
+        x, y = drawable.offsets
+        return SourceInfo(drawable.width, drawable.height, x, y, channels, dtype, drawable.name)
+
+    def read_pixels(self, source):
+        region = self.drawable.get_pixel_rgn(0, 0, source.width, source.height, False, False)
+        return region[0:source.width, 0:source.height]
+
+    def selection_bounds(self):
+        # gimp-selection-bounds: (non_empty, x1, y1, x2, y2), x2/y2 exclusive, image coordinates.
+        non_empty, x1, y1, x2, y2 = pdb.gimp_selection_bounds(self.image)
+        return (x1, y1, x2, y2) if non_empty else None
+
+    def read_selection(self, x, y, width, height):
+        # The selection channel covers the canvas only; pixel regions cannot read past it, so
+        # read the overlap and leave the rest unselected (0).
+        out = bytearray(width * height)
+        x1, y1 = max(x, 0), max(y, 0)
+        x2, y2 = min(x + width, self.image.width), min(y + height, self.image.height)
+        if x1 < x2 and y1 < y2:
+            region = self.image.selection.get_pixel_rgn(x1, y1, x2 - x1, y2 - y1, False, False)
+            rows = region[x1:x2, y1:y2]
+            span = x2 - x1
+            for row in range(y2 - y1):
+                start = (y1 - y + row) * width + (x1 - x)
+                out[start:start + span] = rows[row * span:(row + 1) * span]
+        return bytes(out)
+
+    def progress(self, fraction, text):
+        if not self._progress_started:
+            gimp.progress_init("Neural Restore")
+            self._progress_started = True
+        if text:
+            pdb.gimp_progress_set_text(text)
+        gimp.progress_update(max(0.0, min(1.0, fraction)))
+        return False
+
+    def add_layers(self, source, layer_name, buffers):
+        image, drawable = self.image, self.drawable
+        parent = drawable.parent  # None at the top level
+        position = pdb.gimp_image_get_item_position(image, drawable)
+        image.undo_group_start()
+        try:
+            for index, buf in enumerate(buffers):
+                name = layer_name if len(buffers) == 1 else "%s - %s" % (layer_name, buf.title)
+                layer = gimp.Layer(image, name, buf.width, buf.height, drawable.type, 100.0,
+                                   gimpfu.LAYER_MODE_NORMAL)
+                pdb.gimp_image_insert_layer(image, layer, parent, position + index)
+                layer.set_offsets(buf.x, buf.y)
+                region = layer.get_pixel_rgn(0, 0, buf.width, buf.height, True, False)
+                region[0:buf.width, 0:buf.height] = bytes(buf.data)
+                layer.flush()
+                layer.update(0, 0, buf.width, buf.height)
+        finally:
+            image.undo_group_end()
+        gimp.displays_flush()

@@ -1,0 +1,222 @@
+"""A small, faithful in-memory fake of GIMP 2.10's ``gimpfu`` module (Python 2.7 syntax).
+
+Only what hosts/gimp2.py and gimp_plugin/gimp2/neural_restore_gimp2.py use, with the
+behaviour of the real calls (GIMP 2.10 Python-Fu / pygimp, libgimp 2.10 PDB):
+
+  gimpfu.register(proc_name, blurb, help, author, copyright, date, label, imagetypes,
+                  params, results, function, menu=...)   -> recorded in REGISTERED
+  gimpfu.main()                                           -> no-op (GIMP calls the function)
+  gimp.Layer(image, name, width, height, type, opacity, mode)  a layer not yet in the image
+  gimp.progress_init(text), gimp.progress_update(fraction), gimp.displays_flush()
+  drawable.width / height / offsets / bpp / has_alpha / is_rgb / is_gray / is_indexed /
+           type / name / parent;  drawable.set_offsets(x, y), flush(), update(x, y, w, h)
+  drawable.get_pixel_rgn(x, y, w, h, dirty, shadow) -> PixelRgn; rgn[x1:x2, y1:y2] is a str
+           of (x2-x1)*(y2-y1)*bpp bytes, rows top first, drawable coordinates, inside the
+           region only (pygimp raises otherwise); assigning needs a dirty region
+  image.width / height / layers / selection;  image.undo_group_start() / undo_group_end()
+  pdb.gimp_selection_bounds(image) -> (non_empty, x1, y1, x2, y2), x2/y2 exclusive
+  pdb.gimp_item_is_layer / is_group / is_channel / is_layer_mask(item) -> 0/1 (a layer mask
+           is a channel too, as in GIMP)
+  pdb.gimp_image_get_item_position(image, item), pdb.gimp_image_insert_layer(image, layer,
+           parent, position), pdb.gimp_progress_set_text(text)
+
+Enum values are GIMP 2.10's (GimpImageType, LAYER_MODE_NORMAL = 28). Everything the
+plug-in does is logged in CALLS so tests can check undo grouping and progress.
+"""
+import time
+
+RGB_IMAGE, RGBA_IMAGE, GRAY_IMAGE, GRAYA_IMAGE, INDEXED_IMAGE, INDEXEDA_IMAGE = range(6)
+RGB, GRAY, INDEXED = range(3)
+LAYER_MODE_NORMAL = 28
+PF_INT32, PF_INT, PF_STRING, PF_IMAGE, PF_DRAWABLE, PF_OPTION = 0, 0, 4, 13, 16, 1007
+
+REGISTERED = []
+CALLS = []  # (seconds, what, args)
+_CHANNELS = {RGB_IMAGE: 3, RGBA_IMAGE: 4, GRAY_IMAGE: 1, GRAYA_IMAGE: 2, INDEXED_IMAGE: 1, INDEXEDA_IMAGE: 2}
+
+
+def _log(what, *args):
+    CALLS.append((time.time(), what, args))
+
+
+def register(proc_name, blurb, help, author, copyright, date, label, imagetypes, params, results,
+             function, menu=None, domain=None, on_query=None, on_run=None):
+    if not (proc_name.startswith("python-fu-") or proc_name.startswith("plug-in-")):
+        proc_name = "python-fu-" + proc_name  # what real gimpfu does
+    REGISTERED.append({"name": proc_name, "label": label, "menu": menu, "imagetypes": imagetypes,
+                       "params": params, "function": function})
+
+
+def main():
+    pass
+
+
+class PixelRgn(object):
+    def __init__(self, drawable, x, y, w, h, dirty, shadow):
+        self.drawable, self.x, self.y, self.w, self.h = drawable, x, y, w, h
+        self.dirty, self.shadow = dirty, shadow
+        if x < 0 or y < 0 or x + w > drawable.width or y + h > drawable.height:
+            raise ValueError("pixel region outside the drawable")
+
+    def _box(self, key):
+        xs, ys = key
+        x1, x2, y1, y2 = xs.start, xs.stop, ys.start, ys.stop
+        if not (self.x <= x1 < x2 <= self.x + self.w and self.y <= y1 < y2 <= self.y + self.h):
+            raise IndexError("subscript out of range")
+        return x1, y1, x2, y2
+
+    def __getitem__(self, key):
+        x1, y1, x2, y2 = self._box(key)
+        d, bpp = self.drawable, self.drawable.bpp
+        rows = [bytes(d.data[((y * d.width) + x1) * bpp:((y * d.width) + x2) * bpp]) for y in range(y1, y2)]
+        return b"".join(rows)
+
+    def __setitem__(self, key, value):
+        if not self.dirty:
+            raise TypeError("pixel region is not writable (dirty=False)")
+        x1, y1, x2, y2 = self._box(key)
+        d, bpp = self.drawable, self.drawable.bpp
+        span = (x2 - x1) * bpp
+        if len(value) != span * (y2 - y1):
+            raise TypeError("wrong number of bytes")
+        for row, y in enumerate(range(y1, y2)):
+            start = (y * d.width + x1) * bpp
+            d.data[start:start + span] = value[row * span:(row + 1) * span]
+        d.written = True
+
+
+class Item(object):
+    kind = "item"
+
+    def __init__(self, image, name, width, height, bpp):
+        self.image, self.name, self.width, self.height, self.bpp = image, name, width, height, bpp
+        self.offsets = (0, 0)
+        self.parent = None
+        self.data = bytearray(width * height * bpp)
+        self.written = False
+
+    def get_pixel_rgn(self, x, y, w, h, dirty=True, shadow=False):
+        return PixelRgn(self, x, y, w, h, dirty, shadow)
+
+    def flush(self):
+        _log("flush", self.name)
+
+    def update(self, x, y, w, h):
+        _log("update", self.name, x, y, w, h)
+
+
+class Layer(Item):
+    kind = "layer"
+
+    def __init__(self, image, name, width, height, type, opacity=100.0, mode=LAYER_MODE_NORMAL):
+        # Pixel regions of a precision-enabled 2.10 plug-in: bpp follows the image precision.
+        Item.__init__(self, image, name, width, height, _CHANNELS[type] * image.bytes_per_channel)
+        self.type, self.opacity, self.mode = type, opacity, mode
+        self.mask = None
+        _log("gimp.Layer", name, width, height, type, opacity, mode)
+
+    has_alpha = property(lambda self: self.type in (RGBA_IMAGE, GRAYA_IMAGE, INDEXEDA_IMAGE))
+    is_rgb = property(lambda self: self.type in (RGB_IMAGE, RGBA_IMAGE))
+    is_gray = property(lambda self: self.type in (GRAY_IMAGE, GRAYA_IMAGE))
+    is_indexed = property(lambda self: self.type in (INDEXED_IMAGE, INDEXEDA_IMAGE))
+
+    def set_offsets(self, x, y):
+        self.offsets = (x, y)
+
+
+class GroupLayer(Layer):
+    kind = "group"
+
+    def __init__(self, image, name):
+        Layer.__init__(self, image, name, 1, 1, RGBA_IMAGE)
+        self.layers = []
+
+
+class Channel(Item):
+    kind = "channel"
+    type, has_alpha, is_rgb, is_gray, is_indexed = GRAY_IMAGE, False, False, True, False
+
+    def __init__(self, image, name, width, height, opacity=50.0, color=(0, 0, 0)):
+        Item.__init__(self, image, name, width, height, 1)
+
+
+class LayerMask(Channel):
+    kind = "mask"
+
+
+class Image(object):
+    def __init__(self, width, height, base=RGB, bytes_per_channel=1):
+        # bytes_per_channel stands for the image precision (gimp-image-get-precision):
+        # 1 = 8-bit, 2 = 16-bit, 4 = float, as a precision-enabled plug-in's regions see it.
+        self.width, self.height, self.base_type = width, height, base
+        self.bytes_per_channel = bytes_per_channel
+        self.layers = []  # top first, like image.layers
+        self.channels = []
+        self.selection = Channel(self, "Selection Mask", width, height)
+        self.undo_depth = 0
+
+    def undo_group_start(self):
+        self.undo_depth += 1
+        _log("undo_group_start")
+
+    def undo_group_end(self):
+        self.undo_depth -= 1
+        _log("undo_group_end")
+
+
+class _Gimp(object):
+    Layer, Image, Channel, GroupLayer, LayerMask = Layer, Image, Channel, GroupLayer, LayerMask
+
+    def progress_init(self, text=None):
+        _log("progress_init", text)
+
+    def progress_update(self, fraction):
+        _log("progress_update", fraction)
+
+    def displays_flush(self):
+        _log("displays_flush")
+
+    def message(self, text):
+        _log("message", text)
+
+
+class _Pdb(object):
+    def gimp_selection_bounds(self, image):
+        data, w = image.selection.data, image.width
+        rows = [y for y in range(image.height) if any(data[y * w:(y + 1) * w])]
+        if not rows:
+            return (0, 0, 0, w, image.height)  # GIMP returns the whole image when empty
+        cols = [x for x in range(w) if any(data[y * w + x] for y in rows)]
+        return (1, cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+
+    def gimp_item_is_layer(self, item):
+        return int(isinstance(item, Layer))
+
+    def gimp_item_is_group(self, item):
+        return int(isinstance(item, GroupLayer))
+
+    def gimp_item_is_channel(self, item):
+        return int(isinstance(item, Channel))
+
+    def gimp_item_is_layer_mask(self, item):
+        return int(isinstance(item, LayerMask))
+
+    def _siblings(self, image, item):
+        return item.parent.layers if item.parent is not None else image.layers
+
+    def gimp_image_get_item_position(self, image, item):
+        return self._siblings(image, item).index(item)
+
+    def gimp_image_insert_layer(self, image, layer, parent, position):
+        if image.undo_depth <= 0:
+            _log("insert outside an undo group", layer.name)
+        layer.parent = parent
+        (parent.layers if parent is not None else image.layers).insert(position, layer)
+        _log("gimp_image_insert_layer", layer.name, parent.name if parent else None, position)
+
+    def gimp_progress_set_text(self, text):
+        _log("gimp_progress_set_text", text)
+
+
+gimp = _Gimp()
+pdb = _Pdb()
