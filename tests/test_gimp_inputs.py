@@ -47,6 +47,7 @@ def starts():
     return open(path).read().split("\\n")[:-1] if os.path.exists(path) else []
 
 def attempt(case, proc_name, image, drawables, source, fmt, mode="none", **params):
+    os.makedirs({fake!r}, exist_ok=True)
     with open({fake!r} + "/fake-mode", "w") as handle:
         handle.write(mode)
     before = (tree(image), [c.get_name() for c in image.get_channels()], digest(source, fmt))
@@ -395,3 +396,65 @@ def test_layer_offsets_and_canvas_overhang_are_respected(gimp: Gimp3Chroot,  # n
     assert hole.any()
     np.testing.assert_array_equal(result[~hole], source[~hole])
     assert not np.array_equal(result[hole], source[hole])
+
+
+# --- cancel: GIMP kills the plug-in; its engine must stop too ---------------------------
+
+def _tagged(tag: str) -> dict[int, str]:
+    """pid -> command line of the processes whose environment carries ``NR_TEST_TAG=tag``."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if f"NR_TEST_TAG={tag}".encode() in (entry / "environ").read_bytes().split(b"\0"):
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:  # gone meanwhile, or a kernel thread
+            continue
+    return found
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_cancel_kills_the_plugin_and_its_engine_stops(gimp: Gimp3Chroot) -> None:  # noqa: F811
+    """What GIMP does when the user cancels the progress bar: SIGKILL the plug-in process."""
+    import signal
+    import threading
+    import time
+    import uuid
+
+    tag = uuid.uuid4().hex
+    body = """
+image, layer = rgb_image(48, 48)
+attempt("cancelled", "plug-in-neural-restore-denoise", image, [layer], layer, "R'G'B' u8",
+        iterations=100000, device="cpu")
+"""
+    outcome: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: outcome.update(_run(gimp, body, env={"NR_TEST_TAG": tag})))
+    worker.start()
+    try:
+        plugin = engine = None
+        deadline = time.monotonic() + 120
+        while engine is None and time.monotonic() < deadline and worker.is_alive():
+            processes = _tagged(tag)
+            plugin = next((p for p, cmd in processes.items() if "neural-restore/neural-restore.py" in cmd), None)
+            engine = next((p for p, cmd in processes.items() if " -m engine serve" in cmd
+                           and plugin is not None and _parent(p) == plugin), None)
+            time.sleep(0.2)
+        assert engine is not None, f"the engine never started: {_tagged(tag)}"
+        time.sleep(4)  # let it get into the optimisation loop
+        assert _alive(engine)
+        os.kill(plugin, signal.SIGKILL)
+        killed = time.monotonic()
+        while _alive(engine) and time.monotonic() - killed < 30:
+            time.sleep(0.1)
+        assert not _alive(engine), "the engine outlived its plug-in"
+        stopped_after = time.monotonic() - killed
+    finally:
+        worker.join(300)
+    facts = outcome["cancelled"]
+    assert facts["status"] != "success"
+    assert facts["layers_same"] and facts["pixels_same"]
+    assert stopped_after < 30
