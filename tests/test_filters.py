@@ -3,13 +3,22 @@
 The host here is an in-memory editor: it serves pixels and a selection and records the layers
 a filter adds. The engine is real (a subprocess of this interpreter).
 """
+import os
+import shutil
+import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from neural_restore import filters
+from neural_restore.client import EngineFailure, EngineProcess
 from neural_restore.filters import FilterError, SourceInfo
+
+FAKE_ENGINE = Path(__file__).with_name("gimp2") / "fake_engine.py"
 
 
 class MemoryHost(object):
@@ -126,18 +135,6 @@ def test_engine_bad_input_reaches_the_user_unchanged(tmp_path):
 
 
 # --- progress text, engine time-outs and lifetime (no GIMP needed) ---------------------
-
-import os
-import shutil
-import signal
-import subprocess
-import time
-from pathlib import Path
-
-from neural_restore.client import EngineFailure, EngineProcess
-
-FAKE_ENGINE = Path(__file__).with_name("gimp2") / "fake_engine.py"
-
 
 class FakeClock(object):
     def __init__(self):

@@ -1,18 +1,22 @@
 """Host-neutral filter logic: what each filter sends to the engine and where results go.
 
-A *host* adapter (hosts/gimp3.py; a GIMP 2.10 one can sit beside it) does the editor
-calls; this module decides everything else, so both GIMP versions behave the same.
-Stdlib only, Python 2.7 and 3 syntax.
+A *host* adapter (hosts/gimp3.py for GIMP 3, hosts/gimp2.py for GIMP 2.10's gimpfu) does
+the editor calls; this module decides everything else (checks, messages, what is sent,
+progress text), so both GIMP versions behave the same. Stdlib only, Python 2.7 and 3 syntax.
 
 Host adapter interface (duck-typed):
-  host.source()                      -> SourceInfo of the active drawable (raises FilterError)
+  host.source()                      -> SourceInfo of the active drawable; raises FilterError
+                                        through refuse_item(kind, ...) when it is not one
+                                        pixel layer of an RGB/grey image
   host.read_pixels(source)           -> bytes, in source.dtype / source.channels
   host.selection_bounds()            -> None, or (x1, y1, x2, y2) in image coordinates, x2/y2 exclusive
   host.read_selection(x, y, w, h)    -> bytes, one u8 per pixel (255 = fully selected)
   host.progress(fraction, text)      -> True if the user asked to cancel; called at least once
                                         a second while the engine works (text carries the
                                         step and the elapsed / remaining time)
-  host.add_layers(source, buffers)   -> inserts result layers above the source in one undo step
+  host.add_layers(source, layer_name, buffers)
+                                     -> inserts result layers (same type, precision, offsets)
+                                        above the source, in its group, in one undo step
 """
 import os
 import time
