@@ -1,0 +1,330 @@
+"""Deep Image Prior backend: nets, the loop and the denoise/inpaint tasks (CPU only)."""
+from __future__ import annotations
+
+import engine.dip  # noqa: F401  (first: sets OpenMP's wait policy before torch loads)
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from engine.dip import loop, nets, tasks
+from engine.errors import BadInput, Cancelled
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dip"
+
+
+def _load(relative: str) -> np.ndarray:
+    path = DATA / relative
+    if not path.exists():
+        pytest.fail(f"test data missing: {path}")  # the data is required, never skipped
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10.0 * np.log10(1.0 / np.mean((a.astype(np.float64) - b) ** 2)))
+
+
+@pytest.fixture(scope="module")
+def f16() -> np.ndarray:
+    return _load("denoising/F16_GT.png")
+
+
+@pytest.fixture(scope="module")
+def kate() -> np.ndarray:
+    return _load("inpainting/kate.png")
+
+
+@pytest.fixture(scope="module")
+def kate_text_hole() -> np.ndarray:
+    mask = np.asarray(Image.open(DATA / "inpainting/kate_mask.png").convert("L"))
+    return mask == 0  # black marks the pixels to fill
+
+
+# ---------------------------------------------------------------------------------------------
+# Nets
+
+
+def test_custom_pad_and_upsample_match_torch_ops() -> None:
+    x = torch.randn(2, 3, 8, 6)
+    for pad in (1, 2, 3):
+        assert torch.equal(nets.ReflectionPad(pad)(x), F.pad(x, (pad,) * 4, mode="reflect"))
+    assert torch.equal(nets.Upsample2x("nearest")(x), F.interpolate(x, scale_factor=2, mode="nearest"))
+    reference = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(nets.Upsample2x("bilinear")(x), reference, rtol=0, atol=1e-6)
+
+
+def test_size_rule_and_output_shape() -> None:
+    config = nets.PAPER_DENOISE
+    assert config.depth == 5 and config.size_multiple == 32 and config.min_side == 64
+    assert config.input_channels == 32 and config.channels_skip == (4,) * 5
+    assert [config.padded_side(s) for s in (1, 64, 65, 96, 100)] == [64, 64, 96, 96, 128]
+    net = nets.build_net(nets.LIGHT_DENOISE, 1)
+    with torch.no_grad():
+        out = net(torch.rand(1, 32, 64, 96))
+    assert out.shape == (1, 1, 64, 96)
+    assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+    shallow = nets.NetConfig(channels_down=(8, 8), channels_up=(8, 8), channels_skip=(0, 2))
+    assert shallow.size_multiple == 4 and shallow.min_side == 8
+    with pytest.raises(ValueError):
+        nets.NetConfig(channels_down=(8, 8), channels_up=(8,), channels_skip=(4, 4))
+
+
+def test_light_nets_are_cheaper_than_paper_nets() -> None:
+    assert nets.LIGHT_DENOISE.parameter_count() < nets.PAPER_DENOISE.parameter_count() / 2
+    assert nets.LIGHT_INPAINT.upsample_mode == nets.PAPER_INPAINT.upsample_mode == "nearest"
+
+
+# ---------------------------------------------------------------------------------------------
+# Denoising acceptance criterion
+
+
+def test_denoise_300_iterations_gains_3_db_on_f16(f16: np.ndarray) -> None:
+    clean = f16[224:288, 224:288]
+    noisy = np.clip(clean + np.random.default_rng(0).normal(0, 25 / 255, clean.shape), 0, 1)
+    noisy = noisy.astype(np.float32)
+    started = time.perf_counter()
+    restored = tasks.denoise(noisy, iterations=300, seed=0, device="cpu")
+    elapsed = time.perf_counter() - started
+    gain = _psnr(restored, clean) - _psnr(noisy, clean)
+    print(f"denoise 64² × 300 its: gain {gain:.2f} dB in {elapsed:.1f} s")
+    assert restored.dtype == np.float32 and restored.shape == clean.shape
+    assert gain >= 3.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Inpainting
+
+
+def _hole_errors(result: np.ndarray, clean: np.ndarray, hole: np.ndarray) -> tuple[float, float, float]:
+    """MSE inside the hole of: the result, a mean-colour fill, a zero fill."""
+    known_mean = clean[~hole].mean(axis=0)
+    dip = float(np.mean((result[hole] - clean[hole]) ** 2))
+    mean_fill = float(np.mean((known_mean - clean[hole]) ** 2))
+    zero_fill = float(np.mean(clean[hole] ** 2))
+    return dip, mean_fill, zero_fill
+
+
+def test_inpaint_block_hole(kate: np.ndarray) -> None:
+    clean = np.ascontiguousarray(kate[150:230, 200:296])  # face and hair, 80×96
+    hole = np.zeros(clean.shape[:2], dtype=bool)
+    hole[34:46, 42:54] = True
+    damaged = clean.copy()
+    damaged[hole] = 0.0
+    result = tasks.inpaint(damaged, hole, iterations=300, seed=0, device="cpu")
+    assert result.dtype == np.float32 and result.shape == clean.shape
+    # Known pixels come back bit for bit.
+    assert np.array_equal(result[~hole], damaged[~hole])
+    dip, mean_fill, zero_fill = _hole_errors(result, clean, hole)
+    print(f"block hole MSE: dip {dip:.5f}, mean colour {mean_fill:.5f}, zeros {zero_fill:.5f}")
+    assert dip < mean_fill and dip < zero_fill
+
+
+def test_inpaint_text_mask_from_the_paper(kate: np.ndarray, kate_text_hole: np.ndarray) -> None:
+    clean = np.ascontiguousarray(kate[56:120, 180:244])
+    hole = kate_text_hole[56:120, 180:244]
+    assert 0.05 < hole.mean() < 0.5
+    damaged = np.where(hole[:, :, None], 1.0, clean).astype(np.float32)  # white text
+    result = tasks.inpaint(damaged, hole, iterations=300, seed=1, device="cpu")
+    assert np.array_equal(result[~hole], damaged[~hole])
+    dip, mean_fill, zero_fill = _hole_errors(result, clean, hole)
+    print(f"text mask MSE: dip {dip:.5f}, mean colour {mean_fill:.5f}, zeros {zero_fill:.5f}")
+    assert dip < mean_fill and dip < zero_fill
+
+
+def test_inpaint_optimises_only_a_window_around_the_hole() -> None:
+    config = nets.LIGHT_INPAINT
+    hole = np.zeros((512, 700), dtype=bool)
+    hole[300:310, 400:420] = True
+    window = tasks._inpaint_window(hole, config)
+    height, width = window.y1 - window.y0, window.x1 - window.x0
+    assert (height, width) == (64, 64) and window.pad_y == window.pad_x == (0, 0)
+    assert window.y0 <= 300 - 16 and window.y1 >= 310 + 16
+    assert window.x0 <= 400 - 16 and window.x1 >= 420 + 16
+    # Near a border the window shifts inwards instead of padding.
+    corner = np.zeros((512, 700), dtype=bool)
+    corner[0:5, 695:700] = True
+    window = tasks._inpaint_window(corner, config)
+    assert (window.y0, window.y1, window.x0, window.x1) == (0, 64, 636, 700)
+    # An image smaller than the net's minimum is reflect-padded.
+    small = np.zeros((40, 70), dtype=bool)
+    small[10:20, 10:20] = True
+    window = tasks._inpaint_window(small, config)
+    assert (window.y0, window.y1) == (0, 40) and sum(window.pad_y) == 24
+    assert window.x1 - window.x0 == 64 and window.pad_x == (0, 0)
+
+
+def test_inpaint_in_a_large_image_touches_only_the_hole(kate: np.ndarray) -> None:
+    hole = np.zeros(kate.shape[:2], dtype=bool)
+    hole[200:206, 300:310] = True
+    started = time.perf_counter()
+    result = tasks.inpaint(kate, hole, iterations=5, device="cpu")
+    assert time.perf_counter() - started < 20  # a 64² window, not the 512² image
+    assert np.array_equal(result[~hole], kate[~hole])
+    assert not np.array_equal(result[hole], kate[hole])
+
+
+# ---------------------------------------------------------------------------------------------
+# Grayscale, padding, determinism
+
+
+def test_grayscale_and_odd_sizes(f16: np.ndarray) -> None:
+    grey = f16[100:140, 100:150].mean(axis=2, keepdims=True).astype(np.float32)  # 40×50×1
+    denoised = tasks.denoise(grey, iterations=20, device="cpu")
+    assert denoised.shape == (40, 50, 1) and denoised.dtype == np.float32
+    assert 0.0 <= denoised.min() and denoised.max() <= 1.0
+    hole = np.zeros((40, 50), dtype=bool)
+    hole[15:25, 20:30] = True
+    filled = tasks.inpaint(grey, hole, iterations=20, device="cpu")
+    assert filled.shape == (40, 50, 1)
+    assert np.array_equal(filled[~hole], grey[~hole])
+
+
+def test_same_seed_same_result_other_seed_differs(f16: np.ndarray) -> None:
+    image = np.ascontiguousarray(f16[:48, :48])
+    first = tasks.denoise(image, iterations=15, seed=3, device="cpu")
+    again = tasks.denoise(image, iterations=15, seed=3, device="cpu")
+    other = tasks.denoise(image, iterations=15, seed=4, device="cpu")
+    assert np.array_equal(first, again)
+    assert not np.allclose(first, other)
+
+
+def test_fit_leaves_global_rng_alone() -> None:
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    loop.fit(lambda out: out.mean(), nets.LIGHT_DENOISE, (64, 64, 3), iterations=2,
+             device=torch.device("cpu"), seed=9)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_fit_rejects_sizes_outside_the_size_rule() -> None:
+    with pytest.raises(ValueError, match="multiples of 32"):
+        loop.fit(lambda out: out.mean(), nets.LIGHT_DENOISE, (64, 80, 3), iterations=1,
+                 device=torch.device("cpu"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress and cancellation
+
+
+def test_progress_increases_and_ends_at_one(f16: np.ndarray) -> None:
+    calls: list[tuple[float, str]] = []
+    tasks.denoise(np.ascontiguousarray(f16[:64, :64]), iterations=30, device="cpu",
+                  progress=lambda fraction, text: calls.append((fraction, text)))
+    fractions = [fraction for fraction, _ in calls]
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0
+    assert all(b > a for a, b in zip(fractions, fractions[1:]))
+    assert all(isinstance(text, str) and text for _, text in calls)
+
+
+def test_progress_is_rate_limited_and_monotonic() -> None:
+    calls: list[float] = []
+    loop.fit(lambda out: out.mean(), nets.LIGHT_DENOISE, (64, 64, 1), iterations=40,
+             device=torch.device("cpu"), report_interval_s=0.0,
+             progress=lambda fraction, _: calls.append(fraction))
+    # Every iteration may report when the interval is 0; fractions still strictly rise.
+    assert calls == [0.0] + [i / 40 for i in range(1, 40)] + [1.0]
+    calls.clear()
+    loop.fit(lambda out: out.mean(), nets.LIGHT_DENOISE, (64, 64, 1), iterations=40,
+             device=torch.device("cpu"), report_interval_s=3600.0,
+             progress=lambda fraction, _: calls.append(fraction))
+    assert calls == [0.0, 1.0]
+
+
+def test_cancel_before_start_raises_at_once(f16: np.ndarray) -> None:
+    started = time.perf_counter()
+    with pytest.raises(Cancelled):
+        tasks.denoise(np.ascontiguousarray(f16[:64, :64]), iterations=100_000, device="cpu",
+                      cancel_requested=lambda: True)
+    assert time.perf_counter() - started < 2.0
+
+
+def test_cancel_mid_run_stops_quickly(f16: np.ndarray) -> None:
+    started = time.perf_counter()
+    iterations_seen: list[float] = []
+
+    def cancel_after_half_a_second() -> bool:
+        return time.perf_counter() - started > 0.5
+
+    with pytest.raises(Cancelled):
+        tasks.inpaint(np.ascontiguousarray(f16[:64, :64]), np.eye(64, dtype=bool),
+                      iterations=100_000, device="cpu",
+                      progress=lambda fraction, _: iterations_seen.append(fraction),
+                      cancel_requested=cancel_after_half_a_second)
+    assert time.perf_counter() - started < 5.0
+    assert iterations_seen[-1] < 0.01
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (np.zeros((7, 20, 3), np.float32), "at least 8"),
+        (np.zeros((20, 20), np.float32), "H×W×C"),
+        (np.zeros((20, 20, 4), np.float32), "H×W×C"),
+        (np.zeros((20, 20, 3), np.uint8), "floats"),
+        (np.full((20, 20, 3), np.nan, np.float32), "NaN"),
+        ([[0.0] * 20] * 20, "numpy array"),
+    ],
+)
+def test_bad_images(image, message: str) -> None:
+    with pytest.raises(BadInput, match=message):
+        tasks.denoise(image, iterations=1, device="cpu")
+    with pytest.raises(BadInput, match=message):
+        tasks.inpaint(image, np.ones((20, 20), bool), iterations=1, device="cpu")
+
+
+def test_bad_holes() -> None:
+    image = np.zeros((32, 32, 3), np.float32)
+    with pytest.raises(BadInput, match="empty"):
+        tasks.inpaint(image, np.zeros((32, 32), bool), device="cpu")
+    with pytest.raises(BadInput, match="whole image"):
+        tasks.inpaint(image, np.ones((32, 32), bool), device="cpu")
+    with pytest.raises(BadInput, match="does not match"):
+        tasks.inpaint(image, np.ones((32, 31), bool), device="cpu")
+    with pytest.raises(BadInput, match="boolean"):
+        tasks.inpaint(image, np.full((32, 32), 0.5), device="cpu")
+
+
+def test_bad_settings() -> None:
+    image = np.zeros((32, 32, 3), np.float32)
+    for iterations in (0, -5, 2.5, True):
+        with pytest.raises(BadInput, match="iterations"):
+            tasks.denoise(image, iterations=iterations, device="cpu")
+    with pytest.raises(BadInput, match="seed"):
+        tasks.denoise(image, iterations=1, seed=-1, device="cpu")
+    with pytest.raises(BadInput, match="unknown device"):
+        tasks.denoise(image, iterations=1, device="tpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cuda_without_gpu_is_bad_input() -> None:
+    with pytest.raises(BadInput, match="CUDA is not available"):
+        tasks.resolve_device("cuda")
+    with pytest.raises(BadInput, match="CUDA is not available"):
+        tasks.denoise(np.zeros((32, 32, 3), np.float32), iterations=1, device="cuda")
+    assert tasks.resolve_device("auto") == torch.device("cpu")
+    assert tasks.resolve_device(" CPU ") == torch.device("cpu")
+
+
+def test_default_iterations_rule() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    rule = tasks.default_iterations
+    # Light nets on the CPU: grows with the side, then the CPU budget takes over.
+    assert [rule("denoise", nets.LIGHT_DENOISE, cpu, s * s) for s in (64, 128, 256, 512, 1024)] == [
+        704, 1408, 2816, 750, 300]
+    assert rule("inpaint", nets.LIGHT_INPAINT, cpu, 64 * 64) == 704
+    # Paper nets on a GPU: the paper's counts at 512².
+    assert rule("denoise", nets.PAPER_DENOISE, cuda, 512 * 512) == 3000
+    assert rule("inpaint", nets.PAPER_INPAINT, cuda, 512 * 512) == 5000
+    assert rule("denoise", nets.PAPER_DENOISE, cuda, 128 * 128) == 768
+    custom = nets.NetConfig(channels_down=(8,) * 5, channels_up=(8,) * 5, channels_skip=(2,) * 5)
+    assert rule("denoise", custom, cpu, 64 * 64) == 704
