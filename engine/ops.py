@@ -9,7 +9,7 @@ Backends are imported inside the op so that, e.g., the ONNX path never imports t
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np

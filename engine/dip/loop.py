@@ -14,8 +14,6 @@ Performance notes: the loop never waits for the device inside an iteration (no `
 from __future__ import annotations
 
 import contextlib
-import math
-import os
 import time
 from collections.abc import Callable, Iterator
 
@@ -23,6 +21,7 @@ import numpy as np
 import torch
 
 from engine.errors import Cancelled, EngineError
+from engine.system import available_cpu_threads
 
 from .nets import NetConfig, build_net
 
@@ -33,23 +32,6 @@ CancelCallback = Callable[[], bool]
 
 INPUT_NOISE_SCALE = 0.1  # the paper's input: uniform noise in [0, 0.1)
 CANCEL_CHECK_INTERVAL_S = 0.1
-
-
-def available_cpu_threads() -> int:
-    """CPUs this process may really use: the affinity mask, capped by a cgroup v2 quota
-    (containers often allow fewer CPUs than the host shows)."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        count = os.cpu_count() or 1
-    try:
-        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as f:
-            quota, period = f.read().split()[:2]
-        if quota != "max":
-            count = min(count, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, count)
 
 
 @contextlib.contextmanager

@@ -19,7 +19,6 @@ Never imports torch (tested): the ONNX backend must work in an engine installed 
 from __future__ import annotations
 
 import json
-import math
 import os
 import threading
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import BadInput, EngineError
+from engine.system import available_cpu_threads
 
 from . import tiling
 
@@ -51,22 +51,6 @@ def find_model(name: str) -> Path:
         raise EngineError(f"model {path.name} is not installed in {path.parent}: reinstall the engine "
                           f"or set NEURAL_RESTORE_MODELS to a folder holding it (with its .json card)")
     return path
-
-
-def available_cpu_threads() -> int:
-    """CPUs this process may really use: the affinity mask, capped by a cgroup v2 quota."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        count = os.cpu_count() or 1
-    try:
-        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as f:
-            quota, period = f.read().split()[:2]
-        if quota != "max":
-            count = min(count, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, count)
 
 
 def _ort() -> Any:

@@ -18,7 +18,6 @@ silence means it is stuck. ``EngineProcess`` reads frames on a helper thread and
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 
