@@ -1,8 +1,6 @@
 """Deep Image Prior backend: nets, the loop and the denoise/inpaint tasks (CPU only)."""
 from __future__ import annotations
 
-import engine.dip  # noqa: F401  (first: sets OpenMP's wait policy before torch loads)
-
 import time
 from pathlib import Path
 

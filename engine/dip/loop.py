@@ -65,7 +65,7 @@ def fit(
     output_shape: tuple[int, int, int],
     *,
     iterations: int,
-    device: torch.device,
+    device: torch.device | str,
     seed: int = 0,
     lr: float = 0.01,
     reg_noise_std: float = 1.0 / 30.0,
@@ -81,11 +81,13 @@ def fit(
     net's size rule (see `NetConfig`). With ``ema`` in (0, 1) the result is the exponential
     moving average of the outputs (the first output starts the average); ``ema=0`` returns
     the last output. The same ``seed`` on the same device and torch build gives an identical
-    result. ``progress(fraction, text)`` gets 0.0 first, strictly increasing fractions at most
+    result (same thread count too on the CPU: the conv reductions split work by thread).
+    ``progress(fraction, text)`` gets 0.0 first, strictly increasing fractions at most
     once per ``report_interval_s``, and 1.0 last. ``cancel_requested()`` is polled about every
     0.1 s; when it returns True, `Cancelled` is raised.
     """
     height, width, channels = output_shape
+    device = torch.device(device)
     if iterations < 1:
         raise ValueError("iterations must be at least 1")
     if not 0.0 <= ema < 1.0:
@@ -167,7 +169,7 @@ def fit(
                 )
 
         assert averaged is not None and last_loss is not None
-        result = averaged[0].permute(1, 2, 0).to("cpu", torch.float32).numpy()
+        result = averaged[0].permute(1, 2, 0).contiguous().to("cpu", torch.float32).numpy()
         if not np.isfinite(result).all():
             raise EngineError(f"{label}: the optimisation diverged (non-finite output)")
         report(1.0, f"{label}: done, final loss {last_loss.item():.5f}")

@@ -13,7 +13,7 @@ import torch
 
 from engine.errors import BadInput
 
-from .loop import CancelCallback, ProgressCallback, fit
+from .loop import CancelCallback, Objective, ProgressCallback, fit
 from .nets import LIGHT_DENOISE, LIGHT_INPAINT, PAPER_DENOISE, PAPER_INPAINT, NetConfig
 
 # Smaller images carry too little structure for the prior, and reflection padding them up to
@@ -213,7 +213,7 @@ def _inpaint_window(hole: np.ndarray, config: NetConfig) -> _Window:
     return _Window(y0, y1, x0, x1, pad_y, pad_x)
 
 
-def _weighted_mse(target: torch.Tensor, weight: torch.Tensor):
+def _weighted_mse(target: torch.Tensor, weight: torch.Tensor) -> Objective:
     """Mean squared error over the pixels where ``weight`` is 1 (weights pre-normalised so
     the sum is the mean; no data-dependent host sync in the loss)."""
     normalised = weight / (weight.sum() * target.shape[1])
