@@ -200,6 +200,16 @@ def test_fit_leaves_global_rng_alone() -> None:
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_cpu_runs_leave_a_core_free_and_restore_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    for usable, expected in ((1, 1), (2, 1)):
+        monkeypatch.setattr(loop, "available_cpu_threads", lambda usable=usable: usable)
+        assert loop.cpu_threads_for_fit() == min(expected, torch.get_num_threads())
+    before = torch.get_num_threads()
+    loop.fit(lambda out: out.mean(), nets.LIGHT_DENOISE, (64, 64, 1), iterations=1, device="cpu")
+    assert torch.get_num_threads() == before
+
+
 def test_fit_rejects_sizes_outside_the_size_rule() -> None:
     with pytest.raises(ValueError, match="multiples of 32"):
         loop.fit(lambda out: out.mean(), nets.LIGHT_DENOISE, (64, 80, 3), iterations=1,

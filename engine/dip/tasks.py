@@ -46,8 +46,8 @@ ITERATIONS_PER_SIDE_PIXEL = {
 }
 DEFAULT_ITERATIONS_PER_SIDE_PIXEL = 11.0  # custom nets: assume the light nets' pace
 # On the CPU the run is also capped to about this many pixel-iterations (≈ 3000 its of a
-# 256² light net, a few minutes on two cores), so a large image gets fewer iterations and
-# a blurrier but timely result instead of an hour-long run.
+# 256² light net: ~5 min with 2 threads, ~8 min with 1, on the 2-core dev machine), so a
+# large image gets fewer iterations and a blurrier but timely result, not an hour-long run.
 CPU_PIXEL_ITERATION_BUDGET = 256 * 256 * 3000
 
 # Context kept around the hole's bounding box: at least this many pixels, and at least half
