@@ -28,5 +28,8 @@ class Cancelled(EngineError):
 
     kind = "cancelled"
 
-    def __init__(self, message: str = "cancelled by the user") -> None:
+    def __init__(self, message: str = "cancelled by the user", partial: object = None) -> None:
         super().__init__(message)
+        # What the op had computed when it stopped (e.g. DIP's averaged output so far), for
+        # callers that offer to keep it; None when there is nothing usable.
+        self.partial = partial

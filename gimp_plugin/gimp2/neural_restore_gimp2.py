@@ -17,26 +17,34 @@ from gimpfu import PF_DRAWABLE, PF_IMAGE, PF_INT, PF_OPTION, main, register  # n
 from neural_restore import filters  # noqa: E402
 from neural_restore.hosts.gimp2 import Gimp2Host  # noqa: E402
 
-DEVICES = [value for value, _ in filters.DEVICE_CHOICES]
 
-
-def _params():
+def _params(spec):
     params = [(PF_IMAGE, "image", "Input image", None), (PF_DRAWABLE, "drawable", "Input layer", None)]
-    for name, kind, default, minimum, maximum, label, _ in filters.DIP_PARAMS:
-        if kind == "int":
-            params.append((PF_INT, name, label, default))
-        else:  # device: an option menu; its value is the index into DEVICE_CHOICES
-            params.append((PF_OPTION, name, label, DEVICES.index(default),
-                           [text for _, text in filters.DEVICE_CHOICES]))
+    for param in spec.params:
+        if param.kind == "int":
+            params.append((PF_INT, param.name, param.label, param.default))
+        else:  # a choice: an option menu whose value is the index into param.choices
+            params.append((PF_OPTION, param.name, param.label,
+                           param.choice_values().index(param.default),
+                           [text for _, text in param.choices]))
     return params
 
 
+def _values(spec, args):
+    """gimpfu's positional values (after image, drawable) -> {name: value} as in GIMP 3."""
+    values = {}
+    for param, value in zip(spec.params, args):
+        if param.kind == "int":
+            values[param.name] = int(value)
+        else:
+            values[param.name] = param.choice_values()[value] if isinstance(value, int) else value
+    return values
+
+
 def _make_run(spec):
-    def run(image, drawable, iterations, seed, device):
-        values = {"iterations": int(iterations), "seed": int(seed),
-                  "device": DEVICES[device] if isinstance(device, int) else device}
+    def run(image, drawable, *args):
         try:
-            filters.run_filter(Gimp2Host(image, drawable), spec, values, PLUGIN_DIR)
+            filters.run_filter(Gimp2Host(image, drawable), spec, _values(spec, args), PLUGIN_DIR)
         except filters.FilterError as error:
             # gimpfu turns an exception into an execution error carrying this text
             # (shown in GIMP's error console / message box).
@@ -51,7 +59,7 @@ for _spec in filters.FILTERS:
         _spec.blurb, _spec.blurb,
         "Neural Restore contributors", "Neural Restore contributors", "2026",
         _spec.menu_label, "RGB*, GRAY*",
-        _params(), [],
+        _params(_spec), [],
         _make_run(_spec),
         menu=filters.MENU_PATH,
     )

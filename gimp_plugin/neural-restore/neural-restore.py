@@ -20,17 +20,19 @@ from neural_restore import filters  # noqa: E402
 PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-def _add_arguments(procedure):
-    for name, kind, default, minimum, maximum, label, blurb in filters.DIP_PARAMS:
-        if kind == "int":
-            procedure.add_int_argument(name, label, blurb, minimum, maximum, default,
-                                       GObject.ParamFlags.READWRITE)
-        else:
+def _add_arguments(procedure, params):
+    for param in params:
+        if param.kind == "int":
+            procedure.add_int_argument(param.name, param.label, param.help, param.minimum,
+                                       param.maximum, param.default, GObject.ParamFlags.READWRITE)
+        elif param.kind == "choice":
             choice = Gimp.Choice.new()
-            for index, (value, text) in enumerate(filters.DEVICE_CHOICES):
+            for index, (value, text) in enumerate(param.choices):
                 choice.add(value, index, text, "")
-            procedure.add_choice_argument(name, label, blurb, choice, default,
-                                          GObject.ParamFlags.READWRITE)
+            procedure.add_choice_argument(param.name, param.label, param.help, choice,
+                                          param.default, GObject.ParamFlags.READWRITE)
+        else:
+            raise ValueError("unknown parameter kind %r" % param.kind)
 
 
 class NeuralRestore(Gimp.PlugIn):
@@ -49,7 +51,7 @@ class NeuralRestore(Gimp.PlugIn):
         procedure.add_menu_path(filters.MENU_PATH)
         procedure.set_documentation(spec.blurb, spec.blurb, name)
         procedure.set_attribution("Neural Restore contributors", "Neural Restore contributors", "2026")
-        _add_arguments(procedure)
+        _add_arguments(procedure, spec.params)
         return procedure
 
     def run(self, procedure, run_mode, image, drawables, config, run_data):
@@ -64,7 +66,7 @@ class NeuralRestore(Gimp.PlugIn):
             dialog.destroy()
             if not accepted:
                 return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
-        values = dict((p[0], config.get_property(p[0])) for p in filters.DIP_PARAMS)
+        values = dict((p.name, config.get_property(p.name)) for p in spec.params)
         from neural_restore.hosts.gimp3 import Gimp3Host
 
         try:

@@ -50,38 +50,76 @@ class SourceInfo(object):
         self.name = name
 
 
+class FilterParam(object):
+    """One filter setting: a dialog widget in GIMP 3 / 2.10 and a PDB argument.
+
+    kind is "int" (minimum..maximum) or "choice" (choices: (value, label) pairs; GIMP 3
+    passes the value string, gimpfu an index into choices). Hosts build their widgets from
+    these, so a new setting is declared once, here.
+    """
+
+    def __init__(self, name, kind, default, label, help, minimum=None, maximum=None, choices=None):
+        self.name = name
+        self.kind = kind
+        self.default = default
+        self.label = label
+        self.help = help
+        self.minimum = minimum
+        self.maximum = maximum
+        self.choices = tuple(choices or ())
+
+    def choice_values(self):
+        return [value for value, _ in self.choices]
+
+
 class FilterSpec(object):
-    def __init__(self, key, op, menu_label, blurb, layer_name, needs_selection=False):
+    """A menu entry: which engine op it runs, with which settings, and where results go.
+
+    output: "layers" (new layers above the source, one undo group).
+    """
+
+    def __init__(self, key, op, menu_label, blurb, layer_name, params, needs_selection=False,
+                 output="layers"):
         self.key = key
         self.op = op
         self.menu_label = menu_label
         self.blurb = blurb
         self.layer_name = layer_name
+        self.params = tuple(params)
         self.needs_selection = needs_selection
+        self.output = output
 
     @property
     def procedure_name(self):
         return PROCEDURE_PREFIX + self.key
 
+    def param(self, name):
+        for param in self.params:
+            if param.name == name:
+                return param
+        raise KeyError(name)
 
-# Shared by the DIP filters; hosts turn these into dialog widgets / PDB arguments.
-DIP_PARAMS = (
-    # (name, kind, default, minimum, maximum, label, help)
-    ("iterations", "int", 0, 0, 100000, "Iterations",
-     "Optimisation steps; 0 chooses automatically from the image size"),
-    ("seed", "int", 0, 0, 2147483647, "Seed", "Random seed: the same seed gives the same result"),
-    ("device", "choice", "auto", None, None, "Device", "Where to compute: auto, cpu or cuda"),
-)
+
 DEVICE_CHOICES = (("auto", "Automatic (GPU if present)"), ("cpu", "CPU"), ("cuda", "NVIDIA GPU (CUDA)"))
+DEVICE_PARAM = FilterParam("device", "choice", "auto", "Device", "Where to compute: auto, cpu or cuda",
+                           choices=DEVICE_CHOICES)
+# Shared by the DIP filters.
+DIP_PARAMS = (
+    FilterParam("iterations", "int", 0, "Iterations",
+                "Optimisation steps; 0 chooses automatically from the image size", 0, 100000),
+    FilterParam("seed", "int", 0, "Seed", "Random seed: the same seed gives the same result",
+                0, 2147483647),
+    DEVICE_PARAM,
+)
 
 FILTERS = (
     FilterSpec("denoise", "denoise", "_Denoise...",
                "Remove noise with a Deep Image Prior; the result is a new layer above the source.",
-               "Denoise"),
+               "Denoise", DIP_PARAMS),
     FilterSpec("inpaint-selection", "inpaint", "_Inpaint Selection...",
                "Fill the selected pixels from their surroundings with a Deep Image Prior; "
                "the result is a new layer above the source.",
-               "Inpaint", needs_selection=True),
+               "Inpaint", DIP_PARAMS, needs_selection=True),
 )
 
 EMPTY_SELECTION_MESSAGE = ("Inpaint selection needs a selection: select the area to fill "
@@ -182,10 +220,9 @@ class ProgressClock(object):
         return "%s (%s)" % (self.text or "Working", timing)
 
 
-def engine_params(values):
-    """Dialog/PDB values -> the engine's params (only the ones it knows)."""
-    names = [p[0] for p in DIP_PARAMS]
-    return dict((name, values[name]) for name in names if name in values)
+def engine_params(spec, values):
+    """Dialog/PDB values -> the engine's params (the filter's own settings only)."""
+    return dict((p.name, values[p.name]) for p in spec.params if p.name in values)
 
 
 def run_filter(host, spec, values, plugin_dir, log_dir=None):
@@ -228,7 +265,7 @@ def run_filter(host, spec, values, plugin_dir, log_dir=None):
         try:
             engine.start(on_idle=clock.tick)
             clock.first = None  # estimate from the job's own frames, not the start-up
-            info, results = engine.run(spec.op, engine_params(values), buffers, clock, clock.tick)
+            info, results = engine.run(spec.op, engine_params(spec, values), buffers, clock, clock.tick)
         finally:
             engine.close()
     except EngineFailure as failure:
