@@ -52,9 +52,13 @@ class JobContext:
     """What a running op may ask of its caller: report progress, ask whether to stop."""
 
     def __init__(self, progress: Callable[[float, str], None] | None = None,
-                 cancel_requested: Callable[[], bool] | None = None) -> None:
+                 cancel_requested: Callable[[], bool] | None = None,
+                 preview: Callable[[list[ResultLayer]], None] | None = None) -> None:
         self._progress = progress
         self._cancel_requested = cancel_requested
+        # Set by a front end that shows intermediate results (the plug-in's live preview);
+        # ops offer previews only when it is set (building one costs a host copy).
+        self.preview = preview
         self.started = time.monotonic()
 
     def progress(self, fraction: float, text: str) -> None:
@@ -70,6 +74,8 @@ class JobContext:
 
 
 OpRunner = Callable[[np.ndarray, "np.ndarray | None", dict[str, Any], JobContext], list[ResultLayer]]
+# (validated params, image height, image width) -> expected seconds on this machine, or None.
+OpEstimator = Callable[[dict[str, Any], int, int], "float | None"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,7 @@ class OpSpec:
     params: tuple[Param, ...] = ()
     needs_mask: bool = False
     min_side: int = 8
+    estimate: OpEstimator | None = None
 
     def validate(self, raw: dict[str, Any] | None) -> dict[str, Any]:
         raw = dict(raw or {})
@@ -162,6 +169,12 @@ def get_op(name: str) -> OpSpec:
     if spec is None:
         raise BadInput(f"unknown operation {name!r}; known: {', '.join(OPS)}")
     return spec
+
+
+def estimate_seconds(name: str, params: dict[str, Any] | None, height: int, width: int) -> float | None:
+    """How long ``name`` is expected to take on an image of this size, or None if unknown."""
+    spec = get_op(name)
+    return spec.estimate(spec.validate(params), height, width) if spec.estimate else None
 
 
 def run_op(name: str, image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any] | None,
