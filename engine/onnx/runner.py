@@ -18,6 +18,7 @@ Never imports torch (tested): the ONNX backend must work in an engine installed 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -78,14 +79,41 @@ def choose_providers(device: str = "auto") -> list[Any]:
     return ["CPUExecutionProvider"]
 
 
+REINSTALL_HINT = ("reinstall the engine (python install.py, or pip install --force-reinstall "
+                  "neural-restore-engine) to restore the shipped models")
+
+
+def damaged(path: Path, why: str) -> EngineError:
+    return EngineError(f"the model file {path} is damaged ({why}): {REINSTALL_HINT}")
+
+
 def read_card(model_path: Path) -> dict[str, Any]:
     card_file = model_path.with_suffix(".json")
     if not card_file.exists():
         return {}
     try:
-        return json.loads(card_file.read_text(encoding="utf-8"))
+        card = json.loads(card_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise EngineError(f"cannot read the model card {card_file}: {exc}") from exc
+        raise damaged(card_file, f"not a readable model card: {exc}") from None
+    if not isinstance(card, dict):
+        raise damaged(card_file, "not a model card")
+    return card
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_integrity(model_path: Path, card: dict[str, Any]) -> None:
+    """The file must be the one the card describes (a few ms for our few-MB nets): a truncated
+    download or a disk error then says "damaged" instead of failing somewhere inside ORT."""
+    want = card.get("export", {}).get("sha256")
+    if want and _sha256(model_path) != want:
+        raise damaged(model_path, "its checksum does not match its model card")
 
 
 @dataclass
@@ -139,11 +167,13 @@ def load_model(path: str | Path, device: str = "auto", threads: int | None = Non
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1  # the nets are one chain of convs: no parallel branches
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        card = read_card(model_path)
+        check_integrity(model_path, card)
         try:
             session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
-        except Exception as exc:
-            raise EngineError(f"cannot load {model_path.name} in ONNX Runtime: {exc}") from exc
-        card = read_card(model_path)
+        except Exception as exc:  # ORT's message is long; its first line says what is wrong
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise damaged(model_path, f"ONNX Runtime cannot load it: {first_line[:300]}") from None
         model = _describe(model_path, session, card)
         _CACHE[key] = (mtime, model)
         return model
@@ -212,7 +242,7 @@ def run_model(model: OnnxModel, image: np.ndarray, *, tile: int | None = None, o
     rgb = np.repeat(colour, 3, axis=2) if grey else colour
     out = run_rgb(model, np.clip(rgb.astype(np.float32, copy=False), 0.0, 1.0), tile=tile, overlap=overlap,
                   memory_budget_bytes=memory_budget_bytes, progress=progress, cancel_requested=cancel_requested)
-    out = np.clip(out, 0.0, 1.0)
+    np.clip(out, 0.0, 1.0, out=out)  # in place: a 6000×4000 ×2 result is 1.1 GB of float32
     if grey:
         out = out.mean(axis=2, keepdims=True)
     if has_alpha:
