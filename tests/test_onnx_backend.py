@@ -189,6 +189,29 @@ def test_runner_path_never_imports_torch(exported) -> None:
     assert done.stdout.strip() == "ok"
 
 
+def test_upscale_and_sharpen_ops_never_import_torch(tmp_path: Path) -> None:
+    """The ops (and the CLI module they run under) on the ONNX path, in a fresh interpreter."""
+    from tests.tiny_nets import export_tiny_nets
+
+    models = export_tiny_nets(tmp_path / "models")
+    code = (
+        "import sys, numpy as np\n"
+        "from engine import cli, ops\n"
+        "img = np.random.default_rng(0).random((20, 24, 4), dtype=np.float32)\n"
+        "(up,) = ops.run_op('upscale', img, None, {'scale': 4})\n"
+        "(sharp,) = ops.run_op('sharpen', img, None, {})\n"
+        "assert up.pixels.shape == (80, 96, 4) and sharp.pixels.shape == (20, 24, 4)\n"
+        "bad = sorted(k for k in sys.modules if k.split('.')[0] in ('torch', 'onnx_export'))\n"
+        "assert not bad, bad\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NEURAL_RESTORE_MODELS": str(models)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
 # -- ISR converter -----------------------------------------------------------------------------
 
 def _keras_conv(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
