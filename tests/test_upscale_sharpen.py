@@ -3,6 +3,7 @@ the CLI (incl. bad inputs and missing / damaged model files), the serve protocol
 larger than the input) and the host-neutral filters (new image, selection bounds, mask)."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -50,8 +51,6 @@ def _image(h: int, w: int, c: int, seed: int = 0) -> np.ndarray:
 
 
 def run_cli(*args: object, env_models: Path | None = None) -> subprocess.CompletedProcess:
-    import os
-
     env = dict(os.environ, PYTHONPATH=str(REPO))
     if env_models is not None:
         env["NEURAL_RESTORE_MODELS"] = str(env_models)
@@ -360,3 +359,62 @@ def test_engine_failure_on_a_damaged_model_reaches_the_user(tmp_path: Path,
     assert error.value.kind == "engine"
     assert "sharpen.onnx is damaged" in error.value.message and "reinstall" in error.value.message
     assert host.added == []
+
+
+# -- packaging ---------------------------------------------------------------------------------
+
+SHIPPED = REPO / "engine" / "models"
+
+
+@pytest.mark.skipif(not list(SHIPPED.glob("*.onnx")), reason="no models committed in engine/models yet")
+def test_shipped_models_are_complete_small_and_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NEURAL_RESTORE_MODELS")
+    assert runner.models_dir() == SHIPPED
+    total = 0
+    for name, scale in (("rdn_x2", 2), ("rdn_x4", 4), ("sharpen", 1)):
+        path = runner.find_model(name)
+        card = runner.read_card(path)
+        assert card["runtime"]["scale"] == scale and card["export"]["sha256"]
+        assert card["export"]["parity"]["max_abs_diff"] < 1e-4
+        total += path.stat().st_size
+        model = runner.load_model(path, "cpu")  # also checks the checksum
+        out = runner.run_model(model, _image(16, 16, 3))
+        assert out.shape == (16 * scale, 16 * scale, 3)
+    assert total <= 40e6
+
+
+def test_wheel_carries_the_models(tiny_models: Path, tmp_path: Path) -> None:
+    """install.py's wheel (built from the staged source) installs models/*.onnx + *.json with
+    the engine, and find_model finds them there."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("nr_install", REPO / "install.py")
+    installer = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = installer  # its dataclasses look their module up
+    spec.loader.exec_module(installer)
+    src = installer.stage_engine_source(REPO, tmp_path / "src")
+    (src / "engine" / "models").mkdir(exist_ok=True)
+    for name in ("rdn_x2", "rdn_x4", "sharpen"):
+        for suffix in (".onnx", ".json"):
+            (src / "engine" / "models" / (name + suffix)).write_bytes((tiny_models / (name + suffix)).read_bytes())
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    built = subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "wheels"),
+                                  str(src)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stdout + built.stderr
+    (wheel,) = (tmp_path / "wheels").glob("*.whl")
+    target = tmp_path / "site"
+    done = subprocess.run(pip + ["install", "--no-deps", "--target", str(target), str(wheel)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    code = (f"import sys; sys.path.insert(0, {str(target)!r})\n"
+            "from engine.onnx import runner\n"
+            "for name in ('rdn_x2', 'rdn_x4', 'sharpen'):\n"
+            "    path = runner.find_model(name)\n"
+            "    assert path.with_suffix('.json').is_file()\n"
+            "    runner.load_model(path, 'cpu')\n"
+            "print(runner.models_dir())\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("NEURAL_RESTORE_MODELS", "PYTHONPATH")}
+    found = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=120,
+                           cwd=tmp_path, env=env)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == str(target / "engine" / "models")
