@@ -154,7 +154,7 @@ def test_tile_budget_and_out_of_memory_retry() -> None:
     assert tiling.tile_from_budget(1, 1000, overlap=16) == tiling.min_tile(16, 1)
 
     class SmallGpu:  # an identity "net" that runs out of memory on tiles over 100 px
-        def run(self, _names, feeds):
+        def run(self, _names, feeds, _run_options=None):  # InferenceSession.run's signature
             x = feeds["input"]
             if max(x.shape[2:]) > 100:
                 raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory")

@@ -36,6 +36,11 @@ from . import tiling
 
 DEVICES = ("auto", "cpu", "cuda")
 CPU_BUDGET_BYTES = 1536 * 2**20
+# A big image's own float32 input and output count against the CPU budget (a 6000×4000 ×2
+# result alone is 1.1 GB); the tiles' activations get what is left, but never less than this
+# (ORT's arena grows in powers of two, so the real use can be ~1.5× the estimate: measured
+# 1.3 GB peak for 3000×2000 ×2 with the 1.2 GB budget it then gets).
+MIN_CPU_ACTIVATION_BYTES = 256 * 2**20
 CUDA_BUDGET_BYTES = 3 * 2**30
 
 
@@ -139,6 +144,18 @@ class OnnxModel:
         with self._lock:  # one run at a time per session keeps peak memory predictable
             return self.session.run([self.output_name], {self.input_name: batch})[0]
 
+    def release_memory(self) -> None:
+        """Give the CPU arena's free chunks back (ORT keeps them after a run): one tiny run with
+        arena shrinkage, so the memory a big tile used is free again for the result's conversion."""
+        if self.on_gpu:
+            return
+        options = _ort().RunOptions()
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        side = max(self.size_multiple, 8)
+        with self._lock:
+            self.session.run([self.output_name], {self.input_name: np.zeros((1, 3, side, side), np.float32)},
+                             options)
+
 
 _CACHE: dict[tuple[str, tuple[str, ...], int], tuple[int, OnnxModel]] = {}
 _CACHE_LOCK = threading.Lock()
@@ -201,6 +218,11 @@ def _is_out_of_memory(exc: Exception) -> bool:
     return any(s in text for s in ("out of memory", "failed to allocate", "bad_alloc", "cudaerrormemoryallocation"))
 
 
+def cpu_activation_budget(rgb: np.ndarray, scale: int) -> float:
+    image_bytes = rgb.size * 4 * (1 + scale * scale)  # float32 input and output
+    return max(MIN_CPU_ACTIVATION_BYTES, CPU_BUDGET_BYTES - image_bytes)
+
+
 def run_rgb(model: OnnxModel, rgb: np.ndarray, *, tile: int | None = None, overlap: int | None = None,
             memory_budget_bytes: float | None = None,
             progress: Callable[[float, str], None] | None = None,
@@ -208,14 +230,20 @@ def run_rgb(model: OnnxModel, rgb: np.ndarray, *, tile: int | None = None, overl
     """H×W×3 → (s·H)×(s·W)×3 through the net, tiled, unclipped."""
     overlap = model.tile_overlap if overlap is None else overlap
     if tile is None:
-        budget = memory_budget_bytes or (CUDA_BUDGET_BYTES if model.on_gpu else CPU_BUDGET_BYTES)
+        budget = memory_budget_bytes or (CUDA_BUDGET_BYTES if model.on_gpu else cpu_activation_budget(rgb, model.scale))
         tile = tiling.tile_from_budget(budget, model.activation_floats_per_px, overlap, model.size_multiple)
     smallest = tiling.min_tile(overlap, model.size_multiple)
+
+    def infer(batch: np.ndarray) -> np.ndarray:  # clip per tile: no clipped copy of the whole image
+        return model.infer(np.clip(batch, 0.0, 1.0))
+
     while True:
         try:
-            return tiling.run_tiled(rgb, model.infer, scale=model.scale, multiple=model.size_multiple,
-                                    tile=tile, overlap=overlap, progress=progress,
-                                    cancel_requested=cancel_requested)
+            out = tiling.run_tiled(rgb, infer, scale=model.scale, multiple=model.size_multiple,
+                                   tile=tile, overlap=overlap, progress=progress,
+                                   cancel_requested=cancel_requested)
+            model.release_memory()
+            return out
         except Exception as exc:
             if not _is_out_of_memory(exc) or tile <= smallest:
                 if isinstance(exc, EngineError):
@@ -240,7 +268,7 @@ def run_model(model: OnnxModel, image: np.ndarray, *, tile: int | None = None, o
     colour = image[:, :, :channels - 1] if has_alpha else image
     grey = colour.shape[2] == 1
     rgb = np.repeat(colour, 3, axis=2) if grey else colour
-    out = run_rgb(model, np.clip(rgb.astype(np.float32, copy=False), 0.0, 1.0), tile=tile, overlap=overlap,
+    out = run_rgb(model, rgb.astype(np.float32, copy=False), tile=tile, overlap=overlap,
                   memory_budget_bytes=memory_budget_bytes, progress=progress, cancel_requested=cancel_requested)
     np.clip(out, 0.0, 1.0, out=out)  # in place: a 6000×4000 ×2 result is 1.1 GB of float32
     if grey:
