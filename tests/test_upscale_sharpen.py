@@ -227,6 +227,18 @@ def test_cli_bad_input_files(tmp_path: Path) -> None:
 
 # -- serve: results larger than the input ------------------------------------------------------
 
+@pytest.mark.parametrize("sample_type, top", [("u8", 255), ("u16", 65535)])
+def test_result_conversion_in_bands_rounds_like_the_whole_image(monkeypatch: pytest.MonkeyPatch,
+                                                                 sample_type: str, top: int) -> None:
+    from engine import imageio
+
+    monkeypatch.setattr(imageio, "CONVERSION_BAND_BYTES", 7 * 3 * 4 * 5)  # 5 rows per band
+    pixels = np.random.default_rng(0).random((53, 7, 3), dtype=np.float32) * 1.2 - 0.1
+    want = np.clip(np.rint(pixels * top), 0, top).astype(np.uint8 if top == 255 else np.uint16)
+    np.testing.assert_array_equal(imageio.from_float(pixels, sample_type), want)
+
+
+
 def test_serve_upscale_returns_the_enlarged_buffer(engine_python: Path) -> None:
     data = np.random.default_rng(0).integers(0, 65536, (10, 12, 2), dtype=np.uint16)
     buf = WireBuffer("image", 12, 10, 2, "u16", data.astype("<u2").tobytes(), 3, -2)
