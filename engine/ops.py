@@ -175,7 +175,7 @@ def _upscale(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
     scale = params["scale"]
     height, width = image.shape[:2]
     if max(height, width) * scale > MAX_RESULT_SIDE:
-        raise BadInput(f"×{scale} of a {width}×{height} image would be wider than {MAX_RESULT_SIDE} px: "
+        raise BadInput(f"×{scale} of a {width}×{height} image would exceed {MAX_RESULT_SIDE} px on a side: "
                        f"upscale a smaller area (select it first in GIMP)")
     title = f"Upscaled ×{scale}"
     if params["method"] == "rdn":

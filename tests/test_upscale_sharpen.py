@@ -88,7 +88,7 @@ def test_sharpen_op_keeps_size_and_alpha() -> None:
 
 def test_upscale_refuses_a_result_too_large_to_send(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ops, "MAX_RESULT_SIDE", 100)
-    with pytest.raises(BadInput, match="wider than 100 px"):
+    with pytest.raises(BadInput, match="exceed 100 px on a side"):
         ops.run_op("upscale", _image(30, 60, 3), None, {"scale": 2})
 
 

@@ -94,7 +94,7 @@ class FilterSpec(object):
     selection_bounds: with a selection, only its bounds (within the layer) are processed,
     read with ``context`` px more on each side so the net sees real neighbours there; the
     context is cut off the result again. mask_result: the result layer then gets the
-    selection as its layer mask (see ``_mask_wanted``).
+    selection as its layer mask, unless the selection is all of its bounds (a rectangle).
     scale_param: the setting that enlarges the result (results are that many times larger).
     """
 
@@ -166,8 +166,8 @@ FILTERS = (
                "Upscaled", UPSCALE_PARAMS, output="new-image", selection_bounds=True,
                context=NET_CONTEXT, scale_param="scale"),
     FilterSpec("sharpen", "sharpen", "_Sharpen...",
-               "Remove blur (soft focus, camera shake-free defocus, resize blur) with a trained "
-               "network; the result is a new layer above the source, masked to the selection.",
+               "Remove blur (soft focus, defocus, resize blur) with a trained network; the result "
+               "is a new layer above the source, masked to the selection if there is one.",
                "Sharpened", (DEVICE_PARAM,), selection_bounds=True, context=NET_CONTEXT,
                mask_result=True),
 )
