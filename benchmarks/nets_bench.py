@@ -268,6 +268,11 @@ def main() -> int:
                    for name in ("rdn_x2", "rdn_x4", "sharpen")},
         "images": {name: [p.name for p in files] for name, files in sets.items()},
     }
+    # The held-out set must be the one each net was validated on (never trained on).
+    held_out = {p.name for p in image_sets(None)["train-split-validation"]}
+    report["split_matches_model_cards"] = {
+        name: sorted(runner.read_card(models / f"{name}.onnx").get("data", {}).get("validation_files", [])) ==
+        sorted(held_out) for name in ("rdn_x2", "rdn_x4", "sharpen")}
     if "upscale" in only:
         report["upscale"] = bench_upscale(sets, models)
     if "sharpen" in only:
