@@ -18,6 +18,7 @@ from .errors import BadInput
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 WRITABLE = {".png", ".tif", ".tiff", ".jpg", ".jpeg", ".webp", ".bmp"}
 _MAX_FOR_DTYPE = {"u8": 255.0, "u16": 65535.0}
+CONVERSION_BAND_BYTES = 16 << 20  # float temporaries of from_float stay this small
 
 
 @dataclass
@@ -49,7 +50,15 @@ def from_float(pixels: np.ndarray, sample_type: str) -> np.ndarray:
         return pixels.astype(np.float32)
     top = _MAX_FOR_DTYPE[sample_type]
     dtype = np.uint8 if sample_type == "u8" else np.uint16
-    return np.clip(np.rint(pixels * top), 0, top).astype(dtype)
+    out = np.empty(pixels.shape, dtype)
+    # In row bands: a whole-image float temporary would double the peak memory of a big upscale.
+    rows = max(1, CONVERSION_BAND_BYTES // max(1, pixels[:1].size * 4))
+    for top_row in range(0, pixels.shape[0], rows):
+        band = pixels[top_row:top_row + rows] * top
+        np.rint(band, out=band)
+        np.clip(band, 0, top, out=band)
+        out[top_row:top_row + rows] = band
+    return out
 
 
 def _png_bit_depth(path: Path) -> int:

@@ -23,7 +23,7 @@ class Param:
     kind: type
     default: Any
     help: str
-    choices: tuple[str, ...] | None = None
+    choices: tuple[Any, ...] | None = None
     minimum: int | float | None = None
     maximum: int | float | None = None
 
@@ -33,7 +33,7 @@ class Param:
         if self.kind is str and not isinstance(value, str):
             raise BadInput(f"parameter {self.name!r} must be a string, got {value!r}")
         if self.choices is not None and value not in self.choices:
-            raise BadInput(f"parameter {self.name!r} must be one of {', '.join(self.choices)}; got {value!r}")
+            raise BadInput(f"parameter {self.name!r} must be one of {', '.join(map(str, self.choices))}; got {value!r}")
         if self.minimum is not None and value < self.minimum:
             raise BadInput(f"parameter {self.name!r} must be ≥ {self.minimum}, got {value!r}")
         if self.maximum is not None and value > self.maximum:
@@ -154,12 +154,77 @@ _DIP_PARAMS = (
     Param("device", str, "auto", "where to compute", choices=("auto", "cpu", "cuda")),
 )
 
+# -- trained nets (ONNX Runtime; no torch on this path) -------------------------------------
+
+# Protocol buffers are at most 65 535 px a side; GIMP images may be larger, but a result that
+# cannot travel back is refused before any work.
+MAX_RESULT_SIDE = 65535
+
+
+def _run_net(name: str, image: np.ndarray, device: str, ctx: JobContext) -> np.ndarray:
+    """Run the shipped net ``name`` (models/<name>.onnx) over the image, alpha/grey handled."""
+    from .onnx import runner
+
+    model = runner.load_model(runner.find_model(name), device)
+    ctx.progress(0.0, f"{name} on {'GPU' if model.on_gpu else 'CPU'}")
+    return runner.run_model(model, image, progress=ctx.progress, cancel_requested=ctx.cancel_requested)
+
+
+def _upscale(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
+             ctx: JobContext) -> list[ResultLayer]:
+    scale = params["scale"]
+    height, width = image.shape[:2]
+    if max(height, width) * scale > MAX_RESULT_SIDE:
+        raise BadInput(f"×{scale} of a {width}×{height} image would exceed {MAX_RESULT_SIDE} px on a side: "
+                       f"upscale a smaller area (select it first in GIMP)")
+    title = f"Upscaled ×{scale}"
+    if params["method"] == "rdn":
+        return [ResultLayer("image", title, _run_net(f"rdn_x{scale}", image, params["device"], ctx))]
+    from .dip import tasks
+    from .onnx.tiling import resize_alpha  # Pillow only: alpha is resampled, never fitted
+
+    colour, alpha = split_alpha(image)
+    big_alpha = None if alpha is None else resize_alpha(np.clip(alpha, 0.0, 1.0), scale)
+    preview = None
+    if ctx.preview is not None:
+        show = ctx.preview
+
+        def preview(so_far: np.ndarray) -> None:
+            show([ResultLayer("image", title, join_alpha(so_far, big_alpha))])
+
+    big = tasks.super_resolve(np.clip(colour, 0.0, 1.0), scale, iterations=params["iterations"] or None,
+                              seed=params["seed"], device=params["device"], preset=params["preset"],
+                              progress=ctx.progress, cancel_requested=ctx.cancel_requested, preview=preview)
+    return [ResultLayer("image", title, join_alpha(np.asarray(big, np.float32), big_alpha))]
+
+
+def _sharpen(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
+             ctx: JobContext) -> list[ResultLayer]:
+    return [ResultLayer("image", "Sharpened", _run_net("sharpen", image, params["device"], ctx))]
+
+
+_NET_DEVICE = Param("device", str, "auto", "where to compute (auto: CUDA if onnxruntime-gpu sees a GPU)",
+                    choices=("auto", "cpu", "cuda"))
+_UPSCALE_PARAMS = (
+    Param("scale", int, 2, "enlargement factor", choices=(2, 4)),
+    Param("method", str, "rdn", "rdn: trained net, seconds; dip: Deep Image Prior, minutes, no training data",
+          choices=("rdn", "dip")),
+    _NET_DEVICE,
+    Param("iterations", int, 0, "dip only: optimisation steps; 0 = automatic", minimum=0, maximum=100000),
+    Param("seed", int, 0, "dip only: random seed", minimum=0, maximum=2**31 - 1),
+    Param("preset", str, "auto", "dip only: speed/quality preset", choices=("auto", "fast", "quality", "paper")),
+)
+
 OPS: dict[str, OpSpec] = {
     spec.name: spec
     for spec in (
         OpSpec("denoise", "Deep Image Prior denoising (noise level not needed)", _denoise, _DIP_PARAMS),
         OpSpec("inpaint", "Deep Image Prior inpainting of the masked pixels", _inpaint, _DIP_PARAMS,
                needs_mask=True),
+        OpSpec("upscale", "Enlarge ×2 or ×4 with a trained RDN (or Deep Image Prior)", _upscale,
+               _UPSCALE_PARAMS),
+        OpSpec("sharpen", "Remove blur (defocus, soft lens, resize) with a trained U-Net", _sharpen,
+               (_NET_DEVICE,)),
     )
 }
 

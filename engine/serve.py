@@ -89,6 +89,20 @@ def _decode_request(message: Message) -> tuple[str, dict, np.ndarray, np.ndarray
     return op, params, to_float(source.pixels), mask, source
 
 
+def _result_offsets(source: Buffer, pixels: np.ndarray) -> tuple[int, int]:
+    """Where a result layer sits in image coordinates: the source's offsets when it has the
+    source's size; scaled with it when it is an integer enlargement (upscale), so the offsets
+    stay those of the same content in the enlarged image; else the origin."""
+    in_h, in_w = source.pixels.shape[:2]
+    out_h, out_w = pixels.shape[:2]
+    if (out_h, out_w) == (in_h, in_w):
+        return source.x, source.y
+    if out_w % in_w == 0 and out_h % in_h == 0 and out_w // in_w == out_h // in_h:
+        factor = out_w // in_w
+        return source.x * factor, source.y * factor
+    return 0, 0
+
+
 def _handle(session: _Session, message: Message) -> None:
     request_id = message.header.get("id")
     started = time.monotonic()
@@ -109,7 +123,7 @@ def _handle(session: _Session, message: Message) -> None:
         ctx = JobContext(progress, lambda: session.is_cancelled(request_id))  # type: ignore[arg-type]
         layers = run_op(op, image, mask, params, ctx)
         sample_type = _SAMPLE_TYPES[source.pixels.dtype]
-        out = [Buffer(layer.role, from_float(layer.pixels, sample_type), source.x, source.y,
+        out = [Buffer(layer.role, from_float(layer.pixels, sample_type), *_result_offsets(source, layer.pixels),
                       {"title": layer.title}) for layer in layers]
         elapsed = time.monotonic() - started
         log.info("request %s done in %.1f s", request_id, elapsed)

@@ -154,7 +154,7 @@ def test_tile_budget_and_out_of_memory_retry() -> None:
     assert tiling.tile_from_budget(1, 1000, overlap=16) == tiling.min_tile(16, 1)
 
     class SmallGpu:  # an identity "net" that runs out of memory on tiles over 100 px
-        def run(self, _names, feeds):
+        def run(self, _names, feeds, _run_options=None):  # InferenceSession.run's signature
             x = feeds["input"]
             if max(x.shape[2:]) > 100:
                 raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory")
@@ -183,6 +183,29 @@ def test_runner_path_never_imports_torch(exported) -> None:
         "print('ok')\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+def test_upscale_and_sharpen_ops_never_import_torch(tmp_path: Path) -> None:
+    """The ops (and the CLI module they run under) on the ONNX path, in a fresh interpreter."""
+    from tests.tiny_nets import export_tiny_nets
+
+    models = export_tiny_nets(tmp_path / "models")
+    code = (
+        "import sys, numpy as np\n"
+        "from engine import cli, ops\n"
+        "img = np.random.default_rng(0).random((20, 24, 4), dtype=np.float32)\n"
+        "(up,) = ops.run_op('upscale', img, None, {'scale': 4})\n"
+        "(sharp,) = ops.run_op('sharpen', img, None, {})\n"
+        "assert up.pixels.shape == (80, 96, 4) and sharp.pixels.shape == (20, 24, 4)\n"
+        "bad = sorted(k for k in sys.modules if k.split('.')[0] in ('torch', 'onnx_export'))\n"
+        "assert not bad, bad\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NEURAL_RESTORE_MODELS": str(models)}
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr

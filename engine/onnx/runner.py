@@ -18,6 +18,7 @@ Never imports torch (tested): the ONNX backend must work in an engine installed 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -35,6 +36,11 @@ from . import tiling
 
 DEVICES = ("auto", "cpu", "cuda")
 CPU_BUDGET_BYTES = 1536 * 2**20
+# A big image's own float32 input and output count against the CPU budget (a 6000×4000 ×2
+# result alone is 1.1 GB); the tiles' activations get what is left, but never less than this
+# (ORT's arena grows in powers of two, so the real use can be ~1.5× the estimate: measured
+# 1.3 GB peak for 3000×2000 ×2 with the 1.2 GB budget it then gets).
+MIN_CPU_ACTIVATION_BYTES = 256 * 2**20
 CUDA_BUDGET_BYTES = 3 * 2**30
 
 
@@ -78,14 +84,41 @@ def choose_providers(device: str = "auto") -> list[Any]:
     return ["CPUExecutionProvider"]
 
 
+REINSTALL_HINT = ("reinstall the engine (python install.py, or pip install --force-reinstall "
+                  "neural-restore-engine) to restore the shipped models")
+
+
+def damaged(path: Path, why: str) -> EngineError:
+    return EngineError(f"the model file {path} is damaged ({why}): {REINSTALL_HINT}")
+
+
 def read_card(model_path: Path) -> dict[str, Any]:
     card_file = model_path.with_suffix(".json")
     if not card_file.exists():
         return {}
     try:
-        return json.loads(card_file.read_text(encoding="utf-8"))
+        card = json.loads(card_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise EngineError(f"cannot read the model card {card_file}: {exc}") from exc
+        raise damaged(card_file, f"not a readable model card: {exc}") from None
+    if not isinstance(card, dict):
+        raise damaged(card_file, "not a model card")
+    return card
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_integrity(model_path: Path, card: dict[str, Any]) -> None:
+    """The file must be the one the card describes (a few ms for our few-MB nets): a truncated
+    download or a disk error then says "damaged" instead of failing somewhere inside ORT."""
+    want = card.get("export", {}).get("sha256")
+    if want and _sha256(model_path) != want:
+        raise damaged(model_path, "its checksum does not match its model card")
 
 
 @dataclass
@@ -110,6 +143,18 @@ class OnnxModel:
         """N×3×h×w float32 → N×3×(s·h)×(s·w) float32 (unclipped)."""
         with self._lock:  # one run at a time per session keeps peak memory predictable
             return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+    def release_memory(self) -> None:
+        """Give the CPU arena's free chunks back (ORT keeps them after a run): one tiny run with
+        arena shrinkage, so the memory a big tile used is free again for the result's conversion."""
+        if self.on_gpu:
+            return
+        options = _ort().RunOptions()
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        side = max(self.size_multiple, 8)
+        with self._lock:
+            self.session.run([self.output_name], {self.input_name: np.zeros((1, 3, side, side), np.float32)},
+                             options)
 
 
 _CACHE: dict[tuple[str, tuple[str, ...], int], tuple[int, OnnxModel]] = {}
@@ -139,11 +184,13 @@ def load_model(path: str | Path, device: str = "auto", threads: int | None = Non
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1  # the nets are one chain of convs: no parallel branches
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        card = read_card(model_path)
+        check_integrity(model_path, card)
         try:
             session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
-        except Exception as exc:
-            raise EngineError(f"cannot load {model_path.name} in ONNX Runtime: {exc}") from exc
-        card = read_card(model_path)
+        except Exception as exc:  # ORT's message is long; its first line says what is wrong
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise damaged(model_path, f"ONNX Runtime cannot load it: {first_line[:300]}") from None
         model = _describe(model_path, session, card)
         _CACHE[key] = (mtime, model)
         return model
@@ -171,6 +218,11 @@ def _is_out_of_memory(exc: Exception) -> bool:
     return any(s in text for s in ("out of memory", "failed to allocate", "bad_alloc", "cudaerrormemoryallocation"))
 
 
+def cpu_activation_budget(rgb: np.ndarray, scale: int) -> float:
+    image_bytes = rgb.size * 4 * (1 + scale * scale)  # float32 input and output
+    return max(MIN_CPU_ACTIVATION_BYTES, CPU_BUDGET_BYTES - image_bytes)
+
+
 def run_rgb(model: OnnxModel, rgb: np.ndarray, *, tile: int | None = None, overlap: int | None = None,
             memory_budget_bytes: float | None = None,
             progress: Callable[[float, str], None] | None = None,
@@ -178,14 +230,20 @@ def run_rgb(model: OnnxModel, rgb: np.ndarray, *, tile: int | None = None, overl
     """H×W×3 → (s·H)×(s·W)×3 through the net, tiled, unclipped."""
     overlap = model.tile_overlap if overlap is None else overlap
     if tile is None:
-        budget = memory_budget_bytes or (CUDA_BUDGET_BYTES if model.on_gpu else CPU_BUDGET_BYTES)
+        budget = memory_budget_bytes or (CUDA_BUDGET_BYTES if model.on_gpu else cpu_activation_budget(rgb, model.scale))
         tile = tiling.tile_from_budget(budget, model.activation_floats_per_px, overlap, model.size_multiple)
     smallest = tiling.min_tile(overlap, model.size_multiple)
+
+    def infer(batch: np.ndarray) -> np.ndarray:  # clip per tile: no clipped copy of the whole image
+        return model.infer(np.clip(batch, 0.0, 1.0))
+
     while True:
         try:
-            return tiling.run_tiled(rgb, model.infer, scale=model.scale, multiple=model.size_multiple,
-                                    tile=tile, overlap=overlap, progress=progress,
-                                    cancel_requested=cancel_requested)
+            out = tiling.run_tiled(rgb, infer, scale=model.scale, multiple=model.size_multiple,
+                                   tile=tile, overlap=overlap, progress=progress,
+                                   cancel_requested=cancel_requested)
+            model.release_memory()
+            return out
         except Exception as exc:
             if not _is_out_of_memory(exc) or tile <= smallest:
                 if isinstance(exc, EngineError):
@@ -210,9 +268,9 @@ def run_model(model: OnnxModel, image: np.ndarray, *, tile: int | None = None, o
     colour = image[:, :, :channels - 1] if has_alpha else image
     grey = colour.shape[2] == 1
     rgb = np.repeat(colour, 3, axis=2) if grey else colour
-    out = run_rgb(model, np.clip(rgb.astype(np.float32, copy=False), 0.0, 1.0), tile=tile, overlap=overlap,
+    out = run_rgb(model, rgb.astype(np.float32, copy=False), tile=tile, overlap=overlap,
                   memory_budget_bytes=memory_budget_bytes, progress=progress, cancel_requested=cancel_requested)
-    out = np.clip(out, 0.0, 1.0)
+    np.clip(out, 0.0, 1.0, out=out)  # in place: a 6000×4000 ×2 result is 1.1 GB of float32
     if grey:
         out = out.mean(axis=2, keepdims=True)
     if has_alpha:

@@ -41,14 +41,23 @@ def _values(spec, args):
     return values
 
 
+def _results(spec):
+    if spec.output == "new-image":  # scripts get the new image back
+        return [(PF_IMAGE, "image", "The new image holding the result")]
+    return []
+
+
 def _make_run(spec):
     def run(image, drawable, *args):
+        host = Gimp2Host(image, drawable)
         try:
-            filters.run_filter(Gimp2Host(image, drawable), spec, _values(spec, args), PLUGIN_DIR)
+            filters.run_filter(host, spec, _values(spec, args), PLUGIN_DIR)
         except filters.FilterError as error:
             # gimpfu turns an exception into an execution error carrying this text
             # (shown in GIMP's error console / message box).
             raise RuntimeError(error.message)
+        if spec.output == "new-image":
+            return host.opened_image
     run.__name__ = str(spec.key.replace("-", "_"))
     return run
 
@@ -59,7 +68,7 @@ for _spec in filters.FILTERS:
         _spec.blurb, _spec.blurb,
         "Neural Restore contributors", "Neural Restore contributors", "2026",
         _spec.menu_label, "RGB*, GRAY*",
-        _params(_spec), [],
+        _params(_spec), _results(_spec),
         _make_run(_spec),
         menu=filters.MENU_PATH,
     )

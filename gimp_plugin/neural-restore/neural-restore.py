@@ -52,6 +52,9 @@ class NeuralRestore(Gimp.PlugIn):
         procedure.set_documentation(spec.blurb, spec.blurb, name)
         procedure.set_attribution("Neural Restore contributors", "Neural Restore contributors", "2026")
         _add_arguments(procedure, spec.params)
+        if spec.output == "new-image":  # scripts get the new image back
+            procedure.add_image_return_value("image", "Image", "The new image holding the result", False,
+                                             GObject.ParamFlags.READWRITE)
         return procedure
 
     def run(self, procedure, run_mode, image, drawables, config, run_data):
@@ -69,13 +72,18 @@ class NeuralRestore(Gimp.PlugIn):
         values = dict((p.name, config.get_property(p.name)) for p in spec.params)
         from neural_restore.hosts.gimp3 import Gimp3Host
 
+        host = Gimp3Host(image, drawables, interactive=run_mode == Gimp.RunMode.INTERACTIVE)
         try:
-            filters.run_filter(Gimp3Host(image, drawables), spec, values, PLUGIN_DIR)
+            filters.run_filter(host, spec, values, PLUGIN_DIR)
         except filters.FilterError as error:
             status = (Gimp.PDBStatusType.CANCEL if error.kind == "cancelled"
                       else Gimp.PDBStatusType.EXECUTION_ERROR)
             return procedure.new_return_values(status, GLib.Error.new_literal(
                 GLib.quark_from_string("neural-restore"), error.message, 0))
+        if spec.output == "new-image":
+            return Gimp.ValueArray.new_from_values([
+                GObject.Value(Gimp.PDBStatusType, Gimp.PDBStatusType.SUCCESS),
+                GObject.Value(Gimp.Image, host.opened_image)])
         return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
 
 

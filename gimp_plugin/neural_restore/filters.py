@@ -17,6 +17,14 @@ Host adapter interface (duck-typed):
   host.add_layers(source, layer_name, buffers)
                                      -> inserts result layers (same type, precision, offsets)
                                         above the source, in its group, in one undo step
+  host.add_layers(source, layer_name, buffers, mask_with_selection=True)
+                                     -> the same, each new layer getting a layer mask made
+                                        from the current selection (filters that honour it)
+  host.open_image(source, name, buffer)
+                                     -> a new image (the source image's base type and
+                                        precision, one layer from buffer), shown in a new
+                                        display when the run is interactive; remembered as
+                                        host.opened_image (the PDB return value)
 """
 import os
 import time
@@ -58,7 +66,9 @@ class FilterParam(object):
     these, so a new setting is declared once, here.
     """
 
-    def __init__(self, name, kind, default, label, help, minimum=None, maximum=None, choices=None):
+    def __init__(self, name, kind, default, label, help, minimum=None, maximum=None, choices=None,
+                 engine_type="str"):
+        self.engine_type = engine_type
         self.name = name
         self.kind = kind
         self.default = default
@@ -71,15 +81,26 @@ class FilterParam(object):
     def choice_values(self):
         return [value for value, _ in self.choices]
 
+    def engine_value(self, value):
+        """Dialog/PDB value -> the engine's: choices are strings in GIMP, some are numbers there."""
+        return int(value) if self.kind == "choice" and self.engine_type == "int" else value
+
 
 class FilterSpec(object):
     """A menu entry: which engine op it runs, with which settings, and where results go.
 
-    output: "layers" (new layers above the source, one undo group).
+    output: "layers" (new layers above the source, one undo group) or "new-image" (the
+    result opens as a new image; the source image is not touched at all).
+    selection_bounds: with a selection, only its bounds (within the layer) are processed,
+    read with ``context`` px more on each side so the net sees real neighbours there; the
+    context is cut off the result again. mask_result: the result layer then gets the
+    selection as its layer mask, unless the selection is all of its bounds (a rectangle).
+    scale_param: the setting that enlarges the result (results are that many times larger).
     """
 
     def __init__(self, key, op, menu_label, blurb, layer_name, params, needs_selection=False,
-                 output="layers"):
+                 output="layers", selection_bounds=False, context=0, mask_result=False,
+                 scale_param=None):
         self.key = key
         self.op = op
         self.menu_label = menu_label
@@ -88,6 +109,13 @@ class FilterSpec(object):
         self.params = tuple(params)
         self.needs_selection = needs_selection
         self.output = output
+        self.selection_bounds = selection_bounds
+        self.context = context
+        self.mask_result = mask_result
+        self.scale_param = scale_param
+
+    def result_scale(self, values):
+        return int(values.get(self.scale_param, 1)) if self.scale_param else 1
 
     @property
     def procedure_name(self):
@@ -112,6 +140,18 @@ DIP_PARAMS = (
     DEVICE_PARAM,
 )
 
+UPSCALE_PARAMS = (
+    FilterParam("scale", "choice", "2", "Scale", "Enlargement factor: 2 or 4",
+                choices=(("2", "2x"), ("4", "4x")), engine_type="int"),
+    FilterParam("method", "choice", "rdn", "Method",
+                "rdn: trained network, seconds; dip: Deep Image Prior, minutes",
+                choices=(("rdn", "Trained network (RDN, fast)"), ("dip", "Deep Image Prior (slow)"))),
+    DEVICE_PARAM,
+)
+# Context read around a selection's bounds: more than the nets' tile overlap (16 px), so
+# the processed area's edges look like its inside.
+NET_CONTEXT = 32
+
 FILTERS = (
     FilterSpec("denoise", "denoise", "_Denoise...",
                "Remove noise with a Deep Image Prior; the result is a new layer above the source.",
@@ -120,6 +160,16 @@ FILTERS = (
                "Fill the selected pixels from their surroundings with a Deep Image Prior; "
                "the result is a new layer above the source.",
                "Inpaint", DIP_PARAMS, needs_selection=True),
+    FilterSpec("upscale", "upscale", "_Upscale...",
+               "Enlarge the layer (or the selection's bounds) 2x or 4x with a trained network; "
+               "the result opens as a new image.",
+               "Upscaled", UPSCALE_PARAMS, output="new-image", selection_bounds=True,
+               context=NET_CONTEXT, scale_param="scale"),
+    FilterSpec("sharpen", "sharpen", "_Sharpen...",
+               "Remove blur (soft focus, defocus, resize blur) with a trained network; the result "
+               "is a new layer above the source, masked to the selection if there is one.",
+               "Sharpened", (DEVICE_PARAM,), selection_bounds=True, context=NET_CONTEXT,
+               mask_result=True),
 )
 
 EMPTY_SELECTION_MESSAGE = ("Inpaint selection needs a selection: select the area to fill "
@@ -151,6 +201,8 @@ def refuse_item(kind, name="", count=0):
 
 OUTSIDE_SELECTION_MESSAGE = ("The selection does not touch the active layer: select pixels "
                              "inside the layer to fill them.")
+SELECTION_MISSES_LAYER_MESSAGE = ("The selection does not touch the active layer: select part of "
+                                  "the layer, or use Select > None to process all of it.")
 
 
 def filter_by_procedure(name):
@@ -222,7 +274,63 @@ class ProgressClock(object):
 
 def engine_params(spec, values):
     """Dialog/PDB values -> the engine's params (the filter's own settings only)."""
-    return dict((p.name, values[p.name]) for p in spec.params if p.name in values)
+    return dict((p.name, p.engine_value(values[p.name])) for p in spec.params if p.name in values)
+
+
+_BYTES_PER_SAMPLE = {"u8": 1, "u16": 2, "f32": 4}
+
+
+def crop_rows(data, width, pixel_bytes, x, y, crop_width, crop_height):
+    """The crop_width x crop_height block at (x, y) of a row-major image ``width`` px wide."""
+    if x == 0 and crop_width == width:
+        return data[y * width * pixel_bytes:(y + crop_height) * width * pixel_bytes]
+    stride, span = width * pixel_bytes, crop_width * pixel_bytes
+    start = x * pixel_bytes
+    return b"".join(data[(y + row) * stride + start:(y + row) * stride + start + span]
+                    for row in range(crop_height))
+
+
+def _grow(box, margin, source):
+    """box (x1, y1, x2, y2) grown by margin on each side, kept inside the source layer."""
+    return (max(box[0] - margin, source.x), max(box[1] - margin, source.y),
+            min(box[2] + margin, source.x + source.width), min(box[3] + margin, source.y + source.height))
+
+
+def _selection_region(host, spec, source):
+    """For filters that honour the selection: (inner, outer, partial) boxes in image
+    coordinates, or None to process the whole layer. inner is what the result covers,
+    outer what is sent (inner plus context), partial whether the selection is anything
+    other than all of inner (then a mask is worth adding)."""
+    bounds = host.selection_bounds()
+    if bounds is None:
+        return None
+    inner = _intersect(bounds, source)
+    if inner is None:
+        raise FilterError(SELECTION_MISSES_LAYER_MESSAGE)
+    width, height = inner[2] - inner[0], inner[3] - inner[1]
+    selected = host.read_selection(inner[0], inner[1], width, height)
+    if selected.count(b"\x00") == len(selected):
+        raise FilterError(SELECTION_MISSES_LAYER_MESSAGE)
+    if inner == (source.x, source.y, source.x + source.width, source.y + source.height) and \
+            selected.count(b"\xff") == len(selected):
+        return None  # Select All (or a selection covering the layer): the ordinary whole-layer run
+    if min(width, height) < MIN_SIDE:
+        raise FilterError("The selection covers only %dx%d pixels of the layer; select at least %dx%d "
+                          "pixels (or Select > None for the whole layer)." % (width, height, MIN_SIDE, MIN_SIDE))
+    partial = selected.count(b"\xff") != len(selected)
+    return inner, _grow(inner, spec.context, source), partial
+
+
+def _cut_result(result, outer, inner, factor):
+    """A result for ``outer`` (``factor`` times its size) -> the part covering ``inner``."""
+    if outer == inner:
+        return result
+    bpp = result.channels * _BYTES_PER_SAMPLE[result.dtype]
+    x, y = (inner[0] - outer[0]) * factor, (inner[1] - outer[1]) * factor
+    width, height = (inner[2] - inner[0]) * factor, (inner[3] - inner[1]) * factor
+    data = crop_rows(bytes(result.data), result.width, bpp, x, y, width, height)
+    return WireBuffer(result.name, width, height, result.channels, result.dtype, data,
+                      inner[0] * factor, inner[1] * factor, **result.extra)
 
 
 def run_filter(host, spec, values, plugin_dir, log_dir=None):
@@ -245,8 +353,16 @@ def run_filter(host, spec, values, plugin_dir, log_dir=None):
         if mask.count(b"\x00") == len(mask):
             raise FilterError(OUTSIDE_SELECTION_MESSAGE)
         mask_buffer = WireBuffer("mask", source.width, source.height, 1, "u8", mask, source.x, source.y)
-    image_buffer = WireBuffer("image", source.width, source.height, source.channels, source.dtype,
-                              host.read_pixels(source), source.x, source.y)
+    region = _selection_region(host, spec, source) if spec.selection_bounds else None
+    pixels = host.read_pixels(source)
+    sent = (source.x, source.y, source.x + source.width, source.y + source.height)
+    if region is not None:
+        sent = region[1]
+        pixel_bytes = source.channels * _BYTES_PER_SAMPLE[source.dtype]
+        pixels = crop_rows(pixels, source.width, pixel_bytes, sent[0] - source.x, sent[1] - source.y,
+                           sent[2] - sent[0], sent[3] - sent[1])
+    image_buffer = WireBuffer("image", sent[2] - sent[0], sent[3] - sent[1], source.channels, source.dtype,
+                              pixels, sent[0], sent[1])
     buffers = [image_buffer] + ([mask_buffer] if mask_buffer is not None else [])
     try:
         config = load_config(plugin_dir)
@@ -272,10 +388,21 @@ def run_filter(host, spec, values, plugin_dir, log_dir=None):
         raise FilterError(failure.message, failure.kind)
     if not results:
         raise FilterError("The engine returned no result.", "engine")
+    factor = spec.result_scale(values)
     for result in results:
         if (result.width, result.height, result.channels, result.dtype) != \
-                (source.width, source.height, source.channels, source.dtype):
+                (image_buffer.width * factor, image_buffer.height * factor, source.channels, source.dtype):
             raise FilterError("The engine returned a result of the wrong size or format.", "engine")
+    if region is not None:
+        results = [_cut_result(result, region[1], region[0], factor) for result in results]
+    if spec.output == "new-image":
+        host.progress(1.0, "Opening the result as a new image...")
+        host.open_image(source, "%s (%s)" % (spec.layer_name, source.name) if source.name else spec.layer_name,
+                        results[0])
+        return info
     host.progress(1.0, "Adding the result layer...")
-    host.add_layers(source, spec.layer_name, results)
+    if spec.mask_result and region is not None and region[2]:
+        host.add_layers(source, spec.layer_name, results, mask_with_selection=True)
+    else:
+        host.add_layers(source, spec.layer_name, results)
     return info

@@ -19,6 +19,12 @@ behaviour of the real calls (GIMP 2.10 Python-Fu / pygimp, libgimp 2.10 PDB):
            is a channel too, as in GIMP)
   pdb.gimp_image_get_item_position(image, item), pdb.gimp_image_insert_layer(image, layer,
            parent, position), pdb.gimp_progress_set_text(text)
+  pdb.gimp_image_get_precision(image), pdb.gimp_image_new_with_precision(w, h, base, precision)
+           (GimpPrecision values of 2.10: 150 = 8-bit gamma, 250 = 16-bit gamma, 600 = float
+           linear), pdb.gimp_image_undo_disable / undo_enable / clean_all(image)
+  layer.create_mask(ADD_SELECTION_MASK) -> LayerMask from the selection under the layer (the
+           layer must be in its image); layer.add_mask(mask)
+  gimp.Display(image) (RuntimeError in batch GIMP: no user interface; UI = True here)
 
 Enum values are GIMP 2.10's (GimpImageType, LAYER_MODE_NORMAL = 28). Everything the
 plug-in does is logged in CALLS so tests can check undo grouping and progress.
@@ -28,6 +34,11 @@ import time
 RGB_IMAGE, RGBA_IMAGE, GRAY_IMAGE, GRAYA_IMAGE, INDEXED_IMAGE, INDEXEDA_IMAGE = range(6)
 RGB, GRAY, INDEXED = range(3)
 LAYER_MODE_NORMAL = 28
+ADD_SELECTION_MASK = 4
+PRECISION_U8_GAMMA, PRECISION_U16_GAMMA, PRECISION_FLOAT_LINEAR = 150, 250, 600
+_PRECISION_BY_BYTES = {1: PRECISION_U8_GAMMA, 2: PRECISION_U16_GAMMA, 4: PRECISION_FLOAT_LINEAR}
+UI = True  # False: batch GIMP (no displays)
+DISPLAYS = []
 PF_INT32, PF_INT, PF_STRING, PF_IMAGE, PF_DRAWABLE, PF_OPTION = 0, 0, 4, 13, 16, 1007
 
 REGISTERED = []
@@ -44,7 +55,7 @@ def register(proc_name, blurb, help, author, copyright, date, label, imagetypes,
     if not (proc_name.startswith("python-fu-") or proc_name.startswith("plug-in-")):
         proc_name = "python-fu-" + proc_name  # what real gimpfu does
     REGISTERED.append({"name": proc_name, "label": label, "menu": menu, "imagetypes": imagetypes,
-                       "params": params, "function": function})
+                       "params": params, "results": results, "function": function})
 
 
 def main():
@@ -123,6 +134,25 @@ class Layer(Item):
     def set_offsets(self, x, y):
         self.offsets = (x, y)
 
+    def create_mask(self, mask_type):
+        if mask_type != ADD_SELECTION_MASK:
+            raise NotImplementedError("the fake knows selection masks only")
+        if self not in _Pdb()._siblings(self.image, self):
+            raise RuntimeError("layer is not in an image")
+        mask = LayerMask(self.image, self.name + " mask", self.width, self.height)
+        sel, ox, oy = self.image.selection, self.offsets[0], self.offsets[1]
+        for y in range(self.height):
+            for x in range(self.width):
+                if 0 <= x + ox < sel.width and 0 <= y + oy < sel.height:
+                    mask.data[y * self.width + x] = sel.data[(y + oy) * sel.width + x + ox]
+        return mask
+
+    def add_mask(self, mask):
+        if self.mask is not None:
+            raise RuntimeError("layer already has a mask")
+        self.mask = mask
+        _log("add_mask", self.name)
+
 
 class GroupLayer(Layer):
     kind = "group"
@@ -154,6 +184,8 @@ class Image(object):
         self.channels = []
         self.selection = Channel(self, "Selection Mask", width, height)
         self.undo_depth = 0
+        self.undo_enabled = True
+        self.dirty = False
 
     def undo_group_start(self):
         self.undo_depth += 1
@@ -164,8 +196,17 @@ class Image(object):
         _log("undo_group_end")
 
 
+class Display(object):
+    def __init__(self, image):
+        if not UI:
+            raise RuntimeError("could not create display")
+        self.image = image
+        DISPLAYS.append(self)
+        _log("gimp.Display", image)
+
+
 class _Gimp(object):
-    Layer, Image, Channel, GroupLayer, LayerMask = Layer, Image, Channel, GroupLayer, LayerMask
+    Layer, Image, Channel, GroupLayer, LayerMask, Display = Layer, Image, Channel, GroupLayer, LayerMask, Display
 
     def progress_init(self, text=None):
         _log("progress_init", text)
@@ -208,11 +249,29 @@ class _Pdb(object):
         return self._siblings(image, item).index(item)
 
     def gimp_image_insert_layer(self, image, layer, parent, position):
-        if image.undo_depth <= 0:
+        if image.undo_depth <= 0 and image.undo_enabled:
             _log("insert outside an undo group", layer.name)
         layer.parent = parent
         (parent.layers if parent is not None else image.layers).insert(position, layer)
         _log("gimp_image_insert_layer", layer.name, parent.name if parent else None, position)
+
+    def gimp_image_get_precision(self, image):
+        return _PRECISION_BY_BYTES[image.bytes_per_channel]
+
+    def gimp_image_new_with_precision(self, width, height, base, precision):
+        by_precision = dict((v, k) for k, v in _PRECISION_BY_BYTES.items())
+        image = Image(width, height, base, by_precision[precision])
+        _log("gimp_image_new_with_precision", width, height, base, precision)
+        return image
+
+    def gimp_image_undo_disable(self, image):
+        image.undo_enabled = False
+
+    def gimp_image_undo_enable(self, image):
+        image.undo_enabled = True
+
+    def gimp_image_clean_all(self, image):
+        image.dirty = False
 
     def gimp_progress_set_text(self, text):
         _log("gimp_progress_set_text", text)

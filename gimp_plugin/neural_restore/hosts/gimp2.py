@@ -18,6 +18,7 @@ class Gimp2Host(object):
     def __init__(self, image, drawable):
         self.image = image
         self.drawable = drawable
+        self.opened_image = None
         self._progress_started = False
 
     def source(self):
@@ -75,7 +76,32 @@ class Gimp2Host(object):
         gimp.progress_update(max(0.0, min(1.0, fraction)))
         return False
 
-    def add_layers(self, source, layer_name, buffers):
+    def open_image(self, source, name, buf):
+        # Same base type and precision as the source: a 16-bit or float image stays so.
+        image = pdb.gimp_image_new_with_precision(buf.width, buf.height, self.image.base_type,
+                                                  pdb.gimp_image_get_precision(self.image))
+        pdb.gimp_image_undo_disable(image)  # the new image starts as it is
+        try:
+            layer = gimp.Layer(image, name, buf.width, buf.height, self.drawable.type, 100.0,
+                               gimpfu.LAYER_MODE_NORMAL)
+            pdb.gimp_image_insert_layer(image, layer, None, 0)
+            region = layer.get_pixel_rgn(0, 0, buf.width, buf.height, True, False)
+            region[0:buf.width, 0:buf.height] = bytes(buf.data)
+            layer.flush()
+        finally:
+            pdb.gimp_image_undo_enable(image)
+        pdb.gimp_image_clean_all(image)
+        # gimpfu does not tell the function its run mode: show the image whenever GIMP has a
+        # user interface (batch GIMP has none, and then creating a display fails).
+        try:
+            gimp.Display(image)
+            gimp.displays_flush()
+        except RuntimeError:
+            pass
+        self.opened_image = image
+        return image
+
+    def add_layers(self, source, layer_name, buffers, mask_with_selection=False):
         image, drawable = self.image, self.drawable
         parent = drawable.parent  # None at the top level
         position = pdb.gimp_image_get_item_position(image, drawable)
@@ -90,6 +116,8 @@ class Gimp2Host(object):
                 region = layer.get_pixel_rgn(0, 0, buf.width, buf.height, True, False)
                 region[0:buf.width, 0:buf.height] = bytes(buf.data)
                 layer.flush()
+                if mask_with_selection:  # feathered edges blend as in GIMP's own filters
+                    layer.add_mask(layer.create_mask(gimpfu.ADD_SELECTION_MASK))
                 layer.update(0, 0, buf.width, buf.height)
         finally:
             image.undo_group_end()

@@ -31,9 +31,11 @@ def _babl_format(channels, dtype):
 
 
 class Gimp3Host(object):
-    def __init__(self, image, drawables):
+    def __init__(self, image, drawables, interactive=False):
         self.image = image
         self.drawables = list(drawables or [])
+        self.interactive = interactive  # a new image gets a display only when a user is looking
+        self.opened_image = None
         self._drawable = None
         self._progress_started = False
 
@@ -86,7 +88,32 @@ class Gimp3Host(object):
         Gimp.progress_update(max(0.0, min(1.0, fraction)))
         return False
 
-    def add_layers(self, source, layer_name, buffers):
+    def open_image(self, source, name, buf):
+        # Same base type and precision as the source image: a 16-bit or float image stays so.
+        image = Gimp.Image.new_with_precision(buf.width, buf.height, self.image.get_base_type(),
+                                              self.image.get_precision())
+        image.undo_disable()  # the new image starts as it is; nothing to undo back to
+        try:
+            profile = self.image.get_color_profile()
+            if profile is not None:
+                image.set_color_profile(profile)
+            layer = Gimp.Layer.new(image, name, buf.width, buf.height, self._drawable.type(), 100.0,
+                                   Gimp.LayerMode.NORMAL)
+            image.insert_layer(layer, None, 0)
+            target = layer.get_buffer()
+            target.set(Gegl.Rectangle.new(0, 0, buf.width, buf.height), _babl_format(buf.channels, buf.dtype),
+                       buf.data)
+            target.flush()
+        finally:
+            image.undo_enable()
+        image.clean_all()
+        if self.interactive:
+            Gimp.Display.new(image)
+            Gimp.displays_flush()
+        self.opened_image = image
+        return image
+
+    def add_layers(self, source, layer_name, buffers, mask_with_selection=False):
         drawable = self._drawable
         image = self.image
         parent = drawable.get_parent()
@@ -104,6 +131,8 @@ class Gimp3Host(object):
                 target = layer.get_buffer()
                 target.set(rect, _babl_format(buf.channels, buf.dtype), buf.data)
                 target.flush()
+                if mask_with_selection:  # feathered edges blend as in GIMP's own filters
+                    layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
                 layer.update(0, 0, buf.width, buf.height)
         finally:
             image.undo_group_end()

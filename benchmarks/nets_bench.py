@@ -1,0 +1,291 @@
+"""Trained-nets benchmark (JSON on stdout): upscale and sharpen quality, ONNX Runtime vs torch
+speed, and (with --big) peak memory and seams of a 6000×4000 ×2 upscale.
+
+    python benchmarks/nets_bench.py [--models DIR] [--max-images N] [--only upscale,sharpen,speed]
+                                    [--big [--big-size 6000x4000]] > benchmarks/results/nets.json
+
+Images (never the training images): the held-out validation split of the training folders
+(``../shared/data/train/{t91,bsd200}``, the same name-hash split as ``onnx_export.train``:
+sha1(file name) < 0.1) and the DIP paper's clean photos in ``../shared/data/dip``. Each set
+is reported separately.
+
+- upscale (×2, ×4): the SR protocol: HR modcropped, LR by antialiased bicubic downscale
+  (Pillow's bicubic, a = −0.5 with the kernel widened by the factor, as MATLAB's imresize
+  does), PSNR on Y (BT.601) with ``scale`` px shaved; against plain bicubic enlargement.
+- sharpen: centred 192² crops; Gaussian σ = 1.6 blur and ×2 resize blur (bicubic down and
+  up). PSNR (RGB) of the blurred input, of the net, and of the best unsharp mask *tuned per
+  image against the truth* (an oracle: radius × amount grid) — a strong classical baseline.
+- speed: the same architecture (card params) in torch eager and in ONNX Runtime, CPU, same
+  thread count, median of several runs on one input size.
+- big (--big, a subprocess so its peak RSS is its own): ``run_op("upscale")`` on a smooth
+  photo-like RGB image of --big-size plus the u8 conversion the plug-in's result takes;
+  reports peak RSS (ru_maxrss), time, and the largest difference between the tiled result
+  and an untiled run of a window that straddles tile seams (seams would show there).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SHARED = REPO.parent / "shared" / "data"
+TRAIN_FOLDERS = [SHARED / "train" / "t91", SHARED / "train" / "bsd200"]
+VAL_FRACTION = 0.1
+DIP_PHOTOS = ["denoising/F16_GT.png", "restoration/kate.png", "restoration/barbara.png", "sr/zebra_GT.png",
+              "inpainting/library.png", "inpainting/vase.png", "flash_no_flash/cave01_00_flash.jpg"]
+CROP = 192
+BLUR_SIGMA = 1.6
+
+from engine.onnx import runner  # noqa: E402
+from onnx_export import degrade  # noqa: E402
+from onnx_export.data import list_images, load_rgb, psnr, split_files  # noqa: E402
+
+
+def image_sets(max_images: int | None) -> dict[str, list[Path]]:
+    _, held_out = split_files(list_images(TRAIN_FOLDERS), VAL_FRACTION)
+    dip = [SHARED / "dip" / name for name in DIP_PHOTOS if (SHARED / "dip" / name).is_file()]
+    return {"train-split-validation": held_out[:max_images], "dip": dip[:max_images]}
+
+
+def as_float(path: Path) -> np.ndarray:
+    return load_rgb(path).astype(np.float32) / 255.0
+
+
+def mean(values: list[float]) -> float:
+    return round(float(np.mean(values)), 3) if values else float("nan")
+
+
+def timed(fn):
+    started = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - started
+
+
+# -- upscale -----------------------------------------------------------------------------------
+
+def bench_upscale(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
+    report: dict[str, Any] = {}
+    for scale in (2, 4):
+        model = runner.load_model(models / f"rdn_x{scale}.onnx", "cpu")
+        for set_name, files in sets.items():
+            rows, seconds = [], 0.0
+            for path in files:
+                hr = degrade.modcrop(as_float(path), scale)
+                lr = degrade.bicubic_downscale(hr, scale)
+                sr, took = timed(lambda: runner.run_model(model, lr))
+                seconds += took
+                bicubic = degrade.bicubic_upscale(lr, scale)
+                rows.append({"image": path.name, "net": round(psnr(sr, hr, scale, y_only=True), 3),
+                             "bicubic": round(psnr(bicubic, hr, scale, y_only=True), 3)})
+            report[f"x{scale}/{set_name}"] = {
+                "images": len(rows), "y_psnr_net": mean([r["net"] for r in rows]),
+                "y_psnr_bicubic": mean([r["bicubic"] for r in rows]),
+                "gain_db": mean([r["net"] - r["bicubic"] for r in rows]),
+                "seconds": round(seconds, 2), "per_image": rows,
+            }
+    return report
+
+
+# -- sharpen -----------------------------------------------------------------------------------
+
+def centre_crop(image: np.ndarray, size: int) -> np.ndarray | None:
+    h, w = image.shape[:2]
+    if min(h, w) < size:
+        return None
+    y, x = (h - size) // 2, (w - size) // 2
+    return image[y:y + size, x:x + size]
+
+
+USM_RADII = (0.5, 0.8, 1.0, 1.3, 1.6, 2.0, 2.5, 3.0)
+USM_AMOUNTS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
+
+
+def best_unsharp_mask(blurred: np.ndarray, truth: np.ndarray) -> tuple[float, dict[str, float]]:
+    """Oracle unsharp mask: the (radius, amount) that gives this image its best PSNR."""
+    best = (-1.0, {})
+    for radius in USM_RADII:
+        detail = blurred - degrade.gaussian_blur(blurred, radius)
+        for amount in USM_AMOUNTS:
+            score = psnr(blurred + amount * detail, truth)
+            if score > best[0]:
+                best = (score, {"radius": radius, "amount": amount})
+    return best
+
+
+def bench_sharpen(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
+    model = runner.load_model(models / "sharpen.onnx", "cpu")
+    blurs = {
+        f"gaussian_sigma_{BLUR_SIGMA}": lambda img: degrade.gaussian_blur(img, BLUR_SIGMA),
+        "resize_x2": lambda img: degrade.resize_blur(img, 2.0),
+    }
+    report: dict[str, Any] = {}
+    for blur_name, blur in blurs.items():
+        for set_name, files in sets.items():
+            rows = []
+            for path in files:
+                truth = centre_crop(as_float(path), CROP)
+                if truth is None:
+                    continue
+                blurred = np.clip(blur(truth), 0.0, 1.0)
+                sharpened = runner.run_model(model, blurred)
+                usm, usm_params = best_unsharp_mask(blurred, truth)
+                rows.append({"image": path.name, "blurred": round(psnr(blurred, truth), 3),
+                             "net": round(psnr(sharpened, truth), 3), "best_unsharp_mask": round(usm, 3),
+                             "unsharp_mask_params": usm_params})
+            report[f"{blur_name}/{set_name}"] = {
+                "images": len(rows), "psnr_blurred": mean([r["blurred"] for r in rows]),
+                "psnr_net": mean([r["net"] for r in rows]),
+                "psnr_best_unsharp_mask": mean([r["best_unsharp_mask"] for r in rows]),
+                "gain_over_blurred_db": mean([r["net"] - r["blurred"] for r in rows]),
+                "gain_over_unsharp_mask_db": mean([r["net"] - r["best_unsharp_mask"] for r in rows]),
+                "per_image": rows,
+            }
+    return report
+
+
+# -- speed: ONNX Runtime vs torch eager --------------------------------------------------------
+
+def bench_speed(models: Path, side: int, repeats: int) -> dict[str, Any]:
+    import torch
+
+    from engine.system import available_cpu_threads
+    from onnx_export.models import build_model
+
+    report: dict[str, Any] = {"input": f"1×3×{side}×{side}", "repeats": repeats}
+
+    def median_seconds(fn) -> float:
+        fn()  # warm-up: allocator, kernel choice
+        return float(np.median([timed(fn)[1] for _ in range(repeats)]))
+
+    # Both runtimes with the same thread count: 1, and all usable cores (what the engine uses).
+    for threads in sorted({1, available_cpu_threads()}):
+        torch.set_num_threads(threads)
+        for name in ("rdn_x2", "rdn_x4", "sharpen"):
+            model = runner.load_model(models / f"{name}.onnx", "cpu", threads=threads)
+            arch = model.card["architecture"]
+            net = build_model(arch["kind"], arch["params"]).eval()  # same shapes and ops; weights do not matter
+            x = np.random.default_rng(0).random((1, 3, side, side), dtype=np.float32)
+            tensor = torch.from_numpy(x)
+            with torch.inference_mode():
+                torch_s = median_seconds(lambda: net(tensor))
+            ort_s = median_seconds(lambda: model.infer(x))
+            report[f"{name}/threads_{threads}"] = {"torch_eager_s": round(torch_s, 4),
+                                                   "onnxruntime_s": round(ort_s, 4),
+                                                   "speedup": round(torch_s / ort_s, 2)}
+    return report
+
+
+# -- big image: peak memory and seams ----------------------------------------------------------
+
+BIG_CHILD = r"""
+import json, sys, time
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+
+
+def peak_mib():
+    # VmHWM, not ru_maxrss: after fork+exec ru_maxrss still holds the (large) parent's peak.
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+
+
+from engine import ops
+from engine.imageio import from_float
+from engine.onnx import runner
+from PIL import Image
+width, height, models = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+# Photo-like content at full size without a huge temporary: a real photo, resized.
+photo = Image.open(sys.argv[5]).convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
+image = np.asarray(photo, dtype=np.uint8)
+del photo
+image = image.astype(np.float32) / np.float32(255.0)
+before = peak_mib()
+started = time.perf_counter()
+(layer,) = ops.run_op("upscale", image, None, {"scale": 2, "device": "cpu"})
+seconds = time.perf_counter() - started
+wire = from_float(layer.pixels, "u8")
+peak = peak_mib()
+# Seams: an untiled run of a window around the image centre (tile seams cross it) vs the
+# tiled result there, ignoring the window's own border (where the untiled run lacks context).
+model = runner.load_model(runner.find_model("rdn_x2"), "cpu")
+win, margin = 384, 48
+y0, x0 = height // 2 - win // 2, width // 2 - win // 2
+alone = runner.run_model(model, image[y0:y0 + win, x0:x0 + win], tile=4096)
+inner = slice(2 * margin, 2 * (win - margin))
+tiled = layer.pixels[2 * y0:2 * (y0 + win), 2 * x0:2 * (x0 + win)]
+seam = float(np.abs(alone[inner, inner] - tiled[inner, inner]).max())
+print(json.dumps({"size": [width, height], "seconds": round(seconds, 1),
+                  "peak_rss_mb": round(peak, 1), "peak_rss_mb_before_upscale": round(before, 1),
+                  "result_shape": list(wire.shape), "max_abs_diff_vs_untiled_window": seam}))
+"""
+
+
+def bench_big(models: Path, width: int, height: int) -> dict[str, Any]:
+    env = dict(os.environ, NEURAL_RESTORE_MODELS=str(models))
+    photo = SHARED / "dip" / "sr" / "zebra_GT.png"
+    done = subprocess.run([sys.executable, "-c", BIG_CHILD, str(REPO), str(width), str(height), str(models),
+                           str(photo)], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1:]}
+    result = json.loads(done.stdout)
+    result["limit_mb"] = 2048
+    result["within_limit"] = result["peak_rss_mb"] <= 2048
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=Path, default=None, help="model folder (default: the engine's)")
+    parser.add_argument("--max-images", type=int, default=None, help="at most N images per set (quick runs)")
+    parser.add_argument("--only", default="upscale,sharpen,speed")
+    parser.add_argument("--speed-size", type=int, default=256)
+    parser.add_argument("--speed-repeats", type=int, default=5)
+    parser.add_argument("--big", action="store_true", help="also the 6000×4000 ×2 memory/seam run")
+    parser.add_argument("--big-size", default="6000x4000")
+    args = parser.parse_args()
+    models = (args.models or runner.models_dir()).resolve()
+    only = set(args.only.split(","))
+    sets = image_sets(args.max_images)
+    report: dict[str, Any] = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "cpus_usable": len(os.sched_getaffinity(0))},
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "models": {name: runner.read_card(models / f"{name}.onnx").get("export", {}).get("sha256", "")[:12]
+                   for name in ("rdn_x2", "rdn_x4", "sharpen")},
+        "images": {name: [p.name for p in files] for name, files in sets.items()},
+    }
+    # The held-out set must be the one each net was validated on (never trained on).
+    held_out = {p.name for p in image_sets(None)["train-split-validation"]}
+    report["split_matches_model_cards"] = {
+        name: sorted(runner.read_card(models / f"{name}.onnx").get("data", {}).get("validation_files", [])) ==
+        sorted(held_out) for name in ("rdn_x2", "rdn_x4", "sharpen")}
+    if "upscale" in only:
+        report["upscale"] = bench_upscale(sets, models)
+    if "sharpen" in only:
+        report["sharpen"] = bench_sharpen(sets, models)
+    if "speed" in only:
+        report["speed"] = bench_speed(models, args.speed_size, args.speed_repeats)
+    if args.big:
+        width, height = (int(v) for v in args.big_size.lower().split("x"))
+        report["big"] = bench_big(models, width, height)
+    report["peak_rss_mb_this_process"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""Upscale and Sharpen in a real headless GIMP 3, through the PDB as a script calls them.
+
+The installed engine (install.py, see tests/test_gimp_plugin.py) runs tiny known-output nets
+(tests/tiny_nets.py: the RDNs are exactly bilinear, the sharpen U-Net is the identity) given
+through NEURAL_RESTORE_MODELS, so the tests check geometry, precision and placement exactly.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.gimp_harness import Gimp3Chroot
+from tests.test_gimp_plugin import ENGINE_VENV, EXCHANGE, PROLOGUE, SIZE, gimp  # noqa: F401 - fixture
+from tests.tiny_nets import bilinear, export_tiny_nets
+
+pytestmark = pytest.mark.gimp
+pytest.importorskip("torch")  # to export the tiny nets
+pytest.importorskip("onnx")
+UPSCALE = "plug-in-neural-restore-upscale"
+SHARPEN = "plug-in-neural-restore-sharpen"
+# Beside the test engine venv: bound into the chroot at the same path (not under /tmp).
+MODELS = ENGINE_VENV.parent / "tiny-nets"
+
+RUN_FOR_IMAGE = """
+def run_for_values(name, image, layer, **params):
+    procedure = Gimp.get_pdb().lookup_procedure(name)
+    config = procedure.create_config()
+    config.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
+    config.set_property("image", image)
+    config.set_core_object_array("drawables", [layer])
+    for key, value in params.items():
+        config.set_property(key, value)
+    result = procedure.run(config)
+    return result.index(0).value_nick, [result.index(i) for i in range(1, result.length())]
+"""
+
+
+@pytest.fixture(scope="module")
+def nets_gimp(gimp: Gimp3Chroot) -> Gimp3Chroot:  # noqa: F811 - the imported fixture
+    shutil.rmtree(MODELS, ignore_errors=True)
+    export_tiny_nets(MODELS)
+    gimp.bind(MODELS)
+    return gimp
+
+
+def run_in_gimp(gimp: Gimp3Chroot, body: str) -> dict[str, Any]:  # noqa: F811
+    out = gimp.to_host(f"{EXCHANGE}/facts.json")
+    out.unlink(missing_ok=True)
+    code = (PROLOGUE.format(exchange=EXCHANGE, size=SIZE) + RUN_FOR_IMAGE + textwrap.dedent(body)
+            + f"\nwith open({EXCHANGE!r} + '/facts.json', 'w') as h:\n    json.dump(facts, h)\n")
+    result = gimp.run_batch(code, timeout=600, env={"NEURAL_RESTORE_MODELS": str(MODELS)})
+    assert out.exists(), f"GIMP batch failed (exit {result.returncode}):\n{result.stdout}\n{result.stderr}"
+    return json.loads(out.read_text())
+
+
+def _pixels(seed: int, channels: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (SIZE, SIZE, channels), dtype=np.uint8)
+
+
+def test_upscale_opens_a_new_image_and_leaves_the_source_alone(nets_gimp: Gimp3Chroot) -> None:
+    rgba = _pixels(0, 4)
+    nets_gimp.to_host(f"{EXCHANGE}/up.raw").write_bytes(rgba.tobytes())
+    facts = run_in_gimp(nets_gimp, """
+        image, layer = make_image("up.raw", "R'G'B'A u8", Gimp.ImageType.RGBA_IMAGE, (80, 70), (10, 12))
+        before = len(Gimp.get_images())
+        facts["status"], values = run_for_values("plug-in-neural-restore-upscale", image, layer,
+                                                 scale="2", method="rdn", device="cpu")
+        new = values[0]
+        facts["returned"] = isinstance(new, Gimp.Image)
+        facts["images_added"] = len(Gimp.get_images()) - before
+        facts["size"] = [new.get_width(), new.get_height()]
+        facts["precision"] = new.get_precision() == image.get_precision()
+        facts["base"] = new.get_base_type() == Gimp.ImageBaseType.RGB
+        facts["new_layers"] = describe(new)
+        facts["source_layers"] = describe(image)
+        facts["dirty"] = new.is_dirty()
+        dump_layer(new.get_layers()[0], "up-result.raw", "R'G'B'A u8")
+        dump_layer(layer, "up-source-after.raw", "R'G'B'A u8")
+        new.delete()
+        image.delete()
+
+        # A 16-bit image stays 16-bit; the selection's bounds are what gets enlarged.
+        image16 = Gimp.Image.new_with_precision(60, 60, Gimp.ImageBaseType.RGB, Gimp.Precision.U16_NON_LINEAR)
+        layer16 = Gimp.Layer.new(image16, "Source", 60, 60, Gimp.ImageType.RGB_IMAGE, 100.0, Gimp.LayerMode.NORMAL)
+        image16.insert_layer(layer16, None, 0)
+        image16.select_ellipse(Gimp.ChannelOps.REPLACE, 10, 20, 24, 16)
+        facts["status16"], values = run_for_values("plug-in-neural-restore-upscale", image16, layer16, scale="4")
+        facts["precision16"] = values[0].get_precision() == Gimp.Precision.U16_NON_LINEAR
+        facts["size16"] = [values[0].get_width(), values[0].get_height()]
+        values[0].delete()
+        image16.delete()
+    """)
+    assert facts["status"] == "success" and facts["status16"] == "success", facts
+    assert facts["returned"] and facts["images_added"] == 1
+    assert facts["size"] == [2 * SIZE, 2 * SIZE] and facts["precision"] and facts["base"]
+    assert facts["new_layers"] == [{"name": "Upscaled (Source)", "offsets": [0, 0], "size": [2 * SIZE, 2 * SIZE]}]
+    assert facts["source_layers"] == [{"name": "Source", "offsets": [10, 12], "size": [SIZE, SIZE]}]
+    assert not facts["dirty"]
+    assert nets_gimp.to_host(f"{EXCHANGE}/up-source-after.raw").read_bytes() == rgba.tobytes()
+    out = np.frombuffer(nets_gimp.to_host(f"{EXCHANGE}/up-result.raw").read_bytes(), np.uint8)
+    out = out.reshape(2 * SIZE, 2 * SIZE, 4)
+    want = np.clip(bilinear(rgba[..., :3] / 255.0, 2), 0, 1)
+    assert np.abs(out[..., :3] / 255.0 - want).max() <= 0.6 / 255
+    assert facts["precision16"] and facts["size16"] == [4 * 24, 4 * 16]
+
+
+def test_sharpen_adds_a_layer_masked_to_the_selection(nets_gimp: Gimp3Chroot) -> None:
+    rgb = _pixels(1, 3)
+    nets_gimp.to_host(f"{EXCHANGE}/sharp.raw").write_bytes(rgb.tobytes())
+    facts = run_in_gimp(nets_gimp, """
+        image, layer = make_image("sharp.raw", "R'G'B' u8", Gimp.ImageType.RGB_IMAGE, (64, 64), (6, 5))
+        image.select_ellipse(Gimp.ChannelOps.REPLACE, 16, 15, 20, 14)
+        facts["status"], _ = run_for_values("plug-in-neural-restore-sharpen", image, layer, device="cpu")
+        facts["layers"] = describe(image)
+        top = image.get_layers()[0]
+        facts["has_mask"] = top.get_mask() is not None
+        dump_layer(top, "sharp-result.raw", "R'G'B' u8")
+        dump_layer(top.get_mask(), "sharp-mask.raw", "Y u8")
+        dump_layer(layer, "sharp-source-after.raw", "R'G'B' u8")
+        image.delete()
+    """)
+    assert facts["status"] == "success", facts
+    assert facts["layers"] == [
+        {"name": "Sharpened", "offsets": [16, 15], "size": [20, 14]},
+        {"name": "Source", "offsets": [6, 5], "size": [SIZE, SIZE]},
+    ]
+    assert facts["has_mask"]
+    assert nets_gimp.to_host(f"{EXCHANGE}/sharp-source-after.raw").read_bytes() == rgb.tobytes()
+    out = np.frombuffer(nets_gimp.to_host(f"{EXCHANGE}/sharp-result.raw").read_bytes(), np.uint8).reshape(14, 20, 3)
+    np.testing.assert_array_equal(out, rgb[10:24, 10:30])  # the identity net, in the right place
+    mask = np.frombuffer(nets_gimp.to_host(f"{EXCHANGE}/sharp-mask.raw").read_bytes(), np.uint8).reshape(14, 20)
+    assert mask[7, 10] == 255 and mask[0, 0] == 0  # the ellipse: centre in, corner out
+
+
+def test_damaged_model_fails_cleanly_in_gimp(nets_gimp: Gimp3Chroot, tmp_path: Path) -> None:
+    broken = ENGINE_VENV.parent / "broken-nets"
+    shutil.rmtree(broken, ignore_errors=True)
+    broken.mkdir()
+    (broken / "sharpen.onnx").write_bytes(b"\0" * 64)
+    nets_gimp.bind(broken)
+    nets_gimp.to_host(f"{EXCHANGE}/sharp.raw").write_bytes(_pixels(2, 3).tobytes())
+    out = nets_gimp.to_host(f"{EXCHANGE}/facts.json")
+    out.unlink(missing_ok=True)
+    code = PROLOGUE.format(exchange=EXCHANGE, size=SIZE) + RUN_FOR_IMAGE + textwrap.dedent("""
+        image, layer = make_image("sharp.raw", "R'G'B' u8", Gimp.ImageType.RGB_IMAGE, (48, 48), (0, 0))
+        facts["status"], _ = run_for_values("plug-in-neural-restore-sharpen", image, layer)
+        facts["message"] = Gimp.get_pdb().get_last_error()
+        facts["layers"] = describe(image)
+        image.delete()
+        with open(X + "/facts.json", "w") as h:
+            json.dump(facts, h)
+    """)
+    nets_gimp.run_batch(code, timeout=300, env={"NEURAL_RESTORE_MODELS": str(broken)})
+    facts = json.loads(out.read_text())
+    assert facts["status"] == "execution-error"
+    assert "sharpen.onnx is damaged" in facts["message"] and "reinstall" in facts["message"]
+    assert [layer["name"] for layer in facts["layers"]] == ["Source"]

@@ -1,0 +1,432 @@
+"""Upscale and Sharpen end to end with tiny known-output nets (tests/tiny_nets.py): the ops,
+the CLI (incl. bad inputs and missing / damaged model files), the serve protocol (results
+larger than the input) and the host-neutral filters (new image, selection bounds, mask)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("torch")  # only to export the tiny nets; the engine path never imports it
+pytest.importorskip("onnx")
+
+from engine import ops  # noqa: E402
+from engine.errors import BadInput, EngineError  # noqa: E402
+from engine.imageio import read_image, write_image  # noqa: E402
+from engine.onnx import runner  # noqa: E402
+from engine.onnx.tiling import resize_alpha  # noqa: E402
+from neural_restore import filters  # noqa: E402
+from neural_restore.client import EngineProcess  # noqa: E402
+from neural_restore.filters import FilterError  # noqa: E402
+from neural_restore.protocol import WireBuffer  # noqa: E402
+from tests.test_filters import MemoryHost  # noqa: E402
+from tests.tiny_nets import bilinear, checkout_engine_python, export_tiny_nets  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_tiny_nets(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def engine_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return checkout_engine_python(tmp_path_factory.mktemp("engine"), REPO)
+
+
+@pytest.fixture(autouse=True)
+def use_tiny_models(tiny_models: Path, engine_python: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEURAL_RESTORE_MODELS", str(tiny_models))
+    monkeypatch.setenv("NEURAL_RESTORE_ENGINE_PYTHON", str(engine_python))
+
+
+def _image(h: int, w: int, c: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((h, w, c), dtype=np.float32)
+
+
+def run_cli(*args: object, env_models: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    if env_models is not None:
+        env["NEURAL_RESTORE_MODELS"] = str(env_models)
+    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=REPO)
+
+
+# -- ops ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scale", [2, 4])
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_upscale_op_runs_the_net_and_resamples_alpha(scale: int, channels: int) -> None:
+    image = _image(20, 26, channels)
+    (layer,) = ops.run_op("upscale", image, None, {"scale": scale, "device": "cpu"})
+    assert layer.pixels.shape == (20 * scale, 26 * scale, channels)
+    assert layer.pixels.dtype == np.float32
+    assert layer.title == f"Upscaled ×{scale}"
+    colours = channels - 1 if channels in (2, 4) else channels
+    rgb = np.repeat(image[..., :colours], 3, axis=2) if colours == 1 else image[..., :colours]
+    want = np.clip(bilinear(rgb, scale), 0, 1)
+    if colours == 1:
+        want = want.mean(axis=2, keepdims=True)
+    np.testing.assert_allclose(layer.pixels[..., :colours], want, atol=2e-5)
+    if colours != channels:  # alpha never goes through the net
+        np.testing.assert_array_equal(layer.pixels[..., -1:], resize_alpha(image[..., -1:], scale))
+
+
+def test_sharpen_op_keeps_size_and_alpha() -> None:
+    image = _image(30, 21, 4, seed=1)
+    (layer,) = ops.run_op("sharpen", image, None, {})
+    assert layer.title == "Sharpened"
+    assert layer.pixels.shape == image.shape
+    np.testing.assert_allclose(layer.pixels, image, atol=2e-5)  # the tiny net is the identity
+
+
+def test_upscale_refuses_a_result_too_large_to_send(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ops, "MAX_RESULT_SIDE", 100)
+    with pytest.raises(BadInput, match="exceed 100 px on a side"):
+        ops.run_op("upscale", _image(30, 60, 3), None, {"scale": 2})
+
+
+@pytest.mark.parametrize("params, words", [
+    ({"scale": 3}, "must be one of 2, 4"),
+    ({"scale": "2"}, "must be an integer"),
+    ({"method": "esrgan"}, "must be one of rdn, dip"),
+    ({"preset": "best"}, "must be one of auto, fast, quality, paper"),
+])
+def test_upscale_params_are_checked(params: dict, words: str) -> None:
+    with pytest.raises(BadInput, match=words):
+        ops.run_op("upscale", _image(16, 16, 3), None, params)
+
+
+def test_dip_method_calls_super_resolve_with_the_dip_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.dip import tasks
+
+    calls = []
+
+    def fake_super_resolve(image, scale, **kwargs):
+        calls.append((image.shape, scale, kwargs))
+        h, w, c = image.shape
+        return np.full((h * scale, w * scale, c), 0.25, np.float32)
+
+    monkeypatch.setattr(tasks, "super_resolve", fake_super_resolve, raising=False)
+    image = _image(12, 10, 4)
+    (layer,) = ops.run_op("upscale", image, None, {"scale": 4, "method": "dip", "iterations": 0, "seed": 7,
+                                                   "preset": "fast", "device": "cpu"})
+    ((shape, scale, kwargs),) = calls
+    assert shape == (12, 10, 3) and scale == 4  # colour only: alpha is resampled, not fitted
+    assert {k: kwargs[k] for k in ("iterations", "seed", "device", "preset")} == \
+        {"iterations": None, "seed": 7, "device": "cpu", "preset": "fast"}
+    assert kwargs["preview"] is None  # no front end asked for previews
+    assert layer.pixels.shape == (48, 40, 4)
+    np.testing.assert_array_equal(layer.pixels[..., :3], 0.25)
+    np.testing.assert_array_equal(layer.pixels[..., 3:], resize_alpha(image[..., 3:], 4))
+
+
+@pytest.mark.skipif(not hasattr(__import__("engine.dip.tasks", fromlist=["x"]), "super_resolve"),
+                    reason="engine.dip.tasks.super_resolve arrives with the DIP branch")
+def test_dip_upscale_really_runs() -> None:
+    image = _image(24, 24, 3, seed=4)
+    (layer,) = ops.run_op("upscale", image, None, {"scale": 2, "method": "dip", "iterations": 20, "device": "cpu"})
+    assert layer.pixels.shape == (48, 48, 3)
+    assert np.all(np.isfinite(layer.pixels)) and layer.pixels.min() >= 0 and layer.pixels.max() <= 1
+
+
+# -- missing or damaged model files ------------------------------------------------------------
+
+def test_missing_model_names_the_file_and_the_remedy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEURAL_RESTORE_MODELS", str(tmp_path))
+    with pytest.raises(EngineError, match=r"rdn_x4\.onnx is not installed.*reinstall"):
+        ops.run_op("upscale", _image(16, 16, 3), None, {"scale": 4})
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "garbage-no-card", "bad-card"])
+def test_damaged_model_says_reinstall(tiny_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      damage: str) -> None:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    good = (tiny_models / "sharpen.onnx").read_bytes()
+    card = (tiny_models / "sharpen.json").read_text()
+    (folder / "sharpen.onnx").write_bytes({"truncated": good[:len(good) // 2]}.get(damage, b"not a model" * 50))
+    if damage != "garbage-no-card":
+        (folder / "sharpen.json").write_text(card[:40] if damage == "bad-card" else card)
+    monkeypatch.setenv("NEURAL_RESTORE_MODELS", str(folder))
+    with pytest.raises(EngineError) as error:
+        ops.run_op("sharpen", _image(16, 16, 3), None, {})
+    assert type(error.value) is EngineError
+    assert "damaged" in error.value.message and "reinstall" in error.value.message
+    assert str(folder / ("sharpen.json" if damage == "bad-card" else "sharpen.onnx")) in error.value.message
+
+
+def test_cli_reports_missing_and_damaged_models_in_one_line(tmp_path: Path) -> None:
+    write_image(tmp_path / "in.png", _image(16, 16, 3), "u8")
+    missing = run_cli("upscale", tmp_path / "in.png", "-o", tmp_path / "out.png", env_models=tmp_path / "none")
+    assert missing.returncode == 1
+    assert "rdn_x2.onnx is not installed" in missing.stderr and "reinstall" in missing.stderr
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "sharpen.onnx").write_bytes(b"\0" * 100)
+    damaged = run_cli("sharpen", tmp_path / "in.png", "-o", tmp_path / "out.png", env_models=tmp_path / "broken")
+    assert damaged.returncode == 1
+    assert "damaged" in damaged.stderr and "reinstall" in damaged.stderr
+    for result in (missing, damaged):
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out.png").exists()
+
+
+# -- CLI ---------------------------------------------------------------------------------------
+
+def test_cli_upscale_keeps_16_bit_and_alpha(tmp_path: Path) -> None:
+    image = _image(18, 22, 4, seed=2)
+    write_image(tmp_path / "in.png", image, "u16")
+    result = run_cli("upscale", tmp_path / "in.png", "-o", tmp_path / "out.png", "--scale", "4", "--quiet")
+    assert result.returncode == 0, result.stderr
+    out = read_image(tmp_path / "out.png")
+    assert out.sample_type == "u16" and out.pixels.shape == (72, 88, 4)
+    source = read_image(tmp_path / "in.png").pixels
+    np.testing.assert_allclose(out.pixels[..., :3], np.clip(bilinear(source[..., :3], 4), 0, 1), atol=1.5 / 65535)
+
+
+def test_cli_sharpen_writes_the_same_size(tmp_path: Path) -> None:
+    image = _image(25, 19, 1, seed=3)
+    write_image(tmp_path / "in.tif", image, "f32")
+    result = run_cli("sharpen", tmp_path / "in.tif", "-o", tmp_path / "out.tif")
+    assert result.returncode == 0, result.stderr
+    assert "100%" in result.stderr
+    out = read_image(tmp_path / "out.tif")
+    assert out.sample_type == "f32" and out.pixels.shape == (25, 19, 1)
+    np.testing.assert_allclose(out.pixels, image, atol=2e-5)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--scale", "3"], "invalid choice: 3"),
+    (["--method", "bicubic"], "invalid choice: 'bicubic'"),
+    (["--device", "tpu"], "invalid choice: 'tpu'"),
+])
+def test_cli_upscale_bad_options(tmp_path: Path, args: list[str], words: str) -> None:
+    write_image(tmp_path / "in.png", _image(16, 16, 3), "u8")
+    result = run_cli("upscale", tmp_path / "in.png", "-o", tmp_path / "out.png", *args)
+    assert result.returncode == 2
+    assert words in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_bad_input_files(tmp_path: Path) -> None:
+    (tmp_path / "fake.png").write_bytes(b"no image here")
+    unreadable = run_cli("sharpen", tmp_path / "fake.png", "-o", tmp_path / "out.png")
+    assert unreadable.returncode == 2 and "cannot read fake.png" in unreadable.stderr
+    write_image(tmp_path / "tiny.png", _image(5, 40, 3), "u8")
+    tiny = run_cli("upscale", tmp_path / "tiny.png", "-o", tmp_path / "out.png")
+    assert tiny.returncode == 2 and "at least 8×8" in tiny.stderr
+    write_image(tmp_path / "in.png", _image(16, 16, 3), "u8")
+    bad_out = run_cli("upscale", tmp_path / "in.png", "-o", tmp_path / "out.gif")
+    assert bad_out.returncode == 2 and "cannot write out.gif" in bad_out.stderr
+
+
+# -- serve: results larger than the input ------------------------------------------------------
+
+@pytest.mark.parametrize("sample_type, top", [("u8", 255), ("u16", 65535)])
+def test_result_conversion_in_bands_rounds_like_the_whole_image(monkeypatch: pytest.MonkeyPatch,
+                                                                 sample_type: str, top: int) -> None:
+    from engine import imageio
+
+    monkeypatch.setattr(imageio, "CONVERSION_BAND_BYTES", 7 * 3 * 4 * 5)  # 5 rows per band
+    pixels = np.random.default_rng(0).random((53, 7, 3), dtype=np.float32) * 1.2 - 0.1
+    want = np.clip(np.rint(pixels * top), 0, top).astype(np.uint8 if top == 255 else np.uint16)
+    np.testing.assert_array_equal(imageio.from_float(pixels, sample_type), want)
+
+
+
+def test_serve_upscale_returns_the_enlarged_buffer(engine_python: Path) -> None:
+    data = np.random.default_rng(0).integers(0, 65536, (10, 12, 2), dtype=np.uint16)
+    buf = WireBuffer("image", 12, 10, 2, "u16", data.astype("<u2").tobytes(), 3, -2)
+    with EngineProcess({"engine_python": str(engine_python), "engine_module": "engine"}) as engine:
+        assert {"upscale", "sharpen"} <= set(engine.hello["ops"])
+        _, (big,) = engine.run("upscale", {"scale": 2, "device": "cpu"}, [buf])
+        _, (same,) = engine.run("sharpen", {}, [buf])
+    assert (big.width, big.height, big.channels, big.dtype, big.x, big.y) == (24, 20, 2, "u16", 6, -4)
+    assert big.title == "Upscaled ×2"
+    assert (same.width, same.height, same.x, same.y) == (12, 10, 3, -2)
+    np.testing.assert_allclose(np.frombuffer(same.data, "<u2").reshape(10, 12, 2), data, atol=2)
+
+
+# -- host-neutral filters ----------------------------------------------------------------------
+
+class NetsHost(MemoryHost):
+    """MemoryHost that also opens new images and records layer-mask requests."""
+
+    def __init__(self, *args, **kwargs):
+        MemoryHost.__init__(self, *args, **kwargs)
+        self.opened = []
+        self.masked = []
+
+    def open_image(self, source, name, buf):
+        self.opened.append((name, buf))
+        self.opened_image = buf
+        return buf
+
+    def add_layers(self, source, layer_name, buffers, mask_with_selection=False):
+        self.masked.append(mask_with_selection)
+        MemoryHost.add_layers(self, source, layer_name, buffers)
+
+
+def _spec(key: str) -> filters.FilterSpec:
+    return next(s for s in filters.FILTERS if s.key == key)
+
+
+def _u8(h: int, w: int, c: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, c), dtype=np.uint8)
+
+
+def test_upscale_filter_opens_a_new_image_of_the_whole_layer(tmp_path: Path) -> None:
+    pixels = _u8(20, 24, 4)
+    host = NetsHost(pixels.copy(), x=5, y=7)
+    filters.run_filter(host, _spec("upscale"), {"scale": "2", "method": "rdn", "device": "cpu"}, str(tmp_path))
+    ((name, buf),) = host.opened
+    assert host.added == [] and host.opened_image is buf
+    assert name == "Upscaled (Background)"
+    assert (buf.width, buf.height, buf.channels, buf.dtype) == (48, 40, 4, "u8")
+    out = np.frombuffer(buf.data, np.uint8).reshape(40, 48, 4)
+    want = np.clip(bilinear(pixels[..., :3] / 255.0, 2), 0, 1)
+    assert np.abs(out[..., :3] / 255.0 - want).max() <= 0.5 / 255 + 1e-4
+    np.testing.assert_array_equal(host.pixels, pixels)
+
+
+def test_upscale_filter_upscales_the_selection_bounds_with_context(tmp_path: Path) -> None:
+    pixels = _u8(60, 64, 3, seed=1)
+    selection = np.zeros((80, 80), np.uint8)
+    yy, xx = np.mgrid[0:80, 0:80]
+    selection[(yy - 40) ** 2 / 100 + (xx - 30) ** 2 / 64 <= 1] = 255  # an ellipse, image coordinates
+    host = NetsHost(pixels.copy(), x=2, y=3, selection=selection, canvas=(80, 80))
+    filters.run_filter(host, _spec("upscale"), {"scale": "4", "method": "rdn", "device": "cpu"}, str(tmp_path))
+    ((_, buf),) = host.opened
+    x1, y1, x2, y2 = host.selection_bounds()
+    assert (buf.width, buf.height) == (4 * (x2 - x1), 4 * (y2 - y1))
+    # The net saw NET_CONTEXT more pixels on each side (inside the layer): the result is the
+    # enlargement of that larger crop, cut back to the bounds.
+    ctx = filters.NET_CONTEXT
+    ox1, oy1 = max(x1 - ctx, 2), max(y1 - ctx, 3)
+    ox2, oy2 = min(x2 + ctx, 2 + 64), min(y2 + ctx, 3 + 60)
+    outer = pixels[oy1 - 3:oy2 - 3, ox1 - 2:ox2 - 2] / 255.0
+    want = np.clip(bilinear(outer, 4), 0, 1)[4 * (y1 - oy1):4 * (y2 - oy1), 4 * (x1 - ox1):4 * (x2 - ox1)]
+    out = np.frombuffer(buf.data, np.uint8).reshape(buf.height, buf.width, 3) / 255.0
+    assert np.abs(out - want).max() <= 0.5 / 255 + 1e-4
+
+
+def test_sharpen_filter_masks_a_partial_selection(tmp_path: Path) -> None:
+    pixels = _u8(40, 48, 4, seed=2)
+    selection = np.zeros((64, 64), np.uint8)
+    yy, xx = np.mgrid[0:64, 0:64]
+    selection[(yy - 20) ** 2 + (xx - 25) ** 2 <= 81] = 255  # a disc in image coordinates
+    host = NetsHost(pixels.copy(), x=4, y=2, selection=selection)
+    filters.run_filter(host, _spec("sharpen"), {"device": "cpu"}, str(tmp_path))
+    ((name, (layer,)),) = host.added
+    assert name == "Sharpened" and host.masked == [True]
+    x1, y1, x2, y2 = host.selection_bounds()
+    assert (layer.x, layer.y, layer.width, layer.height) == (x1, y1, x2 - x1, y2 - y1)
+    out = np.frombuffer(layer.data, np.uint8).reshape(layer.height, layer.width, 4)
+    np.testing.assert_array_equal(out, pixels[y1 - 2:y2 - 2, x1 - 4:x2 - 4])  # identity net, right place
+
+
+def test_sharpen_filter_rectangle_or_no_selection_needs_no_mask(tmp_path: Path) -> None:
+    pixels = _u8(30, 30, 3, seed=3)
+    rectangle = np.zeros((64, 64), np.uint8)
+    rectangle[5:20, 8:28] = 255
+    for selection, box in ((rectangle, (8, 5, 20, 15)), (None, (0, 0, 30, 30))):
+        host = NetsHost(pixels.copy(), selection=selection)
+        filters.run_filter(host, _spec("sharpen"), {"device": "cpu"}, str(tmp_path))
+        ((_, (layer,)),) = host.added
+        assert host.masked == [False]
+        assert (layer.x, layer.y, layer.width, layer.height) == box
+
+
+@pytest.mark.parametrize("key", ["upscale", "sharpen"])
+def test_selection_outside_the_layer_is_refused(tmp_path: Path, key: str) -> None:
+    selection = np.zeros((64, 64), np.uint8)
+    selection[50:60, 50:60] = 255
+    host = NetsHost(_u8(30, 30, 3), selection=selection)
+    with pytest.raises(FilterError, match="does not touch the active layer"):
+        filters.run_filter(host, _spec(key), {"scale": "2", "device": "cpu"}, str(tmp_path))
+    assert host.added == [] and host.opened == []
+
+
+def test_tiny_selection_is_refused(tmp_path: Path) -> None:
+    selection = np.zeros((64, 64), np.uint8)
+    selection[10:14, 10:30] = 255
+    host = NetsHost(_u8(30, 30, 3), selection=selection)
+    with pytest.raises(FilterError, match="only 20x4 pixels"):
+        filters.run_filter(host, _spec("sharpen"), {"device": "cpu"}, str(tmp_path))
+
+
+def test_engine_failure_on_a_damaged_model_reaches_the_user(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "sharpen.onnx").write_bytes(b"\0" * 64)
+    monkeypatch.setenv("NEURAL_RESTORE_MODELS", str(tmp_path / "models"))
+    host = NetsHost(_u8(20, 20, 3))
+    with pytest.raises(FilterError) as error:
+        filters.run_filter(host, _spec("sharpen"), {"device": "cpu"}, str(tmp_path))
+    assert error.value.kind == "engine"
+    assert "sharpen.onnx is damaged" in error.value.message and "reinstall" in error.value.message
+    assert host.added == []
+
+
+# -- packaging ---------------------------------------------------------------------------------
+
+SHIPPED = REPO / "engine" / "models"
+
+
+@pytest.mark.skipif(not list(SHIPPED.glob("*.onnx")), reason="no models committed in engine/models yet")
+def test_shipped_models_are_complete_small_and_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NEURAL_RESTORE_MODELS")
+    assert runner.models_dir() == SHIPPED
+    total = 0
+    for name, scale in (("rdn_x2", 2), ("rdn_x4", 4), ("sharpen", 1)):
+        path = runner.find_model(name)
+        card = runner.read_card(path)
+        assert card["runtime"]["scale"] == scale and card["export"]["sha256"]
+        assert card["export"]["parity"]["max_abs_diff"] < 1e-4
+        total += path.stat().st_size
+        model = runner.load_model(path, "cpu")  # also checks the checksum
+        out = runner.run_model(model, _image(16, 16, 3))
+        assert out.shape == (16 * scale, 16 * scale, 3)
+    assert total <= 40e6
+
+
+def test_wheel_carries_the_models(tiny_models: Path, tmp_path: Path) -> None:
+    """install.py's wheel (built from the staged source) installs models/*.onnx + *.json with
+    the engine, and find_model finds them there."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("nr_install", REPO / "install.py")
+    installer = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = installer  # its dataclasses look their module up
+    spec.loader.exec_module(installer)
+    src = installer.stage_engine_source(REPO, tmp_path / "src")
+    (src / "engine" / "models").mkdir(exist_ok=True)
+    for name in ("rdn_x2", "rdn_x4", "sharpen"):
+        for suffix in (".onnx", ".json"):
+            (src / "engine" / "models" / (name + suffix)).write_bytes((tiny_models / (name + suffix)).read_bytes())
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    built = subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "wheels"),
+                                  str(src)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stdout + built.stderr
+    (wheel,) = (tmp_path / "wheels").glob("*.whl")
+    target = tmp_path / "site"
+    done = subprocess.run(pip + ["install", "--no-deps", "--target", str(target), str(wheel)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    code = (f"import sys; sys.path.insert(0, {str(target)!r})\n"
+            "from engine.onnx import runner\n"
+            "for name in ('rdn_x2', 'rdn_x4', 'sharpen'):\n"
+            "    path = runner.find_model(name)\n"
+            "    assert path.with_suffix('.json').is_file()\n"
+            "    runner.load_model(path, 'cpu')\n"
+            "print(runner.models_dir())\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("NEURAL_RESTORE_MODELS", "PYTHONPATH")}
+    found = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=120,
+                           cwd=tmp_path, env=env)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == str(target / "engine" / "models")
