@@ -17,6 +17,13 @@ Host adapter interface (duck-typed):
   host.add_layers(source, layer_name, buffers)
                                      -> inserts result layers (same type, precision, offsets)
                                         above the source, in its group, in one undo step
+  host.add_layer_group(source, group_name, stack)
+                                     -> (filters with output "layer-group") inserts a layer
+                                        group above the source holding stack's layers, top
+                                        first: stack is [(layer WireBuffer, mask WireBuffer or
+                                        None)]; each layer gets its title, opacity, visibility,
+                                        a perceptual composite space and the mask as its layer
+                                        mask; one undo step
 """
 import os
 import time
@@ -75,11 +82,14 @@ class FilterParam(object):
 class FilterSpec(object):
     """A menu entry: which engine op it runs, with which settings, and where results go.
 
-    output: "layers" (new layers above the source, one undo group).
+    output: "layers" (new layers above the source, one undo group) or "layer-group" (a group
+    named after the "mode" setting's label, holding the result stack; see add_layer_group).
+    selection_hint: the selection, when there is one, is sent as the op's mask (a hint);
+    selection_required_for: values of "mode" for which that hint is required.
     """
 
     def __init__(self, key, op, menu_label, blurb, layer_name, params, needs_selection=False,
-                 output="layers"):
+                 output="layers", selection_hint=False, selection_required_for=()):
         self.key = key
         self.op = op
         self.menu_label = menu_label
@@ -88,6 +98,15 @@ class FilterSpec(object):
         self.params = tuple(params)
         self.needs_selection = needs_selection
         self.output = output
+        self.selection_hint = selection_hint
+        self.selection_required_for = tuple(selection_required_for)
+
+    def group_name(self, values):
+        """The layer group's name: the label of the chosen mode."""
+        try:
+            return dict(self.param("mode").choices).get(values.get("mode"), self.layer_name)
+        except KeyError:
+            return self.layer_name
 
     @property
     def procedure_name(self):
@@ -112,6 +131,14 @@ DIP_PARAMS = (
     DEVICE_PARAM,
 )
 
+DECOMPOSE_MODE_PARAM = FilterParam(
+    "mode", "choice", "segment", "Layers",
+    "segment: foreground + background (the selection is the rough foreground); transparency: "
+    "transmission + reflection; dehaze: dehazed image + haze + transmission map; watermark: "
+    "clean image + watermark (select the area around the watermark)",
+    choices=(("segment", "Segment"), ("transparency", "Transparency"), ("dehaze", "Dehaze"),
+             ("watermark", "Watermark")))
+
 FILTERS = (
     FilterSpec("denoise", "denoise", "_Denoise...",
                "Remove noise with a Deep Image Prior; the result is a new layer above the source.",
@@ -120,7 +147,16 @@ FILTERS = (
                "Fill the selected pixels from their surroundings with a Deep Image Prior; "
                "the result is a new layer above the source.",
                "Inpaint", DIP_PARAMS, needs_selection=True),
+    FilterSpec("decompose", "decompose", "Decompose into _Layers...",
+               "Split the layer into layers with Double-DIP (foreground/background, transparent "
+               "layers, haze, watermark); they appear in a new layer group above the source, "
+               "whose composite reproduces it.",
+               "Decompose", (DECOMPOSE_MODE_PARAM,) + DIP_PARAMS, output="layer-group",
+               selection_hint=True, selection_required_for=("watermark",)),
 )
+WATERMARK_SELECTION_MESSAGE = ("Watermark mode needs a selection around the watermark: select "
+                               "it loosely (for example with the Rectangle Select tool), then "
+                               "run the filter again.")
 
 EMPTY_SELECTION_MESSAGE = ("Inpaint selection needs a selection: select the area to fill "
                            "(for example with the Free Select tool), then run the filter again.")
@@ -245,6 +281,8 @@ def run_filter(host, spec, values, plugin_dir, log_dir=None):
         if mask.count(b"\x00") == len(mask):
             raise FilterError(OUTSIDE_SELECTION_MESSAGE)
         mask_buffer = WireBuffer("mask", source.width, source.height, 1, "u8", mask, source.x, source.y)
+    elif spec.selection_hint:
+        mask_buffer = _selection_hint(host, spec, values, source)
     image_buffer = WireBuffer("image", source.width, source.height, source.channels, source.dtype,
                               host.read_pixels(source), source.x, source.y)
     buffers = [image_buffer] + ([mask_buffer] if mask_buffer is not None else [])
@@ -273,9 +311,46 @@ def run_filter(host, spec, values, plugin_dir, log_dir=None):
     if not results:
         raise FilterError("The engine returned no result.", "engine")
     for result in results:
+        channels = 1 if result.is_mask else source.channels
         if (result.width, result.height, result.channels, result.dtype) != \
-                (source.width, source.height, source.channels, source.dtype):
+                (source.width, source.height, channels, source.dtype):
             raise FilterError("The engine returned a result of the wrong size or format.", "engine")
-    host.progress(1.0, "Adding the result layer...")
-    host.add_layers(source, spec.layer_name, results)
+    if spec.output == "layer-group":
+        host.progress(1.0, "Adding the layer group...")
+        host.add_layer_group(source, spec.group_name(values), layer_stack(results))
+    else:
+        host.progress(1.0, "Adding the result layer...")
+        host.add_layers(source, spec.layer_name, results)
     return info
+
+
+def _selection_hint(host, spec, values, source):
+    """The selection as the op's hint mask, or None without one (an error for the modes
+    that need it)."""
+    bounds = host.selection_bounds()
+    mask = None
+    if bounds is not None and _intersect(bounds, source) is not None:
+        mask = host.read_selection(source.x, source.y, source.width, source.height)
+        if mask.count(b"\x00") == len(mask):
+            mask = None
+    if mask is None:
+        if values.get("mode") in spec.selection_required_for:
+            raise FilterError(WATERMARK_SELECTION_MESSAGE)
+        return None
+    return WireBuffer("mask", source.width, source.height, 1, "u8", mask, source.x, source.y)
+
+
+def layer_stack(results):
+    """The result layers, top first, each with the buffer that is its layer mask (or None)."""
+    by_name = dict((result.name, result) for result in results)
+    stack = []
+    for result in results:
+        if result.is_mask:
+            continue
+        mask = by_name.get(result.mask) if result.mask else None
+        if result.mask and (mask is None or not mask.is_mask):
+            raise FilterError("The engine returned a layer whose mask %r is missing." % result.mask, "engine")
+        stack.append((result, mask))
+    if not stack:
+        raise FilterError("The engine returned no layer.", "engine")
+    return stack
