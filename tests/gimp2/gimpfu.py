@@ -19,6 +19,11 @@ behaviour of the real calls (GIMP 2.10 Python-Fu / pygimp, libgimp 2.10 PDB):
            is a channel too, as in GIMP)
   pdb.gimp_image_get_item_position(image, item), pdb.gimp_image_insert_layer(image, layer,
            parent, position), pdb.gimp_progress_set_text(text)
+  pdb.gimp_layer_group_new(image) -> an unnamed group not yet in the image;
+           pdb.gimp_item_set_name(item, name); pdb.gimp_layer_set_composite_space(layer, space)
+  layer.create_mask(type) -> LayerMask of the layer's size (ADD_MASK_WHITE: all 255);
+           layer.add_mask(mask) (fails if the layer has one); layer.mask; layer.visible;
+           layer.opacity
 
 Enum values are GIMP 2.10's (GimpImageType, LAYER_MODE_NORMAL = 28). Everything the
 plug-in does is logged in CALLS so tests can check undo grouping and progress.
@@ -28,6 +33,8 @@ import time
 RGB_IMAGE, RGBA_IMAGE, GRAY_IMAGE, GRAYA_IMAGE, INDEXED_IMAGE, INDEXEDA_IMAGE = range(6)
 RGB, GRAY, INDEXED = range(3)
 LAYER_MODE_NORMAL = 28
+ADD_MASK_WHITE, ADD_MASK_BLACK = 0, 1
+LAYER_COLOR_SPACE_AUTO, LAYER_COLOR_SPACE_RGB_LINEAR, LAYER_COLOR_SPACE_RGB_PERCEPTUAL = 0, 1, 2
 PF_INT32, PF_INT, PF_STRING, PF_IMAGE, PF_DRAWABLE, PF_OPTION = 0, 0, 4, 13, 16, 1007
 
 REGISTERED = []
@@ -113,7 +120,26 @@ class Layer(Item):
         Item.__init__(self, image, name, width, height, _CHANNELS[type] * image.bytes_per_channel)
         self.type, self.opacity, self.mode = type, opacity, mode
         self.mask = None
+        self.visible = True
+        self.composite_space = LAYER_COLOR_SPACE_AUTO
         _log("gimp.Layer", name, width, height, type, opacity, mode)
+
+    def create_mask(self, mask_type):
+        # One byte per pixel as the 8-bit precisions' pixel regions see it.
+        mask = LayerMask(self.image, self.name + " mask", self.width, self.height)
+        mask.bpp = self.image.bytes_per_channel  # a mask is one channel of the image's precision
+        mask.data = bytearray(self.width * self.height * mask.bpp)
+        if mask_type == ADD_MASK_WHITE:
+            mask.data[:] = b"\xff" * len(mask.data)
+        return mask
+
+    def add_mask(self, mask):
+        if self.mask is not None:
+            raise RuntimeError("the layer already has a mask")
+        if (mask.width, mask.height) != (self.width, self.height):
+            raise RuntimeError("the mask's size differs from the layer's")
+        self.mask = mask
+        _log("add_mask", self.name)
 
     has_alpha = property(lambda self: self.type in (RGBA_IMAGE, GRAYA_IMAGE, INDEXEDA_IMAGE))
     is_rgb = property(lambda self: self.type in (RGB_IMAGE, RGBA_IMAGE))
@@ -216,6 +242,15 @@ class _Pdb(object):
 
     def gimp_progress_set_text(self, text):
         _log("gimp_progress_set_text", text)
+
+    def gimp_layer_group_new(self, image):
+        return GroupLayer(image, "Layer Group")
+
+    def gimp_item_set_name(self, item, name):
+        item.name = name
+
+    def gimp_layer_set_composite_space(self, layer, space):
+        layer.composite_space = space
 
 
 gimp = _Gimp()
