@@ -55,11 +55,19 @@ class ProgressBar:
 def _add_op_parser(sub: argparse._SubParsersAction, spec: OpSpec) -> None:
     parser = sub.add_parser(spec.name, help=spec.summary, description=spec.summary)
     parser.add_argument("input", type=Path, help="input image (PNG, TIFF, JPEG, WebP, BMP)")
-    parser.add_argument("-o", "--output", type=Path, required=True,
-                        help="output image; PNG/TIFF keep 16-bit and float samples")
+    if spec.layered:
+        parser.add_argument("-o", "--output", type=Path, required=True,
+                            help="output folder: one PNG per layer plus manifest.json (created if missing)")
+    else:
+        parser.add_argument("-o", "--output", type=Path, required=True,
+                            help="output image; PNG/TIFF keep 16-bit and float samples")
     if spec.needs_mask:
         parser.add_argument("--mask", type=Path, required=True,
                             help="mask image of the same size: white = pixels to fill")
+    elif spec.mask_optional:
+        parser.add_argument("--hint", dest="mask", type=Path, default=None,
+                            help="optional hint mask of the same size (white = marked), e.g. the rough "
+                                 "foreground to segment or a box around a watermark")
     for param in spec.params:
         parser.add_argument(f"--{param.name.replace('_', '-')}", dest=param.name, type=param.kind,
                             default=param.default, choices=param.choices,
@@ -80,16 +88,60 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _layer_stack_folder(folder: Path) -> Path:
+    """Create (or reuse) the output folder of a layered op before any work is done."""
+    if folder.exists() and not folder.is_dir():
+        raise BadInput(f"{folder} is a file; a layered op writes a folder of layers")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInput(f"cannot create the output folder {folder}: {exc.strerror}") from None
+    return folder
+
+
+def _write_layer_stack(folder: Path, layers: list, sample_type: str, op: str, params: dict) -> Path:
+    """One PNG per result (16-bit when the input was deeper than 8) plus manifest.json: the
+    stack top first, with what GIMP would set (blend, opacity, mask, visibility)."""
+    import json
+
+    from .imageio import write_image
+
+    entries = []
+    for layer in layers:
+        file_name = f"{layer.role}.png"
+        write_image(folder / file_name, layer.pixels, sample_type)
+        entries.append({"file": file_name, "role": layer.role, "title": layer.title, "kind": layer.kind,
+                        "blend": layer.blend, "opacity": layer.opacity, "mask": layer.mask,
+                        "visible": layer.visible})
+    manifest = folder / "manifest.json"
+    manifest.write_text(json.dumps({"op": op, "params": params, "order": "top first",
+                                    "composite": "each layer over the ones below it, normal mode, "
+                                                 "mixing the sRGB-encoded values; a mask entry names "
+                                                 "the file that is the layer's mask",
+                                    "layers": entries}, indent=2) + "\n")
+    return manifest
+
+
 def _run_file_op(args: argparse.Namespace) -> int:
     from .imageio import check_writable, read_image, read_mask, write_image
 
     spec: OpSpec = args.op_spec
-    check_writable(args.output)  # before minutes of work, not after
+    # Before minutes of work, not after.
+    if spec.layered:
+        _layer_stack_folder(args.output)
+    else:
+        check_writable(args.output)
     loaded = read_image(args.input)
-    mask = read_mask(args.mask, loaded.pixels.shape[:2]) if spec.needs_mask else None
+    mask_path = getattr(args, "mask", None)
+    mask = read_mask(mask_path, loaded.pixels.shape[:2]) if mask_path is not None else None
     params = {p.name: getattr(args, p.name) for p in spec.params}
     bar = None if args.quiet else ProgressBar()
     layers = run_op(spec.name, loaded.pixels, mask, params, JobContext(bar))
+    if spec.layered:
+        manifest = _write_layer_stack(args.output, layers, loaded.sample_type, spec.name, params)
+        if not args.quiet:
+            print(f"wrote {len(layers)} layers and {manifest}", file=sys.stderr)
+        return 0
     write_image(args.output, layers[0].pixels, loaded.sample_type)
     for extra in layers[1:]:
         extra_path = args.output.with_name(f"{args.output.stem}-{extra.role}{args.output.suffix}")

@@ -1,9 +1,8 @@
 """The one registry of engine operations: op name → params → backend call.
 
 Both front ends use it: ``serve`` (the plug-in's protocol) and the CLI. An op takes a
-float32 H×W×C image in [0, 1] (alpha, if any, in the last channel), an optional bool
-mask (H×W, float
-weight in [0, 1] or bool: non-zero = fill), validated params and a JobContext, and returns named result layers.
+float32 H×W×C image in [0, 1] (alpha, if any, in the last channel), an optional
+mask (H×W float weight in [0, 1] or bool: non-zero = fill, or an op's hint), validated params and a JobContext, and returns named result layers.
 Backends are imported inside the op so that, e.g., the ONNX path never imports torch.
 """
 from __future__ import annotations
@@ -43,9 +42,23 @@ class Param:
 
 @dataclass
 class ResultLayer:
+    """One result. An op returning several lists them top of the stack first; a front end
+    rebuilds the composite from these attributes (docs/protocol.md, "Result attributes")."""
+
     role: str  # machine name, e.g. "image"
     title: str  # what the plug-in names the layer
-    pixels: np.ndarray  # float32 H×W×C
+    pixels: np.ndarray  # float32 H×W×C (a mask: H×W×1)
+    blend: str = "normal"  # layer mode; mixing happens in the sRGB-encoded values sent
+    opacity: float = 1.0
+    mask: str | None = None  # role of the result that is this layer's layer mask
+    visible: bool = True
+    kind: str = "layer"  # "layer", or "mask": only used as another result's layer mask
+
+    def attributes(self) -> dict[str, Any]:
+        """The composite attributes that differ from a plain layer (what goes on the wire)."""
+        plain = ResultLayer(self.role, self.title, self.pixels)
+        return {name: getattr(self, name) for name in ("blend", "opacity", "mask", "visible", "kind")
+                if getattr(self, name) != getattr(plain, name)}
 
 
 class JobContext:
@@ -85,6 +98,11 @@ class OpSpec:
     run: OpRunner
     params: tuple[Param, ...] = ()
     needs_mask: bool = False
+    # The op takes a mask if one is given (e.g. a hint), and runs without one too.
+    mask_optional: bool = False
+    # The op returns a layer stack (ResultLayer attributes say how it composites); the CLI
+    # writes it as a folder of PNGs plus manifest.json.
+    layered: bool = False
     min_side: int = 8
     estimate: OpEstimator | None = None
 
@@ -145,6 +163,62 @@ def _inpaint(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
     w = weight[:, :, None]
     result = np.where(hole[:, :, None], w * filled + (1.0 - w) * image, image)
     return [ResultLayer("image", "Inpainted", result.astype(np.float32))]
+
+
+DECOMPOSE_MODES = ("segment", "transparency", "dehaze", "watermark")
+
+
+def _grey_as(layer: np.ndarray, channels: int) -> np.ndarray:
+    """A one-channel map as a layer of the image's channel count (alpha opaque)."""
+    colour = 3 if channels >= 3 else 1
+    grey = np.repeat(layer, colour, axis=2)
+    return join_alpha(grey, np.ones_like(layer) if channels in (2, 4) else None)
+
+
+def _solid(colour: np.ndarray, shape: tuple[int, int], alpha: np.ndarray | None) -> np.ndarray:
+    return join_alpha(np.broadcast_to(colour, (*shape, colour.shape[0])).astype(np.float32), alpha)
+
+
+def decomposition_layers(result: Any, alpha: np.ndarray | None) -> list[ResultLayer]:
+    """A `doubledip.Decomposition` as a layer stack (top first) whose composite is the image:
+    segment: Foreground (layer mask = its mask) over Background; transparency: Reflection
+    (mask = its mixing weight) over Transmission; dehaze: Transmission map (hidden) over
+    Haze (airlight colour, mask = 1 − t) over Dehazed; watermark: Watermark (its colour,
+    mask = its opacity) over Clean. Every layer keeps the source's alpha."""
+    L, shape = result.layers, next(iter(result.layers.values())).shape[:2]
+    if result.mode == "segment":
+        return [ResultLayer("foreground", "Foreground", join_alpha(L["foreground"], alpha), mask="foreground-mask"),
+                ResultLayer("background", "Background", join_alpha(L["background"], alpha)),
+                ResultLayer("foreground-mask", "Foreground mask", L["mask"], kind="mask")]
+    if result.mode == "transparency":
+        return [ResultLayer("reflection", "Reflection", join_alpha(L["reflection"], alpha), mask="reflection-weight"),
+                ResultLayer("transmission", "Transmission", join_alpha(L["transmission"], alpha)),
+                ResultLayer("reflection-weight", "Reflection weight", L["weight"], kind="mask")]
+    if result.mode == "dehaze":
+        t = L["transmission"]
+        channels = L["dehazed"].shape[2] + (0 if alpha is None else 1)
+        return [ResultLayer("transmission", "Transmission map", _grey_as(t, channels), visible=False),
+                ResultLayer("haze", "Haze", _solid(result.colour, shape, alpha), mask="haze-mask"),
+                ResultLayer("dehazed", "Dehazed", join_alpha(L["dehazed"], alpha)),
+                ResultLayer("haze-mask", "Haze mask", (1.0 - t).astype(np.float32), kind="mask")]
+    return [ResultLayer("watermark", "Watermark", _solid(result.colour, shape, alpha), mask="watermark-mask"),
+            ResultLayer("clean", "Clean", join_alpha(L["clean"], alpha)),
+            ResultLayer("watermark-mask", "Watermark mask", L["mask"], kind="mask")]
+
+
+def _decompose(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
+               ctx: JobContext) -> list[ResultLayer]:
+    from .dip import doubledip
+
+    colour, alpha = split_alpha(image)
+    hint = None if mask is None else mask > 0.5
+    preview = None
+    if ctx.preview is not None:
+        def preview(layers: dict[str, np.ndarray]) -> None:
+            ctx.preview([ResultLayer(name, name.title(), pixels) for name, pixels in layers.items()])
+    result = doubledip.decompose(np.clip(colour, 0.0, 1.0), params["mode"], hint,
+                                 preview=preview, **_dip_kwargs(params, ctx))
+    return decomposition_layers(result, alpha)
 
 
 _DIP_PARAMS = (
@@ -225,6 +299,11 @@ OPS: dict[str, OpSpec] = {
                _UPSCALE_PARAMS),
         OpSpec("sharpen", "Remove blur (defocus, soft lens, resize) with a trained U-Net", _sharpen,
                (_NET_DEVICE,)),
+        OpSpec("decompose", "Double-DIP: split the image into layers (segment, transparency, dehaze, "
+               "watermark); the mask is the hint", _decompose,
+               (Param("mode", str, "segment", "which layers to split into", choices=DECOMPOSE_MODES),
+                *_DIP_PARAMS),
+               mask_optional=True, layered=True),
     )
 }
 
@@ -258,6 +337,10 @@ def run_op(name: str, image: np.ndarray, mask: np.ndarray | None, params: dict[s
     if spec.needs_mask:
         if mask is None:
             raise BadInput(f"{name} needs a mask of the pixels to fill")
+        if mask.shape != (height, width):
+            raise BadInput(f"mask is {mask.shape[1]}×{mask.shape[0]} but the image is {width}×{height}")
+        mask = np.clip(mask.astype(np.float32), 0.0, 1.0)
+    elif spec.mask_optional and mask is not None:
         if mask.shape != (height, width):
             raise BadInput(f"mask is {mask.shape[1]}×{mask.shape[0]} but the image is {width}×{height}")
         mask = np.clip(mask.astype(np.float32), 0.0, 1.0)

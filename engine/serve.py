@@ -123,8 +123,10 @@ def _handle(session: _Session, message: Message) -> None:
         ctx = JobContext(progress, lambda: session.is_cancelled(request_id))  # type: ignore[arg-type]
         layers = run_op(op, image, mask, params, ctx)
         sample_type = _SAMPLE_TYPES[source.pixels.dtype]
+        # Composite attributes (blend, opacity, mask, visible, kind) ride along only where they
+        # differ from a plain layer, so single-layer results look exactly as before.
         out = [Buffer(layer.role, from_float(layer.pixels, sample_type), *_result_offsets(source, layer.pixels),
-                      {"title": layer.title}) for layer in layers]
+                      {"title": layer.title, **layer.attributes()}) for layer in layers]
         elapsed = time.monotonic() - started
         log.info("request %s done in %.1f s", request_id, elapsed)
         session.send({"type": "result", "id": request_id, "info": {"seconds": round(elapsed, 3)}}, out)

@@ -77,13 +77,28 @@ def _pixels(facts: dict[str, Any], case: str, which: str, shape: tuple[int, ...]
 def test_runs_under_python_2_7_and_registers_both_filters(facts: dict[str, Any]) -> None:
     assert facts["python"].startswith("2.7.")
     registered = {p["name"]: p for p in facts["registered"]}
-    dip = {"plug-in-neural-restore-denoise", "plug-in-neural-restore-inpaint-selection"}
+    dip = {"plug-in-neural-restore-denoise", "plug-in-neural-restore-inpaint-selection",
+           "plug-in-neural-restore-decompose"}
     assert dip | {"plug-in-neural-restore-upscale", "plug-in-neural-restore-sharpen"} <= set(registered)
     for name, proc in registered.items():
         assert proc["menu"] == "<Image>/Filters/Enhance/Neural"
         if name in dip:
-            assert proc["params"] == ["image", "drawable", "iterations", "seed", "device"]
+            own = ["mode"] if name.endswith("decompose") else []
+            assert proc["params"] == ["image", "drawable"] + own + ["iterations", "seed", "device"]
         assert proc["imagetypes"] == "RGB*, GRAY*"
+
+
+def test_decompose_adds_a_group_of_layers_with_a_mask(facts: dict[str, Any]) -> None:
+    case = facts["decompose-segment"]
+    _check_success(case, ["Segment", "Source"])
+    ((_, offsets, _, _, _, children), _) = case["layers"]
+    assert [c[0] for c in children] == ["Foreground", "Background"]
+    assert all(c[1] == [5, 3] and c[2:4] == [24, 20] for c in children)
+    perceptual = 2  # LAYER_COLOR_SPACE_RGB_PERCEPTUAL
+    assert case["children"] == [["Foreground", True, 100.0, perceptual, True],
+                                ["Background", True, 100.0, perceptual, False]]
+    mask = _pixels(facts, "decompose-segment", "mask", (20, 24))
+    assert mask.min() < 128 < mask.max()  # a real mask, not the white default
 
 
 def _check_success(case: dict[str, Any], names: list[str]) -> None:
@@ -137,6 +152,7 @@ def test_result_goes_into_the_source_layers_group(facts: dict[str, Any]) -> None
     ("bad-indexed", "Indexed (palette) images are not supported"),
     ("bad-tiny", "4x4 pixels"),
     ("bad-inpaint-no-selection", "needs a selection"),
+    ("bad-watermark-no-selection", "needs a selection around the watermark"),
 ])
 def test_bad_inputs_get_the_gimp3_messages_and_change_nothing(facts: dict[str, Any], case: str, words: str) -> None:
     found = facts[case]

@@ -25,6 +25,13 @@ Host adapter interface (duck-typed):
                                         precision, one layer from buffer), shown in a new
                                         display when the run is interactive; remembered as
                                         host.opened_image (the PDB return value)
+  host.add_layer_group(source, group_name, stack)
+                                     -> (filters with output "layer-group") inserts a layer
+                                        group above the source holding stack's layers, top
+                                        first: stack is [(layer WireBuffer, mask WireBuffer or
+                                        None)]; each layer gets its title, opacity, visibility,
+                                        a perceptual composite space and the mask as its layer
+                                        mask; one undo step
 """
 import os
 import time
@@ -89,18 +96,22 @@ class FilterParam(object):
 class FilterSpec(object):
     """A menu entry: which engine op it runs, with which settings, and where results go.
 
-    output: "layers" (new layers above the source, one undo group) or "new-image" (the
-    result opens as a new image; the source image is not touched at all).
+    output: "layers" (new layers above the source, one undo group), "new-image" (the
+    result opens as a new image; the source image is not touched at all) or "layer-group" (a
+    group named after the "mode" setting's label, holding the result stack; see
+    add_layer_group).
     selection_bounds: with a selection, only its bounds (within the layer) are processed,
     read with ``context`` px more on each side so the net sees real neighbours there; the
     context is cut off the result again. mask_result: the result layer then gets the
     selection as its layer mask, unless the selection is all of its bounds (a rectangle).
     scale_param: the setting that enlarges the result (results are that many times larger).
+    selection_hint: the selection, when there is one, is sent as the op's mask (a hint);
+    selection_required_for: values of "mode" for which that hint is required.
     """
 
     def __init__(self, key, op, menu_label, blurb, layer_name, params, needs_selection=False,
                  output="layers", selection_bounds=False, context=0, mask_result=False,
-                 scale_param=None):
+                 scale_param=None, selection_hint=False, selection_required_for=()):
         self.key = key
         self.op = op
         self.menu_label = menu_label
@@ -113,9 +124,18 @@ class FilterSpec(object):
         self.context = context
         self.mask_result = mask_result
         self.scale_param = scale_param
+        self.selection_hint = selection_hint
+        self.selection_required_for = tuple(selection_required_for)
 
     def result_scale(self, values):
         return int(values.get(self.scale_param, 1)) if self.scale_param else 1
+
+    def group_name(self, values):
+        """The layer group's name: the label of the chosen mode."""
+        try:
+            return dict(self.param("mode").choices).get(values.get("mode"), self.layer_name)
+        except KeyError:
+            return self.layer_name
 
     @property
     def procedure_name(self):
@@ -151,6 +171,13 @@ UPSCALE_PARAMS = (
 # Context read around a selection's bounds: more than the nets' tile overlap (16 px), so
 # the processed area's edges look like its inside.
 NET_CONTEXT = 32
+DECOMPOSE_MODE_PARAM = FilterParam(
+    "mode", "choice", "segment", "Layers",
+    "segment: foreground + background (the selection is the rough foreground); transparency: "
+    "transmission + reflection; dehaze: dehazed image + haze + transmission map; watermark: "
+    "clean image + watermark (select the area around the watermark)",
+    choices=(("segment", "Segment"), ("transparency", "Transparency"), ("dehaze", "Dehaze"),
+             ("watermark", "Watermark")))
 
 FILTERS = (
     FilterSpec("denoise", "denoise", "_Denoise...",
@@ -170,7 +197,16 @@ FILTERS = (
                "is a new layer above the source, masked to the selection if there is one.",
                "Sharpened", (DEVICE_PARAM,), selection_bounds=True, context=NET_CONTEXT,
                mask_result=True),
+    FilterSpec("decompose", "decompose", "Decompose into _Layers...",
+               "Split the layer into layers with Double-DIP (foreground/background, transparent "
+               "layers, haze, watermark); they appear in a new layer group above the source, "
+               "whose composite reproduces it.",
+               "Decompose", (DECOMPOSE_MODE_PARAM,) + DIP_PARAMS, output="layer-group",
+               selection_hint=True, selection_required_for=("watermark",)),
 )
+WATERMARK_SELECTION_MESSAGE = ("Watermark mode needs a selection around the watermark: select "
+                               "it loosely (for example with the Rectangle Select tool), then "
+                               "run the filter again.")
 
 EMPTY_SELECTION_MESSAGE = ("Inpaint selection needs a selection: select the area to fill "
                            "(for example with the Free Select tool), then run the filter again.")
@@ -353,6 +389,8 @@ def run_filter(host, spec, values, plugin_dir, log_dir=None):
         if mask.count(b"\x00") == len(mask):
             raise FilterError(OUTSIDE_SELECTION_MESSAGE)
         mask_buffer = WireBuffer("mask", source.width, source.height, 1, "u8", mask, source.x, source.y)
+    elif spec.selection_hint:
+        mask_buffer = _selection_hint(host, spec, values, source)
     region = _selection_region(host, spec, source) if spec.selection_bounds else None
     pixels = host.read_pixels(source)
     sent = (source.x, source.y, source.x + source.width, source.y + source.height)
@@ -390,8 +428,9 @@ def run_filter(host, spec, values, plugin_dir, log_dir=None):
         raise FilterError("The engine returned no result.", "engine")
     factor = spec.result_scale(values)
     for result in results:
+        channels = 1 if result.is_mask else source.channels
         if (result.width, result.height, result.channels, result.dtype) != \
-                (image_buffer.width * factor, image_buffer.height * factor, source.channels, source.dtype):
+                (image_buffer.width * factor, image_buffer.height * factor, channels, source.dtype):
             raise FilterError("The engine returned a result of the wrong size or format.", "engine")
     if region is not None:
         results = [_cut_result(result, region[1], region[0], factor) for result in results]
@@ -400,9 +439,45 @@ def run_filter(host, spec, values, plugin_dir, log_dir=None):
         host.open_image(source, "%s (%s)" % (spec.layer_name, source.name) if source.name else spec.layer_name,
                         results[0])
         return info
+    if spec.output == "layer-group":
+        host.progress(1.0, "Adding the layer group...")
+        host.add_layer_group(source, spec.group_name(values), layer_stack(results))
+        return info
     host.progress(1.0, "Adding the result layer...")
     if spec.mask_result and region is not None and region[2]:
         host.add_layers(source, spec.layer_name, results, mask_with_selection=True)
     else:
         host.add_layers(source, spec.layer_name, results)
     return info
+
+
+def _selection_hint(host, spec, values, source):
+    """The selection as the op's hint mask, or None without one (an error for the modes
+    that need it)."""
+    bounds = host.selection_bounds()
+    mask = None
+    if bounds is not None and _intersect(bounds, source) is not None:
+        mask = host.read_selection(source.x, source.y, source.width, source.height)
+        if mask.count(b"\x00") == len(mask):
+            mask = None
+    if mask is None:
+        if values.get("mode") in spec.selection_required_for:
+            raise FilterError(WATERMARK_SELECTION_MESSAGE)
+        return None
+    return WireBuffer("mask", source.width, source.height, 1, "u8", mask, source.x, source.y)
+
+
+def layer_stack(results):
+    """The result layers, top first, each with the buffer that is its layer mask (or None)."""
+    by_name = dict((result.name, result) for result in results)
+    stack = []
+    for result in results:
+        if result.is_mask:
+            continue
+        mask = by_name.get(result.mask) if result.mask else None
+        if result.mask and (mask is None or not mask.is_mask):
+            raise FilterError("The engine returned a layer whose mask %r is missing." % result.mask, "engine")
+        stack.append((result, mask))
+    if not stack:
+        raise FilterError("The engine returned no layer.", "engine")
+    return stack

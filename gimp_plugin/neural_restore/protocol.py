@@ -43,6 +43,32 @@ class WireBuffer(object):
     def title(self):
         return self.extra.get("title", self.name)
 
+    # Result attributes (docs/protocol.md): how a layer of a result stack composites.
+    @property
+    def blend(self):
+        return self.extra.get("blend", "normal")
+
+    @property
+    def opacity(self):
+        try:
+            return max(0.0, min(1.0, float(self.extra.get("opacity", 1.0))))
+        except (TypeError, ValueError):
+            return 1.0
+
+    @property
+    def mask(self):
+        """Name of the buffer that is this layer's layer mask, or None."""
+        return self.extra.get("mask")
+
+    @property
+    def visible(self):
+        return self.extra.get("visible", True) is not False
+
+    @property
+    def is_mask(self):
+        """True for a buffer that only serves as another result's layer mask."""
+        return self.extra.get("kind", "layer") == "mask"
+
     def descriptor(self):
         desc = dict(self.extra)
         desc.update(name=self.name, width=self.width, height=self.height,

@@ -28,6 +28,7 @@ for p in facts["registered"]:
     p["params"] = [param[1] for param in p["params"]]
 DENOISE = procedures["plug-in-neural-restore-denoise"]["function"]
 INPAINT = procedures["plug-in-neural-restore-inpaint-selection"]["function"]
+DECOMPOSE = procedures["plug-in-neural-restore-decompose"]["function"]
 CPU = 1  # index of "cpu" in the device option menu
 
 
@@ -48,11 +49,14 @@ def tree(layers):
              tree(l.layers) if isinstance(l, gimp.GroupLayer) else None] for l in layers]
 
 
-def attempt(case, function, image, drawable, source, iterations=5):
+def attempt(case, function, image, drawable, source, iterations=5, mode=None):
     before = bytes(source.data)
     del gimpfu.CALLS[:]
     try:
-        function(image, drawable, iterations, 0, CPU)
+        if mode is None:
+            function(image, drawable, iterations, 0, CPU)
+        else:  # decompose: its mode option menu comes first
+            function(image, drawable, mode, iterations, 0, CPU)
         error = None
     except RuntimeError as exc:
         error = str(exc)
@@ -112,6 +116,27 @@ layer = gimp.Layer(image, "Source", 24, 24, gimpfu.RGB_IMAGE)
 pdb.gimp_image_insert_layer(image, layer, group, 0)
 fill(layer, 4)
 attempt("denoise-in-group", DENOISE, image, layer, layer)
+
+# Decompose (segment, index 0) with a selection as the hint: a group of layers with a mask.
+image = gimp.Image(40, 30)
+layer = gimp.Layer(image, "Source", 24, 20, gimpfu.RGB_IMAGE)
+pdb.gimp_image_insert_layer(image, layer, None, 0)
+layer.set_offsets(5, 3)
+fill(layer, 5)
+select(image, 10, 8, 12, 10)
+attempt("decompose-segment", DECOMPOSE, image, layer, layer, mode=0)
+group = image.layers[0]
+if isinstance(group, gimp.GroupLayer):
+    facts["decompose-segment"]["children"] = [
+        [c.name, c.visible, c.opacity, c.composite_space, c.mask is not None] for c in group.layers]
+    with open(os.path.join(OUT, "decompose-segment-mask.raw"), "wb") as handle:
+        handle.write(bytes(group.layers[0].mask.data))
+# Watermark mode (index 3) needs a selection around the mark.
+image = gimp.Image(24, 24)
+layer = gimp.Layer(image, "Source", 24, 24, gimpfu.RGB_IMAGE)
+pdb.gimp_image_insert_layer(image, layer, None, 0)
+fill(layer, 6)
+attempt("bad-watermark-no-selection", DECOMPOSE, image, layer, layer, mode=3)
 
 # Bad inputs: refused with the same messages as in GIMP 3, nothing touched.
 image = gimp.Image(24, 24)

@@ -25,6 +25,11 @@ behaviour of the real calls (GIMP 2.10 Python-Fu / pygimp, libgimp 2.10 PDB):
   layer.create_mask(ADD_SELECTION_MASK) -> LayerMask from the selection under the layer (the
            layer must be in its image); layer.add_mask(mask)
   gimp.Display(image) (RuntimeError in batch GIMP: no user interface; UI = True here)
+  pdb.gimp_layer_group_new(image) -> an unnamed group not yet in the image;
+           pdb.gimp_item_set_name(item, name); pdb.gimp_layer_set_composite_space(layer, space)
+  layer.create_mask(type) -> LayerMask of the layer's size (ADD_MASK_WHITE: all 255);
+           layer.add_mask(mask) (fails if the layer has one); layer.mask; layer.visible;
+           layer.opacity
 
 Enum values are GIMP 2.10's (GimpImageType, LAYER_MODE_NORMAL = 28). Everything the
 plug-in does is logged in CALLS so tests can check undo grouping and progress.
@@ -39,6 +44,8 @@ PRECISION_U8_GAMMA, PRECISION_U16_GAMMA, PRECISION_FLOAT_LINEAR = 150, 250, 600
 _PRECISION_BY_BYTES = {1: PRECISION_U8_GAMMA, 2: PRECISION_U16_GAMMA, 4: PRECISION_FLOAT_LINEAR}
 UI = True  # False: batch GIMP (no displays)
 DISPLAYS = []
+ADD_MASK_WHITE, ADD_MASK_BLACK = 0, 1
+LAYER_COLOR_SPACE_AUTO, LAYER_COLOR_SPACE_RGB_LINEAR, LAYER_COLOR_SPACE_RGB_PERCEPTUAL = 0, 1, 2
 PF_INT32, PF_INT, PF_STRING, PF_IMAGE, PF_DRAWABLE, PF_OPTION = 0, 0, 4, 13, 16, 1007
 
 REGISTERED = []
@@ -124,6 +131,8 @@ class Layer(Item):
         Item.__init__(self, image, name, width, height, _CHANNELS[type] * image.bytes_per_channel)
         self.type, self.opacity, self.mode = type, opacity, mode
         self.mask = None
+        self.visible = True
+        self.composite_space = LAYER_COLOR_SPACE_AUTO
         _log("gimp.Layer", name, width, height, type, opacity, mode)
 
     has_alpha = property(lambda self: self.type in (RGBA_IMAGE, GRAYA_IMAGE, INDEXEDA_IMAGE))
@@ -135,21 +144,31 @@ class Layer(Item):
         self.offsets = (x, y)
 
     def create_mask(self, mask_type):
-        if mask_type != ADD_SELECTION_MASK:
-            raise NotImplementedError("the fake knows selection masks only")
-        if self not in _Pdb()._siblings(self.image, self):
-            raise RuntimeError("layer is not in an image")
+        if mask_type == ADD_SELECTION_MASK:
+            if self not in _Pdb()._siblings(self.image, self):
+                raise RuntimeError("layer is not in an image")
+            mask = LayerMask(self.image, self.name + " mask", self.width, self.height)
+            sel, ox, oy = self.image.selection, self.offsets[0], self.offsets[1]
+            for y in range(self.height):
+                for x in range(self.width):
+                    if 0 <= x + ox < sel.width and 0 <= y + oy < sel.height:
+                        mask.data[y * self.width + x] = sel.data[(y + oy) * sel.width + x + ox]
+            return mask
+        if mask_type not in (ADD_MASK_WHITE, ADD_MASK_BLACK):
+            raise NotImplementedError("the fake knows white, black and selection masks only")
+        # One channel of the image's precision, as the pixel regions see it.
         mask = LayerMask(self.image, self.name + " mask", self.width, self.height)
-        sel, ox, oy = self.image.selection, self.offsets[0], self.offsets[1]
-        for y in range(self.height):
-            for x in range(self.width):
-                if 0 <= x + ox < sel.width and 0 <= y + oy < sel.height:
-                    mask.data[y * self.width + x] = sel.data[(y + oy) * sel.width + x + ox]
+        mask.bpp = self.image.bytes_per_channel
+        mask.data = bytearray(self.width * self.height * mask.bpp)
+        if mask_type == ADD_MASK_WHITE:
+            mask.data[:] = b"\xff" * len(mask.data)
         return mask
 
     def add_mask(self, mask):
         if self.mask is not None:
-            raise RuntimeError("layer already has a mask")
+            raise RuntimeError("the layer already has a mask")
+        if (mask.width, mask.height) != (self.width, self.height):
+            raise RuntimeError("the mask's size differs from the layer's")
         self.mask = mask
         _log("add_mask", self.name)
 
@@ -275,6 +294,15 @@ class _Pdb(object):
 
     def gimp_progress_set_text(self, text):
         _log("gimp_progress_set_text", text)
+
+    def gimp_layer_group_new(self, image):
+        return GroupLayer(image, "Layer Group")
+
+    def gimp_item_set_name(self, item, name):
+        item.name = name
+
+    def gimp_layer_set_composite_space(self, layer, space):
+        layer.composite_space = space
 
 
 gimp = _Gimp()

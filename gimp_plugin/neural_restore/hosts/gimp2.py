@@ -122,3 +122,51 @@ class Gimp2Host(object):
         finally:
             image.undo_group_end()
         gimp.displays_flush()
+
+    def add_layer_group(self, source, group_name, stack):
+        image, drawable = self.image, self.drawable
+        parent = drawable.parent
+        position = pdb.gimp_image_get_item_position(image, drawable)
+        image.undo_group_start()
+        try:
+            group = pdb.gimp_layer_group_new(image)
+            pdb.gimp_item_set_name(group, group_name)
+            pdb.gimp_image_insert_layer(image, group, parent, position)
+            for index, (buf, mask) in enumerate(stack):
+                layer = gimp.Layer(image, buf.title, buf.width, buf.height, drawable.type,
+                                   100.0 * buf.opacity, gimpfu.LAYER_MODE_NORMAL)
+                pdb.gimp_image_insert_layer(image, layer, group, index)
+                layer.set_offsets(buf.x, buf.y)
+                # The engine's layers mix in sRGB-encoded values (GIMP's Normal: linear light).
+                pdb.gimp_layer_set_composite_space(layer, gimpfu.LAYER_COLOR_SPACE_RGB_PERCEPTUAL)
+                region = layer.get_pixel_rgn(0, 0, buf.width, buf.height, True, False)
+                region[0:buf.width, 0:buf.height] = bytes(buf.data)
+                if mask is not None:
+                    layer_mask = layer.create_mask(gimpfu.ADD_MASK_WHITE)
+                    layer.add_mask(layer_mask)
+                    region = layer_mask.get_pixel_rgn(0, 0, buf.width, buf.height, True, False)
+                    region[0:buf.width, 0:buf.height] = _stored_mask_bytes(mask)
+                    layer_mask.flush()
+                layer.visible = bool(buf.visible)
+                layer.flush()
+                layer.update(0, 0, buf.width, buf.height)
+        finally:
+            image.undo_group_end()
+        gimp.displays_flush()
+
+
+def _srgb_encode(value):
+    value = max(0.0, min(1.0, value))
+    return 12.92 * value if value <= 0.0031308 else 1.055 * value ** (1 / 2.4) - 0.055
+
+
+# GIMP 2.10 stores the channels of 8-bit perceptual images as Y' (sRGB-encoded) while layer
+# compositing reads masks as linear opacity; deeper images store linear Y. So 8-bit mask
+# opacities are encoded before they are written, deeper ones go in as they are.
+_ENCODE_U8 = bytearray(int(round(255 * _srgb_encode(v / 255.0))) for v in range(256))
+
+
+def _stored_mask_bytes(mask):
+    if mask.dtype == "u8":
+        return bytes(bytearray(_ENCODE_U8[b] for b in bytearray(mask.data)))
+    return bytes(mask.data)

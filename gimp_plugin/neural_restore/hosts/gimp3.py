@@ -137,3 +137,39 @@ class Gimp3Host(object):
         finally:
             image.undo_group_end()
         Gimp.displays_flush()
+
+    def add_layer_group(self, source, group_name, stack):
+        drawable = self._drawable
+        image = self.image
+        parent = drawable.get_parent()
+        position = image.get_item_position(drawable)
+        layer_type = drawable.type()
+        image.undo_group_start()
+        try:
+            group = Gimp.GroupLayer.new(image, group_name)
+            image.insert_layer(group, parent, position)
+            for index, (buf, mask) in enumerate(stack):
+                layer = Gimp.Layer.new(image, buf.title, buf.width, buf.height, layer_type,
+                                       100.0 * buf.opacity, Gimp.LayerMode.NORMAL)
+                image.insert_layer(layer, group, index)
+                layer.set_offsets(buf.x, buf.y)
+                # The engine's layers mix in sRGB-encoded values; GIMP's default for Normal
+                # is linear light, which would not reproduce the source.
+                layer.set_composite_space(Gimp.LayerColorSpace.RGB_PERCEPTUAL)
+                rect = Gegl.Rectangle.new(0, 0, buf.width, buf.height)
+                target = layer.get_buffer()
+                target.set(rect, _babl_format(buf.channels, buf.dtype), buf.data)
+                target.flush()
+                if mask is not None:
+                    layer_mask = layer.create_mask(Gimp.AddMaskType.WHITE)
+                    layer.add_mask(layer_mask)
+                    # Mask values are opacities: written as linear "Y", so GIMP's compositing
+                    # (which reads masks as linear) sees exactly the engine's weights.
+                    mask_buffer = layer_mask.get_buffer()
+                    mask_buffer.set(rect, "Y %s" % _BABL_TYPE[mask.dtype], mask.data)
+                    mask_buffer.flush()
+                layer.set_visible(buf.visible)
+                layer.update(0, 0, buf.width, buf.height)
+        finally:
+            image.undo_group_end()
+        Gimp.displays_flush()

@@ -1,0 +1,121 @@
+"""Double-DIP decomposition benchmark (issue 5 targets); prints one JSON object.
+
+Synthetic cases built from the DIP test images (../shared/data/dip), side SIZE:
+  * transparency: 50/50 and 70/30 mixes of two natural images; each recovered layer's PSNR
+    against its source after the best assignment and a least-squares gain (target ≥ 25 dB);
+  * segment: a textured object (zebra) on another image (kate) with a loose lasso as the
+    hint; IoU of mask > 0.5 with the truth (target ≥ 0.9);
+  * dehaze: I = J·t + A·(1−t) with t rising from 0.1 (top) to 0.9; dehazed PSNR minus hazy
+    PSNR against J (target ≥ 5 dB);
+  * watermark: a half-opaque white stripe pattern in a box; PSNR of the clean layer in the box;
+and the seconds each mode took (target on a CPU at 256²: ≤ 300 s per mode).
+
+    python benchmarks/decompose_bench.py --size 256 --device cpu            # the full run
+    python benchmarks/decompose_bench.py --size 64 --iterations 100         # a smoke test
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DATA = REPO.parent / "shared" / "data" / "dip"
+
+from engine.dip import doubledip  # noqa: E402
+
+
+def crop(name: str, size: int) -> np.ndarray:
+    image = Image.open(DATA / name).convert("RGB")
+    if min(image.size) < size:
+        raise SystemExit(f"{name} is smaller than {size}")
+    array = np.asarray(image, np.float32) / 255
+    top, left = (array.shape[0] - size) // 2, (array.shape[1] - size) // 2
+    return np.ascontiguousarray(array[top:top + size, left:left + size])
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(1.0 / np.mean((np.asarray(a, np.float64) - b) ** 2)))
+
+
+def gain_fitted_psnr(layer: np.ndarray, truth: np.ndarray) -> float:
+    gain = float((layer * truth).sum() / max((layer * layer).sum(), 1e-12))
+    return psnr(np.clip(gain * layer, 0, 1), truth)
+
+
+def run(image, mode, hint, args):
+    started = time.monotonic()
+    result = doubledip.decompose(image, mode, hint, iterations=args.iterations or None, seed=args.seed,
+                                 device=args.device)
+    return result, round(time.monotonic() - started, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--iterations", type=int, default=0, help="0 = the engine's automatic count")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    size = args.size
+    report: dict = {"size": size, "device": args.device, "iterations": args.iterations or "auto", "cases": {}}
+
+    a, b = crop("denoising/F16_GT.png", size), crop("inpainting/kate.png", size)
+    for weight in (0.5, 0.7):
+        mix = (weight * a + (1 - weight) * b).astype(np.float32)
+        result, seconds = run(mix, "transparency", None, args)
+        layers = result.layers["transmission"], result.layers["reflection"]
+        assignments = [(gain_fitted_psnr(layers[0], a), gain_fitted_psnr(layers[1], b)),
+                       (gain_fitted_psnr(layers[0], b), gain_fitted_psnr(layers[1], a))]
+        best = max(assignments, key=min)
+        report["cases"][f"transparency {int(weight * 100)}/{100 - int(weight * 100)}"] = {
+            "layer_psnr_db": [round(v, 2) for v in best], "mix_psnr_db": [round(gain_fitted_psnr(mix, a), 2),
+                                                                          round(gain_fitted_psnr(mix, b), 2)],
+            "target_met": min(best) >= 25.0, "weight_mean": round(float(result.layers["weight"].mean()), 3),
+            "composite_psnr_db": round(psnr(result.composite(), mix), 2), "seconds": seconds,
+            "iterations": result.iterations}
+
+    yy, xx = np.mgrid[:size, :size] / size
+    truth = ((yy - 0.5) ** 2 / 0.3**2 + (xx - 0.5) ** 2 / 0.22**2 + 0.15 * np.sin(10 * xx)) < 1
+    composite = np.where(truth[..., None], crop("sr/zebra_GT.png", size), b).astype(np.float32)
+    lasso = ((yy - 0.52) ** 2 / 0.36**2 + (xx - 0.48) ** 2 / 0.3**2) < 1
+    result, seconds = run(composite, "segment", lasso, args)
+    found = result.layers["mask"][..., 0] > 0.5
+    iou = float((found & truth).sum() / (found | truth).sum())
+    report["cases"]["segment"] = {"iou": round(iou, 4), "hint_iou": round(float((lasso & truth).sum() / (lasso | truth).sum()), 4),
+                                  "target_met": iou >= 0.9, "composite_psnr_db": round(psnr(result.composite(), composite), 2),
+                                  "seconds": seconds, "iterations": result.iterations}
+
+    clear = crop("inpainting/library.png", size)
+    t = (0.1 + 0.8 * np.mgrid[:size, :size][0] / size)[..., None]
+    hazy = (clear * t + np.array([0.85, 0.87, 0.9]) * (1 - t)).astype(np.float32)
+    result, seconds = run(hazy, "dehaze", None, args)
+    gain = psnr(result.layers["dehazed"], clear) - psnr(hazy, clear)
+    report["cases"]["dehaze"] = {"hazy_psnr_db": round(psnr(hazy, clear), 2),
+                                 "dehazed_psnr_db": round(psnr(result.layers["dehazed"], clear), 2),
+                                 "gain_db": round(gain, 2), "target_met": gain >= 5.0,
+                                 "airlight": [round(float(v), 3) for v in result.colour],
+                                 "composite_psnr_db": round(psnr(result.composite(), hazy), 2),
+                                 "seconds": seconds, "iterations": result.iterations}
+
+    box = np.zeros((size, size), bool)
+    box[size // 2:size // 2 + size // 4, size // 4:3 * size // 4] = True
+    py, px = np.mgrid[:size, :size]
+    opacity = np.where(box & (((px // 3) % 3 == 0) | ((py // 3) % 4 == 0)), 0.5, 0.0)[..., None]
+    marked = (opacity + (1 - opacity) * a).astype(np.float32)
+    result, seconds = run(marked, "watermark", box, args)
+    report["cases"]["watermark"] = {"marked_box_psnr_db": round(psnr(marked[box], a[box]), 2),
+                                    "clean_box_psnr_db": round(psnr(result.layers["clean"][box], a[box]), 2),
+                                    "composite_psnr_db": round(psnr(result.composite(), marked), 2),
+                                    "seconds": seconds, "iterations": result.iterations}
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,498 @@
+"""Double-DIP: split one image into simpler layers with coupled Deep Image Priors
+(Gandelsman, Shocher, Irani, "Double-DIP", CVPR 2019).
+
+Each layer is the output of its own DIP generator, all fitted jointly by the shared loop
+(`loop.fit_generators`) to one objective: the layers, recombined by a mixing mask, must
+reproduce the image (reconstruction loss); the layers should not share edges (exclusion
+loss, Zhang et al. 2018: multi-scale gradient correlation); and each mode adds its prior on
+the mask. The DIP prior does the rest: one net reproduces one coherent texture or image far
+more easily than a mixture of two, so each net ends up carrying one of them.
+
+Modes (every image model is in the sRGB-encoded values the engine works in):
+
+* ``segment``: I = m·F + (1−m)·B. A rough foreground hint (the user's selection) or,
+  without one, a saliency guess (colour contrast to the border × a centre prior) tells F
+  and B which pixels are theirs; a regulariser pushes m to 0 or 1.
+* ``transparency``: I = w·R + (1−w)·T with a near-constant mixing weight w (its spatial
+  variance is penalised). T is the layer with the larger weight.
+* ``dehaze``: I = J·t + A·(1−t), with the airlight colour A a parameter of the objective;
+  t starts from the dark-channel-prior estimate (He et al. 2009) and is kept smooth.
+* ``watermark``: I = m·c + (1−m)·C inside the user's box around the watermark, with c one
+  learnt colour (the watermark's), m its shape and opacity, C the clean image; outside the
+  box m = 0. C's gradients inside the box are penalised, so the mark's sharp edges go to m.
+
+Public API: `decompose`, `MODES`, `Decomposition`, `exclusion_loss`.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.errors import BadInput, Cancelled
+
+from .loop import CancelCallback, Generator, ProgressCallback, fit_generators
+from .nets import LIGHT_DENOISE, PAPER_DENOISE, NetConfig
+from .tasks import MIN_IMAGE_SIDE, _checked_image, _checked_iterations, _checked_seed, _padding, resolve_device
+
+MODES = ("segment", "transparency", "dehaze", "watermark")
+
+# Mask nets carry a low-detail map: a narrower net of the same shape is enough on the CPU.
+LIGHT_MASK = NetConfig(
+    channels_down=(8, 16, 32, 32, 64),
+    channels_up=(8, 16, 32, 32, 64),
+    channels_skip=(4, 4, 4, 4, 4),
+)
+LEARNING_RATE = 0.01
+REG_NOISE_STD = 1.0 / 30.0
+OUTPUT_EMA = 0.99
+
+# Default iterations: ~5 per pixel of image side (segmentation settles by ~1000 at 256²),
+# at least 300, at most 3000 (GPU); on the CPU capped to a pixel-iteration budget so a
+# 256² run of three light nets stays within about 5 minutes on a 2-core machine.
+ITERATIONS_PER_SIDE_PIXEL = 5.0
+MIN_DEFAULT_ITERATIONS = 300
+MAX_DEFAULT_ITERATIONS = 3000
+CPU_PIXEL_ITERATION_BUDGET = 256 * 256 * 900
+
+# Loss weights (the reconstruction MSE is ~1e-3 once fitted; these keep each prior below it
+# at the end of a run but strong enough to steer the early iterations).
+EXCLUSION_WEIGHT = {"segment": 0.02, "transparency": 0.2, "dehaze": 0.0, "watermark": 0.05}
+HINT_FIT_WEIGHT = 0.5  # segment: F (B) must reproduce the image on the sure foreground (background)
+HINT_MASK_WEIGHT = 0.05  # segment: m follows the hint early on (decays to a tenth)
+BINARY_WEIGHT = 0.02  # segment: m(1−m), ramped in over the first half
+CONSTANT_MIX_WEIGHT = 1.0  # transparency: variance of w
+TRANSMISSION_PRIOR_WEIGHT = 1.0  # dehaze: t close to the dark-channel estimate
+AIRLIGHT_PRIOR_WEIGHT = 1.0  # dehaze: A close to the dark-channel estimate
+TRANSMISSION_SMOOTH_WEIGHT = 0.02  # dehaze: total variation of t
+MIN_TRANSMISSION = 0.05
+CLEAN_SMOOTH_WEIGHT = 0.05  # watermark: total variation of C inside the box
+MASK_SPARSITY_WEIGHT = 0.005  # watermark: mean of m inside the box
+
+PreviewLayers = Callable[[dict[str, np.ndarray]], None]
+
+
+@dataclass
+class Decomposition:
+    """A decomposition's layers (name → H×W×C float32 in [0, 1]; masks are H×W×1).
+
+    segment: ``foreground``, ``background``, ``mask`` (1 = foreground);
+    transparency: ``transmission``, ``reflection``, ``weight`` (of the reflection);
+    dehaze: ``dehazed``, ``transmission``; ``colour`` is the airlight;
+    watermark: ``clean``, ``mask`` (the mark's opacity); ``colour`` is the mark's colour.
+    `composite()` recombines them into the image they model.
+    """
+
+    mode: str
+    layers: dict[str, np.ndarray]
+    colour: np.ndarray | None
+    iterations: int
+
+    def composite(self) -> np.ndarray:
+        L = self.layers
+        if self.mode == "segment":
+            return L["mask"] * L["foreground"] + (1 - L["mask"]) * L["background"]
+        if self.mode == "transparency":
+            return L["weight"] * L["reflection"] + (1 - L["weight"]) * L["transmission"]
+        if self.mode == "dehaze":
+            t = L["transmission"]
+            return t * L["dehazed"] + (1 - t) * self.colour
+        m = L["mask"]
+        return m * self.colour + (1 - m) * L["clean"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses
+
+
+def _weighted_mse(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the pixels weighted by ``weight`` (1×1×H×W, pre-normalised to
+    sum 1: no data-dependent host sync)."""
+    return ((a - b).square().mean(1, keepdim=True) * weight).sum()
+
+
+def _normalised(weight: torch.Tensor) -> torch.Tensor:
+    return weight / weight.sum().clamp_min(1.0)
+
+
+def exclusion_loss(a: torch.Tensor, b: torch.Tensor, levels: int = 3) -> torch.Tensor:
+    """Zhang et al.'s exclusion loss: how much two layers' edges coincide, over ``levels``
+    scales. Gradient magnitudes are balanced between the layers (λ = sqrt of their mean
+    ratio, held constant) so a layer cannot escape by fading; 0 when edges never meet."""
+    total = a.new_zeros(())
+    for level in range(levels):
+        if level:
+            a, b = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
+        for dim in (2, 3):
+            grad_a = a.diff(dim=dim).abs().mean(1, keepdim=True)
+            grad_b = b.diff(dim=dim).abs().mean(1, keepdim=True)
+            balance = ((grad_a.mean() + 1e-6) / (grad_b.mean() + 1e-6)).sqrt().detach()
+            product = torch.tanh(grad_a / balance) * torch.tanh(grad_b * balance)
+            total = total + product.square().mean().add(1e-12).sqrt()
+    return total / (2 * levels)
+
+
+def _total_variation(x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    dy = x.diff(dim=2).abs().mean(1, keepdim=True)
+    dx = x.diff(dim=3).abs().mean(1, keepdim=True)
+    if weight is None:
+        return dy.mean() + dx.mean()
+    return (dy * weight[:, :, 1:, :]).sum() + (dx * weight[:, :, :, 1:]).sum()
+
+
+class _Objective(torch.nn.Module):
+    """The mode's loss over the generators' outputs; counts its calls (one per iteration)
+    to schedule the priors, and owns the mode's colour parameter (airlight / mark colour)."""
+
+    def __init__(self, mode: str, target: torch.Tensor, known: torch.Tensor, iterations: int,
+                 priors: dict[str, torch.Tensor], colour: torch.Tensor | None) -> None:
+        super().__init__()
+        self.mode = mode
+        self.register_buffer("target", target)
+        self.register_buffer("known", _normalised(known))
+        for name, tensor in priors.items():
+            self.register_buffer(name, tensor)
+        self.colour = torch.nn.Parameter(colour) if colour is not None else None
+        self.iterations = iterations
+        self.step = 0
+
+    def forward(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        progress = min(1.0, self.step / max(1, self.iterations))
+        self.step += 1
+        return getattr(self, f"_{self.mode}")(outputs, progress)
+
+    def _segment(self, out: dict[str, torch.Tensor], progress: float) -> torch.Tensor:
+        fg, bg, m = out["foreground"], out["background"], out["mask"]
+        loss = _weighted_mse(m * fg + (1 - m) * bg, self.target, self.known)
+        loss = loss + HINT_FIT_WEIGHT * (_weighted_mse(fg, self.target, self.sure_fg)
+                                         + _weighted_mse(bg, self.target, self.sure_bg))
+        hint_weight = HINT_MASK_WEIGHT * max(0.1, 1.0 - 2.0 * progress)
+        loss = loss + hint_weight * ((m - self.hint).square() * self.hint_weight).sum()
+        loss = loss + BINARY_WEIGHT * min(1.0, 2.0 * progress) * (m * (1 - m) * self.known).sum()
+        return loss + EXCLUSION_WEIGHT["segment"] * exclusion_loss(fg, bg)
+
+    def _transparency(self, out: dict[str, torch.Tensor], progress: float) -> torch.Tensor:
+        a, b, w = out["layer_a"], out["layer_b"], out["weight"]
+        loss = _weighted_mse(w * a + (1 - w) * b, self.target, self.known)
+        loss = loss + CONSTANT_MIX_WEIGHT * (w - w.mean()).square().mean()
+        return loss + EXCLUSION_WEIGHT["transparency"] * exclusion_loss(a, b)
+
+    def transmission(self, raw: torch.Tensor) -> torch.Tensor:
+        return MIN_TRANSMISSION + (1 - MIN_TRANSMISSION) * raw
+
+    def _dehaze(self, out: dict[str, torch.Tensor], progress: float) -> torch.Tensor:
+        assert self.colour is not None
+        clear, t = out["dehazed"], self.transmission(out["transmission"])
+        airlight = self.colour.clamp(0.0, 1.0)
+        hazy = clear * t + airlight * (1 - t)
+        # In thick haze the image barely depends on J (its weight is t): measure the error in
+        # J's own units there too, or J's hazy parts stay unfitted. t still learns from the
+        # plain reconstruction.
+        scale = t.detach().clamp_min(0.1)
+        loss = _weighted_mse(hazy / scale, self.target / scale, self.known)
+        loss = loss + _weighted_mse(hazy, self.target, self.known)
+        loss = loss + TRANSMISSION_PRIOR_WEIGHT * _weighted_mse(t, self.transmission_prior, self.known)
+        loss = loss + AIRLIGHT_PRIOR_WEIGHT * (airlight - self.airlight_prior).square().mean()
+        return loss + TRANSMISSION_SMOOTH_WEIGHT * _total_variation(t)
+
+    def _watermark(self, out: dict[str, torch.Tensor], progress: float) -> torch.Tensor:
+        assert self.colour is not None
+        clean, m = out["clean"], out["mask"] * self.box
+        mark = self.colour.clamp(0.0, 1.0)
+        loss = _weighted_mse(m * mark + (1 - m) * clean, self.target, self.known)
+        loss = loss + CLEAN_SMOOTH_WEIGHT * _total_variation(clean, self.box_weight)
+        loss = loss + MASK_SPARSITY_WEIGHT * (m * self.box_weight).sum()
+        return loss + EXCLUSION_WEIGHT["watermark"] * exclusion_loss(clean * self.box, m)
+
+
+# ---------------------------------------------------------------------------------------------
+# Priors computed from the image (numpy / torch, no extra dependencies)
+
+
+def _pool(mask: torch.Tensor, radius: int, dilate: bool) -> torch.Tensor:
+    """Binary dilation (or erosion) of a 1×1×H×W {0,1} mask with a square of side 2r+1."""
+    if radius <= 0:
+        return mask
+    size = 2 * radius + 1
+    if dilate:
+        return F.max_pool2d(mask, size, stride=1, padding=radius)
+    return 1 - F.max_pool2d(1 - mask, size, stride=1, padding=radius)
+
+
+def _box_blur(x: np.ndarray, radius: int) -> np.ndarray:
+    """Mean over a (2r+1)² window (edges: mean of the part inside), any trailing channels."""
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    t = t.reshape(1, 1, *x.shape[:2]) if x.ndim == 2 else t.permute(2, 0, 1)[None]
+    mean = F.avg_pool2d(t, 2 * radius + 1, 1, radius, count_include_pad=False)
+    out = mean[0].permute(1, 2, 0).numpy()
+    return out[:, :, 0] if x.ndim == 2 else out
+
+
+def _otsu_threshold(values: np.ndarray) -> float:
+    hist, edges = np.histogram(values, bins=64)
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight_low = np.cumsum(hist)
+    weight_high = weight_low[-1] - weight_low
+    mean_low = np.cumsum(hist * centres) / np.maximum(weight_low, 1)
+    mean_high = (np.sum(hist * centres) - np.cumsum(hist * centres)) / np.maximum(weight_high, 1)
+    between = weight_low * weight_high * (mean_low - mean_high) ** 2
+    return float(centres[int(np.argmax(between))])
+
+
+def saliency_guess(image: np.ndarray) -> np.ndarray:
+    """A rough foreground guess (bool H×W) without a hint: colour distance to the image's
+    border (photographers frame the subject away from it), times a centre prior,
+    thresholded by Otsu. Only a starting point: the decomposition corrects it."""
+    height, width = image.shape[:2]
+    ring = max(1, min(height, width) // 10)
+    border = np.concatenate([image[:ring].reshape(-1, image.shape[2]), image[-ring:].reshape(-1, image.shape[2]),
+                             image[:, :ring].reshape(-1, image.shape[2]), image[:, -ring:].reshape(-1, image.shape[2])])
+    spread = border.std(axis=0).mean() + 0.05
+    distance = np.sqrt(((image[:, :, None, :] - _border_palette(border)[None, None]) ** 2).sum(-1)).min(-1) / spread
+    distance = _box_blur(distance, max(1, min(height, width) // 32))
+    ys = (np.arange(height) - (height - 1) / 2) / (height / 2)
+    xs = (np.arange(width) - (width - 1) / 2) / (width / 2)
+    centre = np.exp(-(ys[:, None] ** 2 + xs[None, :] ** 2) / (2 * 0.45**2))
+    score = distance * centre
+    guess = score > _otsu_threshold(score)
+    if not guess.any() or guess.all():  # a flat image: fall back to the centre prior alone
+        guess = centre > 0.5
+    return guess
+
+
+def _border_palette(border: np.ndarray, colours: int = 8) -> np.ndarray:
+    """A few representative border colours (k-means, fixed start: deterministic)."""
+    order = np.argsort(border.mean(axis=1))
+    palette = border[order[np.linspace(0, len(order) - 1, colours).astype(int)]].copy()
+    for _ in range(8):
+        nearest = ((border[:, None] - palette[None]) ** 2).sum(-1).argmin(1)
+        for k in range(colours):
+            members = border[nearest == k]
+            if len(members):
+                palette[k] = members.mean(axis=0)
+    return palette
+
+
+def _dark_channel(image: np.ndarray, radius: int) -> np.ndarray:
+    t = torch.from_numpy(np.ascontiguousarray(image.min(axis=2), dtype=np.float32))[None, None]
+    eroded = -F.max_pool2d(-F.pad(t, (radius,) * 4, mode="replicate"), 2 * radius + 1, stride=1)
+    return eroded[0, 0].numpy()
+
+
+def _guided_filter(guide: np.ndarray, source: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    """He et al.'s guided filter (grey guide): edge-aware smoothing of ``source``."""
+    mean_g, mean_s = _box_blur(guide, radius), _box_blur(source, radius)
+    cov = _box_blur(guide * source, radius) - mean_g * mean_s
+    var = _box_blur(guide * guide, radius) - mean_g**2
+    a = cov / (var + eps)
+    b = mean_s - a * mean_g
+    return _box_blur(a, radius) * guide + _box_blur(b, radius)
+
+
+def dark_channel_prior(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Airlight colour (C,) and transmission map (H×W) by the dark channel prior, the
+    transmission refined by a guided filter. Grey images work too (the dark channel is then
+    the patch minimum)."""
+    height, width = image.shape[:2]
+    radius = max(1, min(height, width) // 40)
+    dark = _dark_channel(image, radius)
+    brightest = dark.reshape(-1) >= np.quantile(dark, 0.999)
+    candidates = image.reshape(-1, image.shape[2])[brightest]
+    airlight = candidates[candidates.sum(axis=1).argmax()].astype(np.float32)
+    airlight = np.clip(airlight, 0.3, 1.0)
+    transmission = 1.0 - 0.95 * _dark_channel(image / airlight, radius)
+    guide = image.mean(axis=2)
+    refined = _guided_filter(guide, transmission, 4 * radius, 1e-3)
+    return airlight, np.clip(refined, MIN_TRANSMISSION, 1.0).astype(np.float32)
+
+
+def _watermark_colour(image: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """The colour the box's pixels stray towards from their local surroundings: the mean of
+    the 10 % of box pixels that differ most from a blurred copy."""
+    blurred = _box_blur(image, max(2, min(image.shape[:2]) // 32))
+    deviation = np.abs(image - blurred).sum(axis=2)[box]
+    pixels = image[box]
+    strongest = deviation >= np.quantile(deviation, 0.9)
+    return pixels[strongest].mean(axis=0).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# The public entry
+
+
+def default_nets(device: torch.device) -> tuple[NetConfig, NetConfig]:
+    """(layer net, mask net): the paper's net on a GPU, light nets on the CPU."""
+    return (PAPER_DENOISE, PAPER_DENOISE) if device.type == "cuda" else (LIGHT_DENOISE, LIGHT_MASK)
+
+
+def default_iterations(device: torch.device, pixels: int) -> int:
+    count = min(ITERATIONS_PER_SIDE_PIXEL * math.sqrt(pixels), MAX_DEFAULT_ITERATIONS)
+    if device.type != "cuda":
+        count = min(count, CPU_PIXEL_ITERATION_BUDGET / max(1, pixels))
+    return int(max(MIN_DEFAULT_ITERATIONS, round(count)))
+
+
+def _checked_hint(hint: np.ndarray | None, shape: tuple[int, int], mode: str) -> np.ndarray | None:
+    if hint is None:
+        if mode == "watermark":
+            raise BadInput("watermark mode needs a hint: a box (selection) around the watermark")
+        return None
+    if not isinstance(hint, np.ndarray) or hint.shape != shape:
+        raise BadInput(f"the hint must be an H×W mask of the image's size {shape}, "
+                       f"got {getattr(hint, 'shape', type(hint).__name__)}")
+    hint = np.asarray(hint, dtype=np.float32) > 0.5
+    if not hint.any():
+        return None if mode != "watermark" else _checked_hint(None, shape, mode)
+    if hint.all():
+        raise BadInput(f"the {mode} hint covers the whole image; mark only the "
+                       f"{'watermark' if mode == 'watermark' else 'foreground'}")
+    return hint
+
+
+def decompose(
+    image: np.ndarray,
+    mode: str,
+    hint: np.ndarray | None = None,
+    *,
+    iterations: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    progress: ProgressCallback | None = None,
+    cancel_requested: CancelCallback | None = None,
+    preview: PreviewLayers | None = None,
+    nets: tuple[NetConfig, NetConfig] | None = None,
+    augment: bool | None = None,
+) -> Decomposition:
+    """Split ``image`` (float32 H×W×C in [0, 1], C = 1 or 3) into the ``mode``'s layers.
+
+    ``hint``: bool H×W; segment: the rough foreground (optional); watermark: the area
+    holding the mark (required; its bounding box is used); ignored by the other modes.
+    ``iterations=None`` uses `default_iterations`; ``nets`` = (layer net, mask net)
+    overrides `default_nets`. ``augment`` (flips/rotations, as in the paper) defaults to on
+    on a GPU only: it slows the fit several-fold, which CPU budgets cannot afford. ``preview`` gets the layers so far (as returned). On cancel,
+    `Cancelled.partial` holds the `Decomposition` so far (or None).
+    """
+    if mode not in MODES:
+        raise BadInput(f"unknown decomposition mode {mode!r}; expected one of {', '.join(MODES)}")
+    image = _checked_image(image)
+    height, width, channels = image.shape
+    hint = _checked_hint(hint, (height, width), mode)
+    iterations = _checked_iterations(iterations)
+    seed = _checked_seed(seed)
+    torch_device = resolve_device(device)
+    layer_net, mask_net = nets or default_nets(torch_device)
+    if augment is None:
+        augment = torch_device.type == "cuda"
+
+    # Sizes are powers of two: padding to the stricter net's rule satisfies both.
+    rule = max((layer_net, mask_net), key=lambda net: (net.size_multiple, net.min_side))
+    pad_y, pad_x = _padding(height, rule), _padding(width, rule)
+    padded = np.pad(image, (pad_y, pad_x, (0, 0)), mode="reflect")
+    size = padded.shape[:2]
+    inside = (slice(pad_y[0], pad_y[0] + height), slice(pad_x[0], pad_x[0] + width))
+    if iterations is None:
+        iterations = default_iterations(torch_device, size[0] * size[1])
+
+    def tensor(array: np.ndarray) -> torch.Tensor:
+        array = array if array.ndim == 3 else array[:, :, None]
+        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32))[None]
+
+    known_np = np.zeros(size, np.float32)
+    known_np[inside] = 1.0
+    known = tensor(known_np)
+    priors: dict[str, torch.Tensor] = {}
+    colour: torch.Tensor | None = None
+    mask_channels = 1
+    if mode == "segment":
+        guessed = hint is None
+        rough = saliency_guess(image) if guessed else hint
+        rough_t = tensor(np.pad(rough, (pad_y, pad_x), mode="edge").astype(np.float32))
+        # A lasso overshoots the object (and a guess is rougher still): trust only its core
+        # (eroded by a fraction of its own size) as foreground, and what lies a little
+        # outside it as background. The mask follows the same sure regions early on.
+        core_radius = max(1, round((0.2 if guessed else 0.15) * math.sqrt(float(rough.sum()))))
+        outside_radius = max(1, round(0.02 * min(height, width)))
+        sure_fg = _pool(rough_t, core_radius, dilate=False) * known
+        if not bool(sure_fg.any()):  # a thin selection: its skeleton is all we have
+            sure_fg = rough_t * known
+        sure_bg = (1 - _pool(rough_t, outside_radius, dilate=True)) * known
+        priors["sure_fg"] = _normalised(sure_fg)
+        priors["sure_bg"] = _normalised(sure_bg)
+        priors["hint"] = rough_t
+        priors["hint_weight"] = _normalised(sure_fg + sure_bg)
+    elif mode == "dehaze":
+        airlight, transmission = dark_channel_prior(image)
+        priors["transmission_prior"] = tensor(np.pad(transmission, (pad_y, pad_x), mode="reflect"))
+        colour = torch.from_numpy(airlight).reshape(1, channels, 1, 1)
+        priors["airlight_prior"] = colour.clone()
+    elif mode == "watermark":
+        assert hint is not None
+        rows, cols = np.flatnonzero(hint.any(axis=1)), np.flatnonzero(hint.any(axis=0))
+        box = np.zeros((height, width), bool)
+        box[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = True
+        box_t = tensor(np.pad(box, (pad_y, pad_x)).astype(np.float32))
+        priors["box"] = box_t
+        priors["box_weight"] = _normalised(box_t)
+        colour = torch.from_numpy(_watermark_colour(image, box)).reshape(1, channels, 1, 1)
+
+    generator_names = {
+        "segment": [("foreground", layer_net, channels), ("background", layer_net, channels),
+                    ("mask", mask_net, mask_channels)],
+        "transparency": [("layer_a", layer_net, channels), ("layer_b", layer_net, channels),
+                         ("weight", mask_net, mask_channels)],
+        "dehaze": [("dehazed", layer_net, channels), ("transmission", mask_net, mask_channels)],
+        "watermark": [("clean", layer_net, channels), ("mask", mask_net, mask_channels)],
+    }[mode]
+    generators = [Generator(name, net, c) for name, net, c in generator_names]
+    objective = _Objective(mode, tensor(padded), known, iterations, priors, colour)
+
+    def assemble(outputs: dict[str, np.ndarray]) -> Decomposition:
+        cropped = {name: np.ascontiguousarray(array[inside]) for name, array in outputs.items()}
+        learnt = None if objective.colour is None else \
+            objective.colour.detach().clamp(0, 1).reshape(-1).to("cpu", torch.float32).numpy().copy()
+        layers: dict[str, np.ndarray]
+        if mode == "segment":
+            layers = dict(cropped)
+        elif mode == "transparency":
+            weight = cropped["weight"]
+            if float(weight.mean()) <= 0.5:  # the stronger layer is the transmission
+                layers = {"transmission": cropped["layer_b"], "reflection": cropped["layer_a"], "weight": weight}
+            else:
+                layers = {"transmission": cropped["layer_a"], "reflection": cropped["layer_b"],
+                          "weight": 1 - weight}
+        elif mode == "dehaze":
+            t = MIN_TRANSMISSION + (1 - MIN_TRANSMISSION) * cropped["transmission"]
+            layers = {"dehazed": cropped["dehazed"], "transmission": t}
+        else:
+            box_crop = objective.box[0, 0].cpu().numpy()[inside][:, :, None]
+            layers = {"clean": cropped["clean"], "mask": cropped["mask"] * box_crop}
+        return Decomposition(mode, layers, learnt, iterations)
+
+    def preview_layers(outputs: dict[str, np.ndarray]) -> None:
+        assert preview is not None
+        preview(assemble(outputs).layers)
+
+    try:
+        outputs = fit_generators(
+            objective, generators, size,
+            iterations=iterations, device=torch_device, seed=seed, lr=LEARNING_RATE,
+            reg_noise_std=REG_NOISE_STD, ema=OUTPUT_EMA, augment=augment,
+            progress=progress, cancel_requested=cancel_requested,
+            preview=preview_layers if preview is not None else None,
+            label=f"Double-DIP {mode}",
+        )
+    except Cancelled as cancelled:
+        partial = assemble(cancelled.partial) if isinstance(cancelled.partial, dict) else None
+        raise Cancelled(cancelled.message, partial) from None
+    except torch.cuda.OutOfMemoryError:
+        raise BadInput(f"Double-DIP {mode}: a {size[1]}×{size[0]} px image does not fit in GPU "
+                       "memory; use a smaller image or device 'cpu'") from None
+    return assemble(outputs)
+
+
+__all__ = ["MODES", "MIN_IMAGE_SIDE", "Decomposition", "decompose", "exclusion_loss",
+           "dark_channel_prior", "saliency_guess", "default_iterations", "default_nets"]

@@ -1,0 +1,230 @@
+"""Double-DIP decomposition (engine/dip/doubledip.py), the `decompose` op, its wire attributes
+and its CLI. Small images, small nets and a few hundred iterations: each mode's test checks
+that the layers recombine into the input and that the split is better than doing nothing."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine.dip import doubledip
+from engine.dip.nets import NetConfig
+from engine.errors import BadInput, Cancelled
+from engine.ops import ResultLayer, run_op
+from engine.protocol import Buffer, encode_message
+from tests.conftest import SHARED_DATA
+
+# Three-level nets (sides: multiples of 8): the same prior, cheap enough for a test.
+SMALL_NETS = (
+    NetConfig(channels_down=(16, 32, 64), channels_up=(16, 32, 64), channels_skip=(4, 4, 4), input_channels=8),
+    NetConfig(channels_down=(8, 16, 32), channels_up=(8, 16, 32), channels_skip=(4, 4, 4), input_channels=8),
+)
+SIZE = 48
+
+
+def _crop(name: str, size: int = SIZE, top: int | None = None, left: int | None = None) -> np.ndarray:
+    image = np.asarray(Image.open(SHARED_DATA / name).convert("RGB"), dtype=np.float32) / 255
+    top = (image.shape[0] - size) // 2 if top is None else top
+    left = (image.shape[1] - size) // 2 if left is None else left
+    return np.ascontiguousarray(image[top:top + size, left:left + size])
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(1.0 / np.mean((np.asarray(a, np.float64) - b) ** 2)))
+
+
+def _gain_fitted_psnr(layer: np.ndarray, truth: np.ndarray) -> float:
+    """PSNR after the best single gain (layers are recovered up to their mixing weight)."""
+    gain = float((layer * truth).sum() / max((layer * layer).sum(), 1e-12))
+    return _psnr(np.clip(gain * layer, 0, 1), truth)
+
+
+def _run(image: np.ndarray, mode: str, hint: np.ndarray | None = None, iterations: int = 250):
+    return doubledip.decompose(image, mode, hint, iterations=iterations, device="cpu", seed=0, nets=SMALL_NETS)
+
+
+def test_exclusion_loss_is_zero_for_disjoint_edges_and_high_for_shared_ones() -> None:
+    a = torch.zeros(1, 1, 32, 32)
+    a[..., :, 8:] = 1.0  # a vertical edge on the left
+    b = torch.zeros(1, 1, 32, 32)
+    b[..., :, 24:] = 1.0  # another one, far to the right
+    assert doubledip.exclusion_loss(a, b).item() < 1e-4
+    assert doubledip.exclusion_loss(a, a).item() > 0.05
+
+
+def test_segment_with_a_rough_hint_finds_the_object() -> None:
+    yy, xx = np.mgrid[:SIZE, :SIZE] / SIZE
+    truth = ((yy - 0.5) ** 2 / 0.3**2 + (xx - 0.5) ** 2 / 0.22**2 + 0.15 * np.sin(10 * xx)) < 1
+    image = np.where(truth[..., None], _crop("dip/sr/zebra_GT.png", top=100, left=100),
+                     _crop("dip/inpainting/kate.png", top=50, left=50)).astype(np.float32)
+    hint = ((yy - 0.52) ** 2 / 0.36**2 + (xx - 0.48) ** 2 / 0.3**2) < 1  # a loose lasso
+    result = _run(image, "segment", hint)
+    found = result.layers["mask"][..., 0] > 0.5
+    iou = (found & truth).sum() / (found | truth).sum()
+    assert iou >= 0.85, f"IoU {iou:.3f}"
+    assert iou > (hint & truth).sum() / (hint | truth).sum() + 0.1  # better than the hint itself
+    assert _psnr(result.composite(), image) > 24
+
+
+def test_transparency_separates_a_50_50_mix_better_than_the_mix() -> None:
+    a, b = _crop("dip/denoising/F16_GT.png", top=100, left=150), _crop("dip/inpainting/kate.png", top=50, left=50)
+    mix = 0.5 * a + 0.5 * b
+    result = _run(mix, "transparency")
+    layers = (result.layers["transmission"], result.layers["reflection"])
+    # Best assignment of the two recovered layers to the two sources.
+    score = max(min(_gain_fitted_psnr(layers[0], a), _gain_fitted_psnr(layers[1], b)),
+                min(_gain_fitted_psnr(layers[0], b), _gain_fitted_psnr(layers[1], a)))
+    baseline = min(_gain_fitted_psnr(mix, a), _gain_fitted_psnr(mix, b))
+    assert score > baseline + 1.0, f"separated {score:.2f} dB vs mix {baseline:.2f} dB"
+    weight = result.layers["weight"]
+    assert weight.std() < 0.05  # near-constant mixing
+    assert _psnr(result.composite(), mix) > 28
+
+
+def test_dehaze_beats_the_hazy_input() -> None:
+    size = 64
+    clear = _crop("dip/inpainting/vase.png", size)
+    depth = np.mgrid[:size, :size][0][..., None] / size
+    transmission = 0.1 + 0.8 * depth  # far (top) rows almost pure haze, as in a landscape
+    airlight = np.array([0.85, 0.87, 0.9], np.float32)
+    hazy = (clear * transmission + airlight * (1 - transmission)).astype(np.float32)
+    result = doubledip.decompose(hazy, "dehaze", iterations=300, device="cpu", nets=SMALL_NETS)
+    gain = _psnr(result.layers["dehazed"], clear) - _psnr(hazy, clear)
+    assert gain > 2.0, f"gain {gain:.2f} dB"
+    assert np.abs(result.colour - airlight).max() < 0.08
+    assert _psnr(result.composite(), hazy) > 20
+
+
+def test_watermark_moves_the_mark_into_its_own_layer() -> None:
+    clean = _crop("dip/denoising/F16_GT.png", top=100, left=150)
+    box = np.zeros((SIZE, SIZE), bool)
+    box[24:36, 12:36] = True
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    opacity = np.where(box & (((xx // 3) % 3 == 0) | ((yy // 3) % 4 == 0)), 0.5, 0.0)[..., None]
+    marked = (opacity * 1.0 + (1 - opacity) * clean).astype(np.float32)
+    result = _run(marked, "watermark", box)
+    assert _psnr(result.layers["clean"][box], clean[box]) > _psnr(marked[box], clean[box]) + 3
+    assert (result.layers["mask"][~box] == 0).all()  # the mark lives in the box only
+    assert _psnr(result.composite(), marked) > 25
+
+
+def test_bad_hints_and_modes_are_refused_before_work() -> None:
+    image = np.full((32, 32, 3), 0.5, np.float32)
+    with pytest.raises(BadInput, match="needs a hint"):
+        doubledip.decompose(image, "watermark", None, iterations=1, device="cpu")
+    with pytest.raises(BadInput, match="whole image"):
+        doubledip.decompose(image, "segment", np.ones((32, 32), bool), iterations=1, device="cpu")
+    with pytest.raises(BadInput, match="mode"):
+        run_op("decompose", image, None, {"mode": "cartoon"})
+
+
+def test_cancel_carries_the_layers_so_far() -> None:
+    calls = []
+
+    def cancel() -> bool:
+        calls.append(1)
+        return len(calls) > 3
+
+    image = _crop("dip/denoising/F16_GT.png", 32)
+    with pytest.raises(Cancelled) as raised:
+        doubledip.decompose(image, "segment", iterations=100000, device="cpu", nets=SMALL_NETS,
+                            cancel_requested=cancel)
+    partial = raised.value.partial
+    assert partial is None or set(partial.layers) == {"foreground", "background", "mask"}
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_op_returns_a_stack_whose_attributes_rebuild_the_input(channels: int) -> None:
+    image = _crop("dip/denoising/F16_GT.png", 32)
+    if channels == 4:
+        image = np.concatenate([image, np.ones((32, 32, 1), np.float32)], axis=2)
+    layers = run_op("decompose", image, None, {"mode": "dehaze", "iterations": 30, "device": "cpu"})
+    assert [layer.role for layer in layers] == ["transmission", "haze", "dehazed", "haze-mask"]
+    by_role = {layer.role: layer for layer in layers}
+    assert by_role["transmission"].visible is False
+    assert by_role["haze"].mask == "haze-mask" and by_role["haze-mask"].kind == "mask"
+    assert by_role["haze-mask"].pixels.shape == (32, 32, 1)
+    assert all(layer.pixels.shape == image.shape for layer in layers if layer.kind == "layer")
+
+
+def _gimp_composite(layers: list[ResultLayer]) -> np.ndarray:
+    """What GIMP does with the attributes: visible layers bottom up, each over the rest."""
+    by_role = {layer.role: layer for layer in layers}
+    composite = np.zeros_like(next(layer.pixels for layer in layers if layer.kind == "layer"))
+    for layer in reversed(layers):
+        if layer.kind == "mask" or not layer.visible:
+            continue
+        weight = layer.opacity * (by_role[layer.mask].pixels if layer.mask else 1.0)
+        composite = weight * layer.pixels + (1 - weight) * composite
+    return composite
+
+
+@pytest.mark.parametrize("mode", doubledip.MODES)
+@pytest.mark.parametrize("alpha", [False, True])
+def test_layer_stacks_composite_to_what_the_model_reconstructs(mode: str, alpha: bool) -> None:
+    from engine.ops import decomposition_layers
+
+    rng = np.random.default_rng(1)
+    pick = lambda c: rng.random((16, 16, c), dtype=np.float32)  # noqa: E731
+    layers = {"segment": {"foreground": pick(3), "background": pick(3), "mask": pick(1)},
+              "transparency": {"transmission": pick(3), "reflection": pick(3), "weight": pick(1)},
+              "dehaze": {"dehazed": pick(3), "transmission": pick(1)},
+              "watermark": {"clean": pick(3), "mask": pick(1)}}[mode]
+    model = doubledip.Decomposition(mode, layers, rng.random(3, dtype=np.float32), 1)
+    opaque = np.ones((16, 16, 1), np.float32) if alpha else None
+    stack = decomposition_layers(model, opaque)
+    composite = _gimp_composite(stack)
+    np.testing.assert_allclose(composite[..., :3], model.composite(), atol=1e-5)
+    if alpha:
+        np.testing.assert_allclose(composite[..., 3], 1.0, atol=1e-6)
+
+
+def test_result_attributes_travel_in_the_descriptor_only_when_set() -> None:
+    from neural_restore.filters import layer_stack
+    from neural_restore.protocol import read_frame
+    import io
+
+    plain = ResultLayer("image", "Denoised", np.zeros((2, 2, 3), np.float32))
+    assert plain.attributes() == {}
+    top = ResultLayer("haze", "Haze", np.zeros((2, 2, 3), np.float32), opacity=0.5, mask="haze-mask")
+    mask = ResultLayer("haze-mask", "Haze mask", np.zeros((2, 2, 1), np.float32), kind="mask")
+    hidden = ResultLayer("map", "Map", np.zeros((2, 2, 3), np.float32), visible=False)
+    buffers = [Buffer(r.role, np.zeros(r.pixels.shape, np.uint8), 0, 0, {"title": r.title, **r.attributes()})
+               for r in (top, hidden, mask)]
+    header, wire = read_frame(io.BytesIO(encode_message({"type": "result", "id": 1}, buffers)))
+    assert [(b.title, b.opacity, b.mask, b.visible, b.is_mask) for b in wire] == [
+        ("Haze", 0.5, "haze-mask", True, False), ("Map", 1.0, None, False, False),
+        ("Haze mask", 1.0, None, True, True)]
+    stack = layer_stack(wire)
+    assert [(layer.name, m.name if m else None) for layer, m in stack] == [("haze", "haze-mask"), ("map", None)]
+
+
+def test_cli_writes_one_png_per_layer_and_a_manifest(tmp_path) -> None:
+    image = (_crop("dip/denoising/F16_GT.png", 40) * 255).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "in.png")
+    hint = np.zeros((40, 40), np.uint8)
+    hint[10:30, 12:32] = 255
+    Image.fromarray(hint).save(tmp_path / "hint.png")
+    result = subprocess.run([sys.executable, "-m", "engine", "decompose", tmp_path / "in.png", "-o",
+                             tmp_path / "layers", "--mode", "segment", "--hint", tmp_path / "hint.png",
+                             "--iterations", "20", "--device", "cpu", "--quiet"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "layers" / "manifest.json").read_text())
+    assert manifest["op"] == "decompose" and manifest["params"]["mode"] == "segment"
+    entries = {entry["role"]: entry for entry in manifest["layers"]}
+    assert [entry["title"] for entry in manifest["layers"]] == ["Foreground", "Background", "Foreground mask"]
+    assert entries["foreground"]["mask"] == "foreground-mask" and entries["foreground-mask"]["kind"] == "mask"
+    for entry in manifest["layers"]:
+        written = np.asarray(Image.open(tmp_path / "layers" / entry["file"]))
+        assert written.shape[:2] == (40, 40)
+    # Watermark mode without a hint: one clear line, exit 2, no traceback.
+    result = subprocess.run([sys.executable, "-m", "engine", "decompose", tmp_path / "in.png", "-o",
+                             tmp_path / "wm", "--mode", "watermark", "--iterations", "5", "--quiet"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "needs a hint" in result.stderr and "Traceback" not in result.stderr

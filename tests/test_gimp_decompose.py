@@ -1,0 +1,52 @@
+"""Decompose into Layers in a real headless GIMP 3 (see tests/test_gimp_plugin.py for the set-up):
+a layer group named after the mode appears above the source, holding the layers with their
+masks, hidden map and opacity; its composite reproduces the source; the source is untouched."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import SHARED_DATA
+from tests.test_gimp_plugin import EXCHANGE, SIZE, _psnr, _read, _write, gimp, run_in_gimp  # noqa: F401
+
+pytestmark = pytest.mark.gimp
+
+
+def test_dehaze_builds_a_layer_group_that_reproduces_the_source(gimp) -> None:  # noqa: F811
+    clear = np.asarray(Image.open(SHARED_DATA / "dip/inpainting/vase.png").convert("RGB"), np.float32)[136:184, 136:184]
+    depth = np.mgrid[:SIZE, :SIZE][0][..., None] / SIZE
+    t = 0.2 + 0.7 * depth
+    hazy = np.clip(clear * t + np.array([220.0, 222.0, 228.0]) * (1 - t), 0, 255).astype(np.uint8)
+    _write(gimp, "hazy.raw", hazy.tobytes())
+    facts = run_in_gimp(gimp, """
+        image, layer = make_image("hazy.raw", "R'G'B' u8", Gimp.ImageType.RGB_IMAGE, (64, 64), (6, 5))
+        facts["status"], facts["message"] = run_filter("plug-in-neural-restore-decompose", image, layer,
+                                                       mode="dehaze", iterations=150, seed=0, device="cpu")
+        top = image.get_layers()
+        facts["top"] = [l.get_name() for l in top]
+        group = top[0]
+        facts["is_group"] = group.is_group()
+        children = group.get_children()
+        facts["children"] = [{"name": c.get_name(), "visible": c.get_visible(), "mask": c.get_mask() is not None,
+                              "offsets": list(c.get_offsets()[-2:]), "opacity": c.get_opacity()} for c in children]
+        dump_layer(layer, "hazy-after.raw", "R'G'B' u8")
+        visible = Gimp.Layer.new_from_visible(image, image, "composite")
+        image.insert_layer(visible, None, 0)
+        visible.set_offsets(0, 0)
+        rect = Gegl.Rectangle.new(6, 5, {size}, {size})
+        with open(X + "/composite.raw", "wb") as handle:
+            handle.write(bytes(visible.get_buffer().get(rect, 1.0, "R'G'B' u8", Gegl.AbyssPolicy.CLAMP)))
+        # Undo: one step removes the whole group.
+        facts["undo"] = image.undo_is_enabled()
+        image.delete()
+    """.replace("{size}", str(SIZE)))
+    assert facts["status"] == "success", facts["message"]
+    assert facts["top"] == ["Dehaze", "Source"]
+    assert facts["is_group"]
+    assert [(c["name"], c["visible"], c["mask"]) for c in facts["children"]] == [
+        ("Transmission map", False, False), ("Haze", True, True), ("Dehazed", True, False)]
+    assert all(c["offsets"] == [6, 5] for c in facts["children"])
+    assert gimp.to_host(f"{EXCHANGE}/hazy-after.raw").read_bytes() == hazy.tobytes()
+    composite = _read(gimp, "composite.raw", 3)
+    assert _psnr(composite, hazy) > 20, _psnr(composite, hazy)
