@@ -31,11 +31,53 @@ def _babl_format(channels, dtype):
 
 
 class Gimp3Host(object):
-    def __init__(self, image, drawables):
+    def __init__(self, image, drawables, preview_interval_s=None):
         self.image = image
         self.drawables = list(drawables or [])
         self._drawable = None
         self._progress_started = False
+        self.preview_interval_s = preview_interval_s
+        self._preview = None
+
+    def show_preview(self, source, layer_name, buffers):
+        """One temporary layer above the source, outside the undo history.
+
+        The undo stack is frozen only around each edit (milliseconds), not for the whole
+        run: GIMP kills a plug-in on cancel, and a stack left frozen would make the user's
+        next edits impossible to undo. Freeze/thaw (unlike undo_disable) keeps the history.
+        """
+        buf = buffers[0]
+        image = self.image
+        image.undo_freeze()
+        try:
+            if self._preview is None or not self._preview.is_valid():
+                drawable = self._drawable
+                layer = Gimp.Layer.new(image, layer_name, buf.width, buf.height, drawable.type(), 100.0,
+                                       Gimp.LayerMode.NORMAL)
+                image.insert_layer(layer, drawable.get_parent(), image.get_item_position(drawable))
+                layer.set_offsets(buf.x, buf.y)
+                self._preview = layer
+            target = self._preview.get_buffer()
+            target.set(Gegl.Rectangle.new(0, 0, buf.width, buf.height), _babl_format(buf.channels, buf.dtype),
+                       buf.data)
+            target.flush()
+            self._preview.update(0, 0, buf.width, buf.height)
+        finally:
+            image.undo_thaw()
+        Gimp.displays_flush()
+
+    def remove_preview(self):
+        if self._preview is None:
+            return
+        layer, self._preview = self._preview, None
+        if not layer.is_valid():  # the user deleted it meanwhile
+            return
+        self.image.undo_freeze()
+        try:
+            self.image.remove_layer(layer)
+        finally:
+            self.image.undo_thaw()
+        Gimp.displays_flush()
 
     def source(self):
         if len(self.drawables) != 1:
