@@ -297,3 +297,12 @@ def test_no_preview_frames_unless_asked_and_cancel_without_partial_is_an_error(s
         assert header["type"] == "error" and header["kind"] == "cancelled"
     finally:
         served.close()
+
+
+def test_serve_runs_without_a_writable_log_folder(config, monkeypatch):
+    monkeypatch.setenv("NEURAL_RESTORE_LOG_DIR", "/proc/neural-restore-logs")
+    _, buf = _image_buffer(16, 16)
+    with EngineProcess(config) as engine:
+        assert engine.hello["log"] is None
+        _, results = engine.run("denoise", {"iterations": 2}, [buf])
+    assert results
