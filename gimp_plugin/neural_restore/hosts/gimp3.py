@@ -1,4 +1,7 @@
 """GIMP 3 host adapter (Python 3, GObject Introspection). See filters.py for the interface."""
+import os
+import time
+
 import gi
 
 gi.require_version("Gimp", "3.0")
@@ -7,6 +10,8 @@ from gi.repository import Gegl, Gimp  # noqa: E402
 
 from ..filters import SourceInfo, refuse_item  # noqa: E402
 
+# NEURAL_RESTORE_PROGRESS_LOG=<file>: append every progress update (time, fraction, text).
+PROGRESS_LOG = os.environ.get("NEURAL_RESTORE_PROGRESS_LOG")
 # Babl sample-type suffix per wire dtype; 16-bit and float images never pass through 8 bits.
 _BABL_TYPE = {"u8": "u8", "u16": "u16", "f32": "float"}
 # Linear-light integer images are not listed: the protocol's values are perceptual, and
@@ -126,6 +131,9 @@ class Gimp3Host(object):
         if text:
             Gimp.progress_set_text(text)
         Gimp.progress_update(max(0.0, min(1.0, fraction)))
+        if PROGRESS_LOG:  # what GIMP was told, for bug reports and the progress test
+            with open(PROGRESS_LOG, "a") as handle:
+                handle.write("%.3f\t%.4f\t%s\n" % (time.time(), fraction, text))
         return False
 
     def add_layers(self, source, layer_name, buffers):
