@@ -377,3 +377,10 @@ def test_estimate_asks_the_real_engine_and_never_raises(tmp_path, monkeypatch):
     assert "this machine has 1 MB free" in text
     monkeypatch.setenv("NEURAL_RESTORE_ENGINE_PYTHON", str(tmp_path / "no-such-python"))
     assert filters.estimate_text(host, _spec("denoise"), {}, str(tmp_path)) == filters.ESTIMATE_UNAVAILABLE
+
+
+def test_preset_is_appended_for_positional_callers_and_shown_first_in_the_dialog():
+    spec = _spec("denoise")
+    assert [p.name for p in spec.params] == ["iterations", "seed", "device", "preset"]
+    assert filters.dialog_order(spec) == ["preset", "iterations", "seed", "device"]
+    assert spec.param("preset").choice_values() == ["auto", "fast", "quality", "paper"]

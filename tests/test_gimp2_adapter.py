@@ -55,7 +55,7 @@ def test_plugin_package_is_python27_syntax(python27: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def facts(python27: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def facts(python27: Path, tmp_path_factory: pytest.TempPathFactory, engine_python: str) -> dict[str, Any]:
     # Lay the plug-in out as a GIMP 2.10 plug-ins folder: loose script + package beside it.
     plugins = tmp_path_factory.mktemp("plug-ins")
     shutil.copy(REPO / "gimp_plugin" / "gimp2" / "neural_restore_gimp2.py", plugins)
@@ -63,7 +63,7 @@ def facts(python27: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     out = tmp_path_factory.mktemp("out")
     result = _run27(python27, str(GIMP2_TESTS / "drive_adapter.py"), str(plugins), str(out),
-                    env={"NEURAL_RESTORE_ENGINE_PYTHON": sys.executable})
+                    env={"NEURAL_RESTORE_ENGINE_PYTHON": engine_python})  # this checkout's engine
     assert result.returncode == 0, result.stdout + result.stderr
     found = json.loads((out / "facts.json").read_text())
     found["out"] = str(out)
@@ -80,7 +80,7 @@ def test_runs_under_python_2_7_and_registers_both_filters(facts: dict[str, Any])
     assert set(registered) == {"plug-in-neural-restore-denoise", "plug-in-neural-restore-inpaint-selection"}
     for proc in registered.values():
         assert proc["menu"] == "<Image>/Filters/Enhance/Neural"
-        assert proc["params"] == ["image", "drawable", "iterations", "seed", "device"]
+        assert proc["params"] == ["image", "drawable", "iterations", "seed", "device", "preset"]
         assert proc["imagetypes"] == "RGB*, GRAY*"
 
 

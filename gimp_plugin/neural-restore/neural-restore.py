@@ -71,7 +71,7 @@ class NeuralRestore(Gimp.PlugIn):
             # if the engine cannot start the dialog still opens, saying so in the label.
             estimate = filters.estimate_text(Gimp3Host(image, drawables), spec, values, PLUGIN_DIR)
             dialog.get_label("estimate", estimate, False, False)
-            dialog.fill([p.name for p in spec.params] + ["estimate"])
+            dialog.fill(filters.dialog_order(spec) + ["estimate"])
             accepted = dialog.run()
             dialog.destroy()
             if not accepted:

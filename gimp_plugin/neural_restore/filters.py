@@ -116,15 +116,22 @@ PRESET_CHOICES = (("auto", "Automatic"), ("fast", "Fast"), ("quality", "Best qua
 PRESET_PARAM = FilterParam("preset", "choice", "auto", "Quality",
                            "Speed/quality trade-off: auto, fast, quality or paper (the published "
                            "settings, slow on a CPU)", choices=PRESET_CHOICES)
-# Shared by the DIP filters.
+# Shared by the DIP filters. New settings go last: gimpfu (GIMP 2.10) scripts pass them by
+# position. The GIMP 3 dialog shows "preset" first (dialog_order).
 DIP_PARAMS = (
-    PRESET_PARAM,
     FilterParam("iterations", "int", 0, "Iterations",
                 "Optimisation steps; 0 chooses automatically from the image size", 0, 100000),
     FilterParam("seed", "int", 0, "Seed", "Random seed: the same seed gives the same result",
                 0, 2147483647),
     DEVICE_PARAM,
+    PRESET_PARAM,
 )
+
+
+def dialog_order(spec):
+    """Names of the spec's settings in the order the dialog shows them: quality first."""
+    names = [p.name for p in spec.params]
+    return sorted(names, key=lambda name: name != "preset")
 
 FILTERS = (
     FilterSpec("denoise", "denoise", "_Denoise...",
