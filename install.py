@@ -180,6 +180,78 @@ def find_gimp_plugin_dirs(platform: Optional[str] = None, env: Optional[Mapping[
     return found
 
 
+GIMP2_VERSION = "2.10"
+GIMP2_ENTRY = "neural_restore_gimp2.py"  # gimp_plugin/gimp2/<this>, copied flat into plug-ins/
+
+
+def find_gimp2_plugin_dirs(platform: Optional[str] = None, env: Optional[Mapping[str, str]] = None,
+                           home: Optional[Path] = None) -> list[Path]:
+    """plug-ins folder of every existing GIMP 2.10 profile (none is created: 2.10 is opt-in)."""
+    found = []
+    for root in gimp_config_roots(platform, env, home):
+        profile = root / GIMP2_VERSION
+        if profile.is_dir():
+            found.append(profile / "plug-ins")
+    return found
+
+
+def install_gimp2_plugin(plugins_dir: Path, engine_python: Path, *, venv: Optional[Path] = None,
+                         source_dir: Optional[Path] = None, repo_dir: Optional[Path] = None,
+                         log_dir: Optional[Path] = None, version: Optional[str] = None) -> Path:
+    """Copy the GIMP 2.10 (gimpfu) entry, the neural_restore package and engine.json into
+    <plugins_dir>, flat, as GIMP 2.10 expects; returns the entry script's path.
+
+    The package is swapped in through a staging folder like the GIMP 3 install; the entry
+    and engine.json are replaced atomically. The package's files are not executable, so
+    GIMP 2.10 never mistakes them for plug-ins.
+    """
+    source_dir = Path(source_dir) if source_dir is not None else PLUGIN_SOURCE_DIR
+    repo_dir = Path(repo_dir) if repo_dir is not None else REPO_DIR
+    plugins_dir = Path(os.path.abspath(plugins_dir))
+    entry_source = source_dir / "gimp2" / GIMP2_ENTRY
+    for needed in (entry_source, source_dir / PLUGIN_PACKAGE):
+        if not needed.exists():
+            raise InstallError(f"plug-in sources incomplete: {needed} is missing")
+    ensure_writable_dir(plugins_dir)
+    venv = Path(venv) if venv is not None else Path(os.path.abspath(engine_python)).parent.parent
+    version = version if version is not None else read_project_metadata(repo_dir)["version"]
+    log_dir = Path(log_dir) if log_dir is not None else default_log_dir()
+    plugins_dir.mkdir(parents=True, exist_ok=True)
+
+    package = plugins_dir / PLUGIN_PACKAGE
+    staging = Path(tempfile.mkdtemp(prefix=f".{PLUGIN_PACKAGE}.new-", dir=plugins_dir))
+    try:
+        shutil.copytree(source_dir / PLUGIN_PACKAGE, staging, ignore=COPY_IGNORE, dirs_exist_ok=True)
+        os.chmod(staging, 0o755)
+        if package.is_symlink() or package.exists():
+            _remove_path(package)
+        os.replace(staging, package)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    entry = plugins_dir / GIMP2_ENTRY
+    tmp = entry.with_name(GIMP2_ENTRY + ".tmp")
+    shutil.copyfile(entry_source, tmp)
+    os.chmod(tmp, 0o755)  # GIMP 2.10 runs only executable files in plug-ins/
+    os.replace(tmp, entry)
+    write_config(plugins_dir, build_config(venv, engine_python, version, repo_dir, log_dir))
+    return entry
+
+
+def uninstall_gimp2(plugins_dirs: Sequence[Path]) -> list[Path]:
+    """Remove what install_gimp2_plugin put into each folder (only when our entry is there)."""
+    removed: list[Path] = []
+    for plugins_dir in plugins_dirs:
+        entry = Path(os.path.abspath(plugins_dir)) / GIMP2_ENTRY
+        if not entry.is_file():
+            continue
+        for path in (entry, entry.parent / PLUGIN_PACKAGE, entry.parent / CONFIG_NAME):
+            if path.exists() or path.is_symlink():
+                _remove_path(path)
+                removed.append(path)
+    return removed
+
+
 def is_flatpak_dir(plugins_dir: Path) -> bool:
     parts = Path(plugins_dir).parts
     return any(parts[i:i + 3] == (".var", "app", FLATPAK_ID) for i in range(len(parts)))
@@ -485,6 +557,14 @@ def ensure_writable_dir(path: Path) -> None:
         raise InstallError(f"cannot write to {path}: {probe} is not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise InstallError(f"no write permission for {probe} (needed for {path})")
+    # os.access says yes to root, and on read-only or special mounts: really write a file.
+    try:
+        handle, name = tempfile.mkstemp(prefix=".neural-restore-probe-", dir=probe)
+        os.close(handle)
+        os.unlink(name)
+    except OSError as exc:
+        raise InstallError(f"cannot write to {probe} (needed for {path}): {exc.strerror or exc}; "
+                           "choose another folder or fix its permissions") from None
 
 
 def check_plugin_source(source_dir: Path) -> None:
@@ -639,6 +719,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     gimp.add_argument("--gimp-dir", action="append", type=Path, default=None, metavar="DIR",
                       help="GIMP plug-ins folder to install into (repeatable; default: every GIMP 3.x found)")
     gimp.add_argument("--no-gimp", action="store_true", help="install the engine only")
+    parser.add_argument("--gimp2", action="store_true",
+                        help="also install the GIMP 2.10 (Python-Fu) plug-in into every GIMP 2.10 "
+                             "profile found (done anyway when a 2.10 profile exists and no "
+                             "--gimp-dir is given)")
+    parser.add_argument("--gimp2-dir", action="append", type=Path, default=None, metavar="DIR",
+                        help="GIMP 2.10 plug-ins folder to install into (repeatable)")
     parser.add_argument("--no-selfcheck", action="store_true", help="skip the engine self-check job")
     parser.add_argument("--uninstall", action="store_true",
                         help="remove the plug-in folder(s) and the engine venv, nothing else")
@@ -661,8 +747,21 @@ def plugin_targets(args: argparse.Namespace, platform: Optional[str] = None,
     return unique
 
 
+def gimp2_targets(args: argparse.Namespace, platform: Optional[str] = None,
+                  env: Optional[Mapping[str, str]] = None, home: Optional[Path] = None) -> list[Path]:
+    """GIMP 2.10 plug-ins folders: --gimp2-dir, else the 2.10 profiles found when --gimp2 is
+    given or when no --gimp-dir narrows the install (so a 2.10 user gets it by default)."""
+    if args.no_gimp:
+        return []
+    if args.gimp2_dir:
+        return [Path(os.path.abspath(os.path.expanduser(str(d)))) for d in args.gimp2_dir]
+    if args.gimp2 or not args.gimp_dir:
+        return find_gimp2_plugin_dirs(platform, env, home)
+    return []
+
+
 def run_uninstall(args: argparse.Namespace, venv: Path, targets: Sequence[Path]) -> int:
-    removed = uninstall(targets, venv)
+    removed = uninstall_gimp2(gimp2_targets(args)) + uninstall(targets, venv)
     if not removed:
         say("Nothing to remove.")
     for path in removed:
@@ -678,12 +777,16 @@ def run_install(args: argparse.Namespace, venv: Path, targets: Sequence[Path]) -
     log_dir = default_log_dir()
     # Everything that can fail fast does so before the long pip steps.
     check_engine_python(interpreter_version(args.python), meta["requires-python"], args.python)
+    gimp2_dirs = gimp2_targets(args)
+    if args.gimp2 and not gimp2_dirs:
+        raise InstallError("--gimp2: no GIMP 2.10 profile found (start GIMP 2.10 once, or name its "
+                           "plug-ins folder with --gimp2-dir)")
     if targets:
         check_plugin_source(PLUGIN_SOURCE_DIR)
-    for directory in [venv, log_dir, *targets]:
+    for directory in [venv, log_dir, *targets, *gimp2_dirs]:
         ensure_writable_dir(directory)
 
-    steps = 4 + (1 if targets else 0) + (0 if args.no_selfcheck else 1)
+    steps = 4 + (1 if targets or gimp2_dirs else 0) + (0 if args.no_selfcheck else 1)
     n = iter(range(1, steps + 1))
 
     say(f"[{next(n)}/{steps}] Virtual environment {venv}")
@@ -708,7 +811,7 @@ def run_install(args: argparse.Namespace, venv: Path, targets: Sequence[Path]) -
     log_dir.mkdir(parents=True, exist_ok=True)
 
     installed: list[Path] = []
-    if targets:
+    if targets or gimp2_dirs:
         say(f"[{next(n)}/{steps}] Installing the GIMP plug-in")
         for plugins_dir in targets:
             installed.append(install_plugin(plugins_dir, python, venv=venv, source_dir=PLUGIN_SOURCE_DIR,
@@ -717,6 +820,11 @@ def run_install(args: argparse.Namespace, venv: Path, targets: Sequence[Path]) -
             if is_flatpak_dir(plugins_dir):
                 say("      note: Flatpak GIMP runs plug-ins in its sandbox; the engine venv on the host "
                     "may not be reachable from there")
+
+        for plugins_dir in gimp2_dirs:
+            installed.append(install_gimp2_plugin(plugins_dir, python, venv=venv, source_dir=PLUGIN_SOURCE_DIR,
+                                                  repo_dir=REPO_DIR, log_dir=log_dir, version=meta["version"]))
+            say(f"      {installed[-1]} (GIMP 2.10, needs GIMP's Python 2 / Python-Fu)")
 
     if not args.no_selfcheck:
         say(f"[{next(n)}/{steps}] Engine self-check")

@@ -155,6 +155,17 @@ def check_writable(path: str | Path) -> Path:
         raise BadInput(f"output folder does not exist: {path.parent}")
     if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise BadInput(f"cannot write {path}: permission denied")
+    if not path.exists():
+        # os.access says yes to root and on some mounts that refuse writes (read-only file
+        # systems, /proc, network shares): create and remove a probe file to be sure.
+        probe = path.with_name(f".{path.name}.neural-restore-probe")
+        try:
+            probe.open("xb").close()
+            probe.unlink()
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise BadInput(f"cannot write {path}: {exc.strerror or exc} (choose another output folder)") from None
     return path
 
 

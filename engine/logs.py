@@ -26,6 +26,17 @@ def log_dir() -> Path:
     return base / "neural-restore"
 
 
+class _OneLineFormatter(logging.Formatter):
+    """No tracebacks on the terminal: the CLI promises one clear line per failure."""
+
+    def formatException(self, ei) -> str:  # noqa: N802 - logging's name
+        return ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.exc_text = ""
+        return super().format(record).rstrip()
+
+
 def setup_logging() -> Path | None:
     """Log to <log dir>/engine.log (1 MB × 3); returns the path, or None if not writable."""
     logger = logging.getLogger(LOGGER_NAME)
@@ -38,8 +49,15 @@ def setup_logging() -> Path | None:
         path.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.handlers.RotatingFileHandler(path, maxBytes=1 << 20, backupCount=3,
                                                        encoding="utf-8")
-    except OSError:
-        logger.addHandler(logging.NullHandler())
+    except OSError as exc:
+        # Not writable (read-only home, full disk, odd permissions): keep running and log to
+        # stderr, which the plug-in keeps in engine-stderr.log and the CLI shows.
+        fallback = logging.StreamHandler(sys.stderr)
+        fallback.setLevel(logging.WARNING)
+        fallback.setFormatter(_OneLineFormatter("neural-restore engine: %(levelname)s %(message)s"))
+        logger.addHandler(fallback)
+        logger.warning("cannot write the log file %s (%s); logging warnings to stderr instead",
+                       path, exc.strerror or exc)
         return None
     handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(message)s"))
     logger.addHandler(handler)

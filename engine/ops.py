@@ -344,4 +344,7 @@ def run_op(name: str, image: np.ndarray, mask: np.ndarray | None, params: dict[s
         if mask.shape != (height, width):
             raise BadInput(f"mask is {mask.shape[1]}×{mask.shape[0]} but the image is {width}×{height}")
         mask = np.clip(mask.astype(np.float32), 0.0, 1.0)
+    from . import budget
+
+    budget.check(name, values, image.shape, mask)  # refuse before a backend loads
     return spec.run(image.astype(np.float32, copy=False), mask, values, ctx or JobContext())

@@ -17,13 +17,20 @@ import numpy as np
 
 from . import __version__
 from .errors import BadInput, EngineError
+from . import budget
+from .errors import Cancelled
 from .imageio import from_float, to_float
 from .logs import LOGGER_NAME, diagnostics, setup_logging
-from .ops import OPS, JobContext, run_op
+from .ops import OPS, JobContext, ResultLayer, estimate_seconds, get_op, run_op
 from .protocol import PROTOCOL_VERSION, Buffer, Message, ProtocolError, read_message, write_message
 
 log = logging.getLogger(LOGGER_NAME)
 PROGRESS_INTERVAL_S = 0.25
+# Previews are full images: never more often than this, whatever the request asks.
+MIN_PREVIEW_INTERVAL_S = 1.0
+# What this engine understands beyond protocol 1's request/cancel (listed in the hello, so
+# a plug-in can tell an older engine from a newer one and only ask for what it knows).
+FEATURES = ("op-params", "estimate", "preview", "partial-result", "memory-budget")
 _SAMPLE_TYPES = {np.dtype("u1"): "u8", np.dtype("<u2"): "u16", np.dtype("<f4"): "f32"}
 
 
@@ -103,10 +110,57 @@ def _result_offsets(source: Buffer, pixels: np.ndarray) -> tuple[int, int]:
     return 0, 0
 
 
+def op_params() -> dict[str, dict[str, dict]]:
+    """Each op's params as the hello lists them: the plug-in sends only these."""
+    return {name: {p.name: {"default": p.default, "choices": list(p.choices) if p.choices else None,
+                            "minimum": p.minimum, "maximum": p.maximum}
+                   for p in spec.params}
+            for name, spec in OPS.items()}
+
+
+def _wire_layers(layers: list[ResultLayer], source: Buffer) -> list[Buffer]:
+    sample_type = _SAMPLE_TYPES[source.pixels.dtype]
+    # Composite attributes (blend, opacity, mask, visible, kind) ride along only where they
+    # differ from a plain layer, so single-layer results look exactly as before.
+    return [Buffer(layer.role, from_float(layer.pixels, sample_type), *_result_offsets(source, layer.pixels),
+                   {"title": layer.title, **layer.attributes()}) for layer in layers]
+
+
+def _is_layer_list(value: object) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, ResultLayer) for v in value)
+
+
+def _estimate(session: _Session, message: Message) -> None:
+    """Answer an ``estimate`` frame: seconds and memory per param set, for the dialog."""
+    request_id = message.header.get("id")
+    try:
+        op = get_op(str(message.header.get("op")))
+        width, height = int(message.header["width"]), int(message.header["height"])  # type: ignore[arg-type]
+        variants = message.header.get("params") or [{}]
+        if not isinstance(variants, list) or not all(isinstance(v, dict) for v in variants):
+            raise BadInput("estimate 'params' must be a list of JSON objects")
+        seconds, memory = [], []
+        for raw in variants:
+            values = op.validate(raw)
+            seconds.append(estimate_seconds(op.name, values, height, width))
+            memory.append(budget.working_bytes(op.name, values, height, width))
+        session.send({"type": "estimate", "id": request_id, "seconds": seconds,
+                      "memory_bytes": memory, "memory_available": budget.available_bytes()})
+    except (KeyError, TypeError, ValueError) as exc:
+        session.send({"type": "error", "id": request_id, "kind": "bad-input",
+                      "message": f"malformed estimate request: {exc!r}"})
+    except EngineError as exc:
+        session.send({"type": "error", "id": request_id, "kind": exc.kind, "message": exc.message})
+
+
 def _handle(session: _Session, message: Message) -> None:
+    if message.type == "estimate":
+        _estimate(session, message)
+        return
     request_id = message.header.get("id")
     started = time.monotonic()
     last_sent = [0.0]
+    source: Buffer | None = None
 
     def progress(fraction: float, text: str) -> None:
         now = time.monotonic()
@@ -120,16 +174,25 @@ def _handle(session: _Session, message: Message) -> None:
         op, params, image, mask, source = _decode_request(message)
         log.info("request %s: %s %s on %s×%s×%s %s", request_id, op, params, *source.pixels.shape,
                  _SAMPLE_TYPES[source.pixels.dtype])
-        ctx = JobContext(progress, lambda: session.is_cancelled(request_id))  # type: ignore[arg-type]
+        preview = _preview_sender(session, request_id, source, message.header.get("preview_interval_s"))
+        ctx = JobContext(progress, lambda: session.is_cancelled(request_id), preview)  # type: ignore[arg-type]
         layers = run_op(op, image, mask, params, ctx)
-        sample_type = _SAMPLE_TYPES[source.pixels.dtype]
-        # Composite attributes (blend, opacity, mask, visible, kind) ride along only where they
-        # differ from a plain layer, so single-layer results look exactly as before.
-        out = [Buffer(layer.role, from_float(layer.pixels, sample_type), *_result_offsets(source, layer.pixels),
-                      {"title": layer.title, **layer.attributes()}) for layer in layers]
         elapsed = time.monotonic() - started
         log.info("request %s done in %.1f s", request_id, elapsed)
-        session.send({"type": "result", "id": request_id, "info": {"seconds": round(elapsed, 3)}}, out)
+        session.send({"type": "result", "id": request_id, "info": {"seconds": round(elapsed, 3)}},
+                     _wire_layers(layers, source))
+    except Cancelled as exc:
+        # Asked to stop by a cancel frame (not by the plug-in vanishing): hand back what the
+        # op had so far, so the user can keep it. Marked partial in header and info.
+        if source is not None and not session.peer_gone.is_set() and _is_layer_list(exc.partial):
+            elapsed = time.monotonic() - started
+            log.info("request %s cancelled after %.1f s; sending the partial result", request_id, elapsed)
+            session.send({"type": "result", "id": request_id, "partial": True,
+                          "info": {"seconds": round(elapsed, 3), "partial": True}},
+                         _wire_layers(exc.partial, source))  # type: ignore[arg-type]
+        else:
+            log.info("request %s: cancelled", request_id)
+            session.send({"type": "error", "id": request_id, "kind": exc.kind, "message": exc.message})
     except EngineError as exc:
         log.info("request %s: %s: %s", request_id, exc.kind, exc.message)
         session.send({"type": "error", "id": request_id, "kind": exc.kind, "message": exc.message})
@@ -137,6 +200,23 @@ def _handle(session: _Session, message: Message) -> None:
         log.exception("request %s failed", request_id)
         session.send({"type": "error", "id": request_id, "kind": "engine",
                       "message": f"internal engine error: {exc!r} ({diagnostics()}; log: {_log_path()})"})
+
+
+def _preview_sender(session: _Session, request_id: object, source: Buffer, interval: object):
+    """JobContext.preview for a request that asked for previews (else None: ops skip them)."""
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
+        return None
+    interval = max(float(interval), MIN_PREVIEW_INTERVAL_S)
+    last_sent = [time.monotonic()]  # the first preview after one interval, not at once
+
+    def send_preview(layers: list[ResultLayer]) -> None:
+        now = time.monotonic()
+        if now - last_sent[0] < interval or not _is_layer_list(layers):
+            return
+        last_sent[0] = now
+        session.send({"type": "preview", "id": request_id}, _wire_layers(layers, source))
+
+    return send_preview
 
 
 def _log_path() -> str:
@@ -157,7 +237,8 @@ def serve(stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> int:
     log.info("serve start: %s", diagnostics())
     session = _Session(stdin, stdout)
     session.send({"type": "hello", "protocol": PROTOCOL_VERSION, "engine": __version__,
-                  "ops": list(OPS), "python": sys.executable, "log": str(log_path) if log_path else None})
+                  "ops": list(OPS), "op_params": op_params(),
+                  "features": list(FEATURES), "python": sys.executable, "log": str(log_path) if log_path else None})
     threading.Thread(target=session.read_forever, name="stdin-reader", daemon=True).start()
     while True:
         item = session.inbox.get()

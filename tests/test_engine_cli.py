@@ -100,3 +100,25 @@ def test_selfcheck():
     result = run_cli("selfcheck")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("ok")
+
+
+def test_unwritable_output_folder_is_refused_before_any_work(tmp_path):
+    # /proc takes no new files, even from root (for whom os.access() always says yes).
+    Image.new("RGB", (16, 16), (9, 90, 200)).save(tmp_path / "ok.png")
+    result = run_cli("denoise", tmp_path / "ok.png", "-o", "/proc/neural-restore-out.png", "--iterations", "100000")
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: cannot write /proc/neural-restore-out.png") and "another output folder" in line
+
+
+def test_unwritable_log_folder_still_runs_and_says_so_on_stderr(tmp_path):
+    import os
+    Image.new("RGB", (16, 16), (9, 90, 200)).save(tmp_path / "ok.png")
+    env = dict(os.environ, NEURAL_RESTORE_LOG_DIR="/proc/neural-restore-logs")
+    result = subprocess.run([sys.executable, "-m", "engine", "denoise", str(tmp_path / "ok.png"), "-o",
+                             str(tmp_path / "out.png"), "--iterations", "3", "--quiet"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out.png").is_file()
+    assert "cannot write the log file /proc/neural-restore-logs/engine.log" in result.stderr
+    assert "Traceback" not in result.stderr

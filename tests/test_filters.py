@@ -60,8 +60,8 @@ class MemoryHost(object):
 
 
 @pytest.fixture(autouse=True)
-def engine_here(monkeypatch):
-    monkeypatch.setenv("NEURAL_RESTORE_ENGINE_PYTHON", sys.executable)
+def engine_here(monkeypatch, engine_python):
+    monkeypatch.setenv("NEURAL_RESTORE_ENGINE_PYTHON", engine_python)
 
 
 def _spec(key):
@@ -262,3 +262,128 @@ def _running(pid):
     except (OSError, IndexError):
         return False
     return state not in ("Z", "X")  # a zombie holds nothing; its new parent reaps it
+
+
+# --- live preview, partial result on cancel, params an engine does not know ----------------
+
+class PreviewHost(MemoryHost):
+    """A host that shows previews; ``events`` records their order against the result."""
+
+    def __init__(self, pixels, cancel=False, **kwargs):
+        MemoryHost.__init__(self, pixels, **kwargs)
+        self.preview_interval_s = 1.0
+        self.events = []
+        self.cancel = cancel
+
+    def show_preview(self, source, layer_name, buffers):
+        self.events.append(("preview", layer_name, buffers[0].data))
+
+    def remove_preview(self):
+        self.events.append(("remove",))
+
+    def add_layers(self, source, layer_name, buffers):
+        MemoryHost.add_layers(self, source, layer_name, buffers)
+        self.events.append(("add", layer_name))
+
+    def progress(self, fraction, text):
+        MemoryHost.progress(self, fraction, text)
+        return self.cancel
+
+
+def _fake_config(tmp_path, monkeypatch, mode):
+    config = _fake_engine(tmp_path, mode)
+    monkeypatch.setenv("NEURAL_RESTORE_ENGINE_PYTHON", config["engine_python"])
+    return config
+
+
+def _requests(tmp_path):
+    import json
+    return [json.loads(line) for line in (tmp_path / "fake-requests").read_text().splitlines()]
+
+
+def test_previews_are_shown_then_removed_before_the_result_is_added(tmp_path, monkeypatch):
+    _fake_config(tmp_path, monkeypatch, "preview-result")
+    pixels = _pixels(16, 16, 3)
+    host = PreviewHost(pixels)
+    filters.run_filter(host, _spec("denoise"), {"preset": "fast", "iterations": 3, "seed": 0, "device": "cpu"},
+                       str(tmp_path))
+    inverted = (255 - pixels).tobytes()
+    assert host.events == [("preview", "Denoise (preview)", inverted)] * 2 + [("remove",), ("add", "Denoise")]
+    (request,) = _requests(tmp_path)
+    assert request["preview_interval_s"] == 1.0
+    # This engine's hello lists no "preset": the plug-in leaves it out instead of failing.
+    assert request["params"] == {"iterations": 3, "seed": 0, "device": "cpu"}
+
+
+def test_no_preview_is_asked_for_when_the_host_shows_none(tmp_path, monkeypatch):
+    _fake_config(tmp_path, monkeypatch, "preview-result")
+    host = MemoryHost(_pixels(16, 16, 3))
+    filters.run_filter(host, _spec("denoise"), {"iterations": 3}, str(tmp_path))
+    (request,) = _requests(tmp_path)
+    assert "preview_interval_s" not in request and [n for n, _ in host.added] == ["Denoise"]
+
+
+def test_the_preview_is_removed_when_the_engine_dies(tmp_path, monkeypatch):
+    _fake_config(tmp_path, monkeypatch, "preview-die")
+    host = PreviewHost(_pixels(16, 16, 3))
+    with pytest.raises(FilterError, match="stopped unexpectedly"):
+        filters.run_filter(host, _spec("denoise"), {}, str(tmp_path))
+    assert [e[0] for e in host.events] == ["preview", "remove"] and host.added == []
+
+
+def test_a_cancel_with_a_partial_result_keeps_it_as_result_so_far(tmp_path, monkeypatch):
+    _fake_config(tmp_path, monkeypatch, "partial")
+    pixels = _pixels(16, 16, 3)
+    host = PreviewHost(pixels, cancel=True)
+    info = filters.run_filter(host, _spec("denoise"), {}, str(tmp_path))
+    assert info["partial"] is True
+    ((name, (layer,)),) = host.added
+    assert name == "Denoise (result so far)" and layer.data == (255 - pixels).tobytes()
+
+
+def test_an_engine_without_op_params_gets_the_params_unchanged():
+    engine = EngineProcess({"engine_python": sys.executable})
+    engine.hello = {"type": "hello", "protocol": 1, "ops": ["denoise"]}  # protocol-1 engine of session 1
+    assert engine.supported_params("denoise", {"preset": "fast", "seed": 1}) == {"preset": "fast", "seed": 1}
+    engine.hello["op_params"] = {"denoise": {"seed": {"default": 0}, "preset": {"choices": ["auto", "fast"]}}}
+    assert engine.supported_params("denoise", {"preset": "paper", "seed": 1, "x": 2}) == {"seed": 1}
+    assert engine.features() == set()
+
+
+def test_preview_interval_defaults_to_interactive_runs_only():
+    assert filters.preview_interval(True, {}) == 3.0
+    assert filters.preview_interval(False, {}) is None
+    assert filters.preview_interval(False, {"NEURAL_RESTORE_PREVIEW_S": "1.5"}) == 1.5
+    assert filters.preview_interval(True, {"NEURAL_RESTORE_PREVIEW_S": "0"}) is None
+
+
+# --- the dialog's time/memory estimate ------------------------------------------------------
+
+def test_estimate_text_names_each_preset_and_the_device():
+    reply = {"seconds": [40, 40, 185, None], "memory_bytes": [1 << 30] * 4, "memory_available": 8 << 30}
+    text = filters.describe_estimate(_spec("denoise"), reply, "the CPU")
+    assert text == "About 40 s with Automatic, 40 s with Fast, 3 min with Best quality on the CPU."
+
+
+def test_estimate_text_warns_when_memory_is_short_and_survives_no_estimate():
+    reply = {"seconds": [None] * 4, "memory_bytes": [9 << 30] * 4, "memory_available": 4 << 30}
+    text = filters.describe_estimate(_spec("denoise"), reply, "the CPU")
+    assert text.startswith(filters.ESTIMATE_UNAVAILABLE)
+    assert "Needs about 9.0 GB of memory, this machine has 4.0 GB free: select a smaller area." in text
+    assert filters.describe_estimate(_spec("denoise"), None, "the CPU") == filters.ESTIMATE_UNAVAILABLE
+
+
+def test_estimate_asks_the_real_engine_and_never_raises(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEURAL_RESTORE_MEMORY_BUDGET_MB", "1")  # inherited by the engine
+    host = MemoryHost(_pixels(64, 64, 3))
+    text = filters.estimate_text(host, _spec("denoise"), {"device": "cpu"}, str(tmp_path))
+    assert "this machine has 1 MB free" in text
+    monkeypatch.setenv("NEURAL_RESTORE_ENGINE_PYTHON", str(tmp_path / "no-such-python"))
+    assert filters.estimate_text(host, _spec("denoise"), {}, str(tmp_path)) == filters.ESTIMATE_UNAVAILABLE
+
+
+def test_preset_is_appended_for_positional_callers_and_shown_first_in_the_dialog():
+    spec = _spec("denoise")
+    assert [p.name for p in spec.params] == ["iterations", "seed", "device", "preset"]
+    assert filters.dialog_order(spec) == ["preset", "iterations", "seed", "device"]
+    assert spec.param("preset").choice_values() == ["auto", "fast", "quality", "paper"]

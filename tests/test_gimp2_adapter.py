@@ -55,7 +55,7 @@ def test_plugin_package_is_python27_syntax(python27: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def facts(python27: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def facts(python27: Path, tmp_path_factory: pytest.TempPathFactory, engine_python: str) -> dict[str, Any]:
     # Lay the plug-in out as a GIMP 2.10 plug-ins folder: loose script + package beside it.
     plugins = tmp_path_factory.mktemp("plug-ins")
     shutil.copy(REPO / "gimp_plugin" / "gimp2" / "neural_restore_gimp2.py", plugins)
@@ -63,7 +63,7 @@ def facts(python27: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     out = tmp_path_factory.mktemp("out")
     result = _run27(python27, str(GIMP2_TESTS / "drive_adapter.py"), str(plugins), str(out),
-                    env={"NEURAL_RESTORE_ENGINE_PYTHON": sys.executable})
+                    env={"NEURAL_RESTORE_ENGINE_PYTHON": engine_python})  # this checkout's engine
     assert result.returncode == 0, result.stdout + result.stderr
     found = json.loads((out / "facts.json").read_text())
     found["out"] = str(out)
@@ -84,7 +84,7 @@ def test_runs_under_python_2_7_and_registers_both_filters(facts: dict[str, Any])
         assert proc["menu"] == "<Image>/Filters/Enhance/Neural"
         if name in dip:
             own = ["mode"] if name.endswith("decompose") else []
-            assert proc["params"] == ["image", "drawable"] + own + ["iterations", "seed", "device"]
+            assert proc["params"] == ["image", "drawable"] + own + ["iterations", "seed", "device", "preset"]
         assert proc["imagetypes"] == "RGB*, GRAY*"
 
 
@@ -99,6 +99,10 @@ def test_decompose_adds_a_group_of_layers_with_a_mask(facts: dict[str, Any]) -> 
                                 ["Background", True, 100.0, perceptual, False]]
     mask = _pixels(facts, "decompose-segment", "mask", (20, 24))
     assert mask.min() < 128 < mask.max()  # a real mask, not the white default
+    # The selection (image 10..22 × 8..18, layer offsets 5, 3) was the foreground hint.
+    hinted = np.zeros((20, 24), bool)
+    hinted[5:15, 5:17] = True
+    assert mask[hinted].mean() > mask[~hinted].mean() + 20
 
 
 def _check_success(case: dict[str, Any], names: list[str]) -> None:

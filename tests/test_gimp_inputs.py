@@ -50,6 +50,7 @@ def attempt(case, proc_name, image, drawables, source, fmt, mode="none", **param
     os.makedirs({fake!r}, exist_ok=True)
     with open({fake!r} + "/fake-mode", "w") as handle:
         handle.write(mode)
+    image.clean_all()  # so "dirty" afterwards means: the run changed the image
     before = (tree(image), [c.get_name() for c in image.get_channels()], digest(source, fmt))
     started = len(starts())
     procedure = Gimp.get_pdb().lookup_procedure(proc_name)
@@ -69,6 +70,12 @@ def attempt(case, proc_name, image, drawables, source, fmt, mode="none", **param
         "layers_same": before[0] == after[0], "channels_same": before[1] == after[1],
         "pixels_same": before[2] == after[2], "layers": after[0],
         "engine_starts": starts()[started:],
+        "dirty": image.is_dirty(),
+        "undo_enabled": image.undo_is_enabled(),
+        "top_digest": digest(image.get_layers()[0], fmt),
+        "inverted_digest": hashlib.sha256(bytes(255 - b for b in bytes(source.get_buffer().get(
+            Gegl.Rectangle.new(0, 0, source.get_width(), source.get_height()), 1.0, fmt,
+            Gegl.AbyssPolicy.CLAMP)))).hexdigest(),
     }}
 
 def rgb_image(width, height, layer_size=None, base=Gimp.ImageBaseType.RGB, layer_type=Gimp.ImageType.RGB_IMAGE):
@@ -458,3 +465,127 @@ attempt("cancelled", "plug-in-neural-restore-denoise", image, [layer], layer, "R
     assert facts["status"] != "success"
     assert facts["layers_same"] and facts["pixels_same"]
     assert stopped_after < 30
+
+
+# --- live preview, memory budget, progress text, cancel keeping the preview -----------------
+
+def _fake_env(gimp: Gimp3Chroot, **extra: str) -> dict[str, str]:
+    fake_dir = gimp.to_host(FAKE_DIR)
+    shutil.rmtree(fake_dir, ignore_errors=True)
+    fake_dir.mkdir(parents=True)
+    fake = fake_dir / "fake_engine.py"
+    shutil.copy(FAKE_ENGINE, fake)
+    fake.chmod(0o755)
+    return dict({"NEURAL_RESTORE_ENGINE_PYTHON": f"{FAKE_DIR}/fake_engine.py"}, **extra)
+
+
+@pytest.fixture(scope="module")
+def preview_facts(gimp: Gimp3Chroot) -> dict[str, Any]:  # noqa: F811 - pytest fixture injection
+    body = """
+image, layer = rgb_image(24, 24)
+attempt("preview-result", "plug-in-neural-restore-denoise", image, [layer], layer, "R'G'B' u8",
+        mode="preview-result", preset="fast", seed=5)
+image, layer = rgb_image(24, 24)
+attempt("preview-die", "plug-in-neural-restore-denoise", image, [layer], layer, "R'G'B' u8", mode="preview-die")
+"""
+    facts = _run(gimp, body, env=_fake_env(gimp, NEURAL_RESTORE_PREVIEW_S="1"))
+    requests = gimp.to_host(f"{FAKE_DIR}/fake-requests").read_text().splitlines()
+    facts["requests"] = [json.loads(line) for line in requests]
+    return facts
+
+
+def test_preview_layer_is_replaced_by_the_result(preview_facts: dict[str, Any]) -> None:
+    facts = preview_facts["preview-result"]
+    assert facts["status"] == "success", facts["message"]
+    assert [layer[0] for layer in facts["layers"]] == ["Denoise", "Source"]  # no preview left behind
+    assert facts["top_digest"] == facts["inverted_digest"] and facts["pixels_same"]
+    request = preview_facts["requests"][0]
+    assert request["preview_interval_s"] == 1.0
+    # The fake engine does not list "preset": the plug-in must not send it (the real engine would refuse).
+    assert request["params"] == {"iterations": 0, "seed": 5, "device": "auto"}
+
+
+def test_preview_is_removed_and_undo_left_enabled_when_the_engine_dies(preview_facts: dict[str, Any]) -> None:
+    facts = preview_facts["preview-die"]
+    assert facts["status"] == "execution-error" and "stopped unexpectedly" in facts["message"]
+    assert facts["layers_same"] and facts["pixels_same"] and facts["channels_same"]
+    # Its edits ran with the undo stack frozen (no undo steps), and it is thawed again. GIMP still
+    # marks the image dirty when a layer is inserted while frozen, so "dirty" proves nothing here.
+    assert facts["undo_enabled"] is True
+
+
+def test_memory_budget_refusal_names_the_need(gimp: Gimp3Chroot) -> None:  # noqa: F811
+    body = """
+image, layer = rgb_image(48, 48)
+attempt("denoise", "plug-in-neural-restore-denoise", image, [layer], layer, "R'G'B' u8", iterations=5)
+image.select_rectangle(Gimp.ChannelOps.REPLACE, 10, 10, 8, 8)
+attempt("inpaint", "plug-in-neural-restore-inpaint-selection", image, [layer], layer, "R'G'B' u8", iterations=5)
+"""
+    facts = _run(gimp, body, env={"NEURAL_RESTORE_MEMORY_BUDGET_MB": "1"})
+    for case in ("denoise", "inpaint"):
+        assert facts[case]["status"] == "execution-error", facts[case]
+        message = facts[case]["message"]
+        assert "needs about" in message and "this machine has 1 MB free" in message and "smaller area" in message
+        assert facts[case]["layers_same"] and facts[case]["pixels_same"] and not facts[case]["dirty"]
+
+
+def test_progress_text_reaches_gimp_every_second_with_step_and_time_left(gimp: Gimp3Chroot) -> None:  # noqa: F811
+    import re
+
+    log = f"{EXCHANGE}/progress.log"
+    gimp.to_host(log).unlink(missing_ok=True)
+    body = """
+image, layer = rgb_image(48, 48)
+attempt("run", "plug-in-neural-restore-denoise", image, [layer], layer, "R'G'B' u8", iterations=400, device="cpu")
+"""
+    facts = _run(gimp, body, env={"NEURAL_RESTORE_PROGRESS_LOG": log})
+    assert facts["run"]["status"] == "success", facts["run"]["message"]
+    records = [line.split("\t", 2) for line in gimp.to_host(log).read_text().splitlines()]
+    times = [float(r[0]) for r in records]
+    texts = [r[2] for r in records]
+    assert times[-1] - times[0] >= 3, "the run was too short to say anything"
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert max(gaps) <= 1.5, f"GIMP heard nothing for {max(gaps):.2f} s"
+    assert all("elapsed" in t for t in texts if t != "Adding the result layer...")
+    assert any(re.search(r"iteration \d+/400", t) for t in texts)
+    assert any("left" in t and re.search(r"iteration \d+/400", t) for t in texts)
+
+
+def test_cancel_keeps_the_last_preview_as_the_result_so_far(gimp: Gimp3Chroot) -> None:  # noqa: F811
+    """GIMP kills the plug-in on cancel; what the user saw last stays as a layer."""
+    import signal
+    import threading
+    import time
+    import uuid
+
+    tag = uuid.uuid4().hex
+    env = _fake_env(gimp, NEURAL_RESTORE_PREVIEW_S="1", NR_TEST_TAG=tag)
+    marker = gimp.to_host(f"{FAKE_DIR}/fake-preview-sent")
+    body = """
+image, layer = rgb_image(24, 24)
+attempt("cancelled", "plug-in-neural-restore-denoise", image, [layer], layer, "R'G'B' u8", mode="preview-hang")
+"""
+    outcome: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: outcome.update(_run(gimp, body, env=env)))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and time.monotonic() < deadline and worker.is_alive():
+            time.sleep(0.2)
+        assert marker.exists(), "the fake engine never sent its preview"
+        time.sleep(2)  # the plug-in draws the preview
+        plugin = next(p for p, cmd in _tagged(tag).items() if "neural-restore/neural-restore.py" in cmd)
+        os.kill(plugin, signal.SIGKILL)  # what GIMP does on cancel
+    finally:
+        # The fake ignores its closed stdin (the real engine stops: see the test above) and
+        # holds GIMP's stderr, which the harness reads to the end: stop it before waiting.
+        time.sleep(1)
+        for line in gimp.to_host(f"{FAKE_DIR}/fake-starts").read_text().splitlines():
+            pid = int(line.split()[0])
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        worker.join(300)
+    facts = outcome["cancelled"]
+    assert facts["status"] != "success"
+    assert [layer[0] for layer in facts["layers"]] == ["Denoise (preview)", "Source"]
+    assert facts["top_digest"] == facts["inverted_digest"] and facts["pixels_same"]

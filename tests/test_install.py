@@ -626,3 +626,77 @@ def test_log_dir_matches_engine(fake_home: Path, monkeypatch: pytest.MonkeyPatch
     except Exception as exc:  # engine not importable here (deps missing): nothing to compare
         pytest.skip(f"engine not importable: {exc}")
     assert inst.default_log_dir() == logs.log_dir()
+
+
+# --------------------------------------------------------------------------- GIMP 2.10 adapter
+
+
+def _add_gimp2_entry(src: Path) -> Path:
+    entry = src / "gimp2" / "neural_restore_gimp2.py"
+    entry.parent.mkdir()
+    entry.write_text("#!/usr/bin/env python2\nprint 'gimpfu'\n")
+    os.chmod(entry, 0o644)
+    return entry
+
+
+def test_gimp2_install_is_flat_executable_and_has_its_config(plugin_src: Path, fake_repo: Path,
+                                                            tmp_path: Path) -> None:
+    _add_gimp2_entry(plugin_src)
+    plugins = tmp_path / "cfg/GIMP/2.10/plug-ins"
+    venv = tmp_path / "venv"
+    for _ in range(2):  # a reinstall replaces everything in place
+        entry = inst.install_gimp2_plugin(plugins, inst.venv_python(venv), venv=venv, source_dir=plugin_src,
+                                          repo_dir=fake_repo, log_dir=tmp_path / "logs")
+    assert entry == plugins / "neural_restore_gimp2.py"
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o755
+    assert sorted(p.name for p in plugins.iterdir()) == ["engine.json", "neural_restore", "neural_restore_gimp2.py"]
+    assert (plugins / "neural_restore/client.py").read_text() == "X = 1\n"
+    assert not list(plugins.rglob("*.pyc"))
+    # nothing in the package is executable: GIMP 2.10 would try to run it as a plug-in
+    assert not any(p.stat().st_mode & 0o111 for p in (plugins / "neural_restore").rglob("*.py"))
+    config = json.loads((plugins / "engine.json").read_text())
+    assert config["engine_python"] == str(venv / "bin/python") and config["version"] == "9.8.7"
+
+
+def test_gimp2_profiles_are_found_and_installed_by_default(fake_run: dict[str, object], fake_home: Path,
+                                                           plugin_src: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    _add_gimp2_entry(plugin_src)
+    (fake_home / ".config/GIMP/2.10").mkdir(parents=True)
+    assert inst.find_gimp2_plugin_dirs("linux", {}, fake_home) == [fake_home / ".config/GIMP/2.10/plug-ins"]
+    rc = inst.main(["--venv", str(fake_run["venv"]), "--no-selfcheck"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    gimp2 = fake_home / ".config/GIMP/2.10/plug-ins"
+    assert (gimp2 / "neural_restore_gimp2.py").is_file() and "(GIMP 2.10" in out
+    assert (fake_home / ".config/GIMP/3.0/plug-ins/neural-restore/neural-restore.py").is_file()
+    # --uninstall takes the 2.10 files away too, and leaves other plug-ins alone
+    (gimp2 / "someone-else.py").write_text("")
+    assert inst.main(["--venv", str(fake_run["venv"]), "--uninstall"]) == 0
+    assert sorted(p.name for p in gimp2.iterdir()) == ["someone-else.py"]
+
+
+def test_gimp2_flag_without_a_profile_says_how(fake_run: dict[str, object], plugin_src: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    rc = inst.main(["--venv", str(fake_run["venv"]), "--gimp2", "--no-selfcheck"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "no GIMP 2.10 profile found" in err and "--gimp2-dir" in err
+    assert not Path(str(fake_run["venv"])).exists()  # refused before any work
+
+
+def test_gimp2_dir_explicit_and_gimp_dir_alone_skips_2_10(tmp_path: Path, fake_home: Path) -> None:
+    (fake_home / ".config/GIMP/2.10").mkdir(parents=True)
+    args = inst.parse_args(["--gimp-dir", str(tmp_path / "g3")])
+    assert inst.gimp2_targets(args) == []
+    args = inst.parse_args(["--gimp2-dir", str(tmp_path / "g2")])
+    assert inst.gimp2_targets(args) == [tmp_path / "g2"]
+    assert inst.gimp2_targets(inst.parse_args(["--no-gimp", "--gimp2"])) == []
+
+
+def test_unwritable_plugin_folder_on_a_read_only_mount_is_one_line(tmp_path: Path, fake_home: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # /proc refuses new files even to root, where os.access() says yes.
+    rc = inst.main(["--venv", str(tmp_path / "venv"), "--gimp-dir", "/proc/neural-restore-test/plug-ins"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("error: cannot write to /proc") and err.count("\n") == 1
+    assert not (tmp_path / "venv").exists()

@@ -11,8 +11,8 @@ from neural_restore.protocol import WireBuffer
 
 
 @pytest.fixture
-def config():
-    return {"engine_python": sys.executable, "engine_module": "engine"}
+def config(engine_python):
+    return {"engine_python": engine_python, "engine_module": "engine"}
 
 
 def _image_buffer(width=24, height=20, channels=4, x=5, y=-3, seed=0):
@@ -75,6 +75,7 @@ def test_bad_requests_get_bad_input_and_the_engine_keeps_serving(config, op, par
     send = {"image": [image], "tiny": [_image_buffer(4, 4)[1]],
             "image+empty": [image, WireBuffer("mask", 24, 20, 1, "u8", bytes(480), 5, -3)]}[buffers]
     with EngineProcess(config) as engine:
+        engine.hello.pop("op_params")  # send params unfiltered, as a plug-in older than op_params does
         with pytest.raises(EngineFailure) as failure:
             engine.run(op, params, send)
         assert failure.value.kind == "bad-input" and message in failure.value.message
@@ -147,3 +148,162 @@ def test_engine_stops_working_when_the_plugin_goes_away(config):
     process.stdout.close()
     assert process.wait(timeout=30) == 0
     assert time.monotonic() - started < 10
+
+
+# --- op params in the hello, estimates, memory budget, previews, partial results ------------
+
+def test_hello_lists_each_ops_params_and_the_features(config):
+    with EngineProcess(config) as engine:
+        params = engine.hello["op_params"]
+        assert set(params["denoise"]) >= {"iterations", "seed", "device"}
+        assert params["denoise"]["device"]["choices"] == ["auto", "cpu", "cuda"]
+        assert {"estimate", "preview", "partial-result", "memory-budget"} <= engine.features()
+        # a param the engine does not list is not sent (an old engine meets a newer plug-in)
+        assert engine.supported_params("denoise", {"iterations": 2, "not-a-param": 1}) == {"iterations": 2}
+
+
+def test_estimate_answers_per_param_set_with_memory(config, monkeypatch):
+    monkeypatch.setenv("NEURAL_RESTORE_MEMORY_BUDGET_MB", "512")
+    with EngineProcess(config) as engine:
+        reply = engine.estimate("denoise", 256, 128, [{"iterations": 10}, {"iterations": 20}])
+        assert reply["type"] == "estimate" and len(reply["seconds"]) == 2
+        assert all(s is None or s > 0 for s in reply["seconds"])
+        assert reply["memory_available"] == 512 << 20
+        assert reply["memory_bytes"][0] > 256 * 128 * 1000
+        engine._send({"type": "estimate", "id": 99, "op": "denoise", "width": 8, "height": 8,
+                      "params": [{"bogus": 1}]})
+        header, _ = engine._read("estimating")
+        assert header["type"] == "error" and header["kind"] == "bad-input" and "no parameter" in header["message"]
+
+
+def test_an_image_beyond_the_memory_budget_is_refused_naming_the_need(config, monkeypatch):
+    monkeypatch.setenv("NEURAL_RESTORE_MEMORY_BUDGET_MB", "100")
+    _, buf = _image_buffer(64, 64)
+    with EngineProcess(config) as engine:
+        with pytest.raises(EngineFailure) as failure:
+            engine.run("denoise", {"iterations": 2}, [buf])
+    assert failure.value.kind == "bad-input"
+    assert "needs about 412 MB of memory, this machine has 100 MB free" in failure.value.message
+
+
+def test_inpaint_budget_counts_the_hole_window_not_the_image():
+    from engine import budget
+    mask = np.zeros((4000, 4000), np.float32)
+    mask[100:110, 200:220] = 1
+    assert budget.work_area("inpaint", 4000, 4000, mask) == (74, 84)
+    assert budget.work_area("denoise", 4000, 4000, mask) == (4000, 4000)
+
+
+class _ServeInProcess(object):
+    """engine.serve on pipes in a thread, with a stand-in op: what serve does, not DIP."""
+
+    def __init__(self):
+        import threading
+        from engine import serve as serve_module
+        in_read, self.in_write = os.pipe()
+        out_read, out_write = os.pipe()
+        self.stdout = os.fdopen(out_read, "rb")
+        self.stdin = os.fdopen(self.in_write, "wb")
+        self.thread = threading.Thread(target=serve_module.serve,
+                                       args=(os.fdopen(in_read, "rb"), os.fdopen(out_write, "wb")))
+        self.thread.daemon = True
+        self.thread.start()
+
+    def send(self, header, buffers=()):
+        from neural_restore.protocol import encode_frame
+        self.stdin.write(encode_frame(header, buffers))
+        self.stdin.flush()
+
+    def read(self):
+        from neural_restore.protocol import read_frame
+        return read_frame(self.stdout)
+
+    def close(self):
+        self.stdin.close()
+        self.thread.join(10)
+
+
+@pytest.fixture
+def stand_in_op(monkeypatch):
+    """Op 'count': previews 'step k' images until cancelled, then offers its last one."""
+    from engine import ops
+    from engine.errors import Cancelled
+
+    def run(image, mask, params, ctx):
+        step = 0
+        while True:
+            step += 1
+            layers = [ops.ResultLayer("image", "Counted", np.full_like(image, step / 255.0))]
+            if ctx.preview is not None:
+                ctx.preview(layers)
+            ctx.progress(min(step / 1000.0, 0.99), "step %d" % step)
+            if ctx.cancel_requested():
+                raise Cancelled(partial=layers)
+            time.sleep(0.05)
+
+    monkeypatch.setitem(ops.OPS, "count", ops.OpSpec("count", "test op", run))
+
+
+def test_previews_arrive_as_frames_and_cancel_returns_the_partial_result(stand_in_op, monkeypatch):
+    from engine import serve as serve_module
+    monkeypatch.setattr(serve_module, "MIN_PREVIEW_INTERVAL_S", 0.2)
+    data, buf = _image_buffer(8, 8, channels=3, x=2, y=1)
+    served = _ServeInProcess()
+    try:
+        assert served.read()[0]["type"] == "hello"
+        served.send({"type": "request", "id": 7, "op": "count", "params": {}, "preview_interval_s": 0.2}, [buf])
+        previews = []
+        while len(previews) < 2:
+            header, buffers = served.read()
+            if header["type"] == "preview":
+                previews.append(buffers[0])
+        served.send({"type": "cancel", "id": 7})
+        while True:
+            header, buffers = served.read()
+            if header["type"] == "result":
+                break
+        assert header["partial"] is True and header["info"]["partial"] is True
+        (out,) = buffers
+        assert (out.width, out.height, out.channels, out.dtype, out.x, out.y) == (8, 8, 3, "u8", 2, 1)
+        first, second = (p.data[0] for p in previews)  # each preview is a newer step
+        assert second > first and out.data[0] >= second
+        assert (previews[0].width, previews[0].x, previews[0].title) == (8, 2, "Counted")
+    finally:
+        served.close()
+
+
+def test_no_preview_frames_unless_asked_and_cancel_without_partial_is_an_error(stand_in_op, monkeypatch):
+    from engine import ops
+    from engine.errors import Cancelled
+
+    def run(image, mask, params, ctx):
+        assert ctx.preview is None
+        while not ctx.cancel_requested():
+            ctx.progress(0.5, "working")
+            time.sleep(0.05)
+        raise Cancelled()
+
+    monkeypatch.setitem(ops.OPS, "count", ops.OpSpec("count", "test op", run))
+    _, buf = _image_buffer(8, 8)
+    served = _ServeInProcess()
+    try:
+        served.read()
+        served.send({"type": "request", "id": 1, "op": "count", "params": {}}, [buf])
+        assert served.read()[0]["type"] == "progress"
+        served.send({"type": "cancel", "id": 1})
+        while True:
+            header, _ = served.read()
+            if header["type"] != "progress":
+                break
+        assert header["type"] == "error" and header["kind"] == "cancelled"
+    finally:
+        served.close()
+
+
+def test_serve_runs_without_a_writable_log_folder(config, monkeypatch):
+    monkeypatch.setenv("NEURAL_RESTORE_LOG_DIR", "/proc/neural-restore-logs")
+    _, buf = _image_buffer(16, 16)
+    with EngineProcess(config) as engine:
+        assert engine.hello["log"] is None
+        _, results = engine.run("denoise", {"iterations": 2}, [buf])
+    assert results

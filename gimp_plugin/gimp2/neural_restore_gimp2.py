@@ -1,10 +1,11 @@
 #!/usr/bin/env python2
 """Neural Restore for GIMP 2.10 (Python-Fu / gimpfu, Python 2.7): the same filters as GIMP 3.
 
-Install: copy this file and the ``neural_restore`` package (gimp_plugin/neural_restore)
-into a GIMP 2.10 plug-ins folder (e.g. ~/.config/GIMP/2.10/plug-ins/), make this file
-executable, and put the ``engine.json`` that install.py writes next to it (or set
-NEURAL_RESTORE_ENGINE_PYTHON). GIMP -> this file -> hosts/gimp2.py -> filters.py -> engine.
+Install: ``python3 install.py --gimp2`` (or ``--gimp2-dir DIR``) copies this file, the
+``neural_restore`` package and ``engine.json`` flat into the GIMP 2.10 plug-ins folder
+(e.g. ~/.config/GIMP/2.10/plug-ins/); install.py also does it by itself when it finds a
+2.10 profile. By hand: copy the same three, make this file executable (or set
+NEURAL_RESTORE_ENGINE_PYTHON instead of engine.json). GIMP -> this file -> hosts/gimp2.py -> filters.py -> engine.
 """
 import os
 import sys

@@ -59,20 +59,29 @@ class NeuralRestore(Gimp.PlugIn):
 
     def run(self, procedure, run_mode, image, drawables, config, run_data):
         spec = filters.filter_by_procedure(procedure.get_name())
-        if run_mode == Gimp.RunMode.INTERACTIVE:
+        from neural_restore.hosts.gimp3 import Gimp3Host
+
+        interactive = run_mode == Gimp.RunMode.INTERACTIVE
+        if interactive:
+            # GIMP has already loaded the last used values into config (and saves them again
+            # when we return SUCCESS), so the dialog opens with the user's previous settings.
             from gi.repository import GimpUi
 
             GimpUi.init("neural-restore")
             dialog = GimpUi.ProcedureDialog.new(procedure, config, spec.menu_label.replace("_", "").rstrip("."))
-            dialog.fill(None)
+            values = dict((p.name, config.get_property(p.name)) for p in spec.params)
+            # Estimates are arithmetic in the engine (no torch import): a short, bounded wait;
+            # if the engine cannot start the dialog still opens, saying so in the label.
+            estimate = filters.estimate_text(Gimp3Host(image, drawables), spec, values, PLUGIN_DIR)
+            dialog.get_label("estimate", estimate, False, False)
+            dialog.fill(filters.dialog_order(spec) + ["estimate"])
             accepted = dialog.run()
             dialog.destroy()
             if not accepted:
                 return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
         values = dict((p.name, config.get_property(p.name)) for p in spec.params)
-        from neural_restore.hosts.gimp3 import Gimp3Host
-
-        host = Gimp3Host(image, drawables, interactive=run_mode == Gimp.RunMode.INTERACTIVE)
+        host = Gimp3Host(image, drawables, interactive=interactive,
+                         preview_interval_s=filters.preview_interval(interactive))
         try:
             filters.run_filter(host, spec, values, PLUGIN_DIR)
         except filters.FilterError as error:

@@ -34,7 +34,7 @@ TIMEOUT_ENV = "NEURAL_RESTORE_ENGINE_TIMEOUT"
 DEFAULT_TIMEOUT_S = 120.0
 # While waiting for a frame, on_idle is called this often, so the host's progress display
 # (elapsed time) stays alive even while the engine is silent, e.g. importing torch.
-IDLE_TICK_S = 1.0
+IDLE_TICK_S = 0.5  # half the promised once-a-second, so a loaded machine still keeps it
 _clock = getattr(time, "monotonic", time.time)
 
 
@@ -188,16 +188,64 @@ class EngineProcess(object):
             return "Details may be in %s." % self.stderr_path
         return ""
 
-    def run(self, op, params, buffers, on_progress=None, on_idle=None):
+    def features(self):
+        """What this engine understands beyond protocol 1's basics (hello 'features')."""
+        return set((self.hello or {}).get("features") or ())
+
+    def supported_params(self, op, params):
+        """``params`` without the ones this engine does not advertise for ``op``.
+
+        An engine that lists no params (older than the 'op_params' hello key) gets the
+        params unchanged. Choice values it does not know are dropped too, so the engine
+        uses its default instead of refusing the request.
+        """
+        advertised = ((self.hello or {}).get("op_params") or {}).get(op)
+        if advertised is None:
+            return dict(params)
+        kept = {}
+        for name, value in params.items():
+            spec = advertised.get(name)
+            if spec is None:
+                continue
+            choices = spec.get("choices") if isinstance(spec, dict) else None
+            if choices and value not in choices:
+                continue
+            kept[name] = value
+        return kept
+
+    def estimate(self, op, width, height, param_sets, on_idle=None):
+        """Seconds and bytes the engine expects for each params dict, or None if unsupported.
+
+        Returns {"seconds": [...], "memory_bytes": [...], "memory_available": n} (entries
+        may be None where the engine has no estimate).
+        """
+        if "estimate" not in self.features():
+            return None
+        request_id = self._next_id
+        self._next_id += 1
+        self._send({"type": "estimate", "id": request_id, "op": op, "width": width, "height": height,
+                    "params": [self.supported_params(op, p) for p in param_sets]})
+        header, _ = self._read("while estimating", on_idle)
+        if header.get("type") == "error":
+            raise EngineFailure(header.get("kind", "engine"), header.get("message", "unknown error"))
+        return header
+
+    def run(self, op, params, buffers, on_progress=None, on_idle=None, preview_interval_s=None,
+            on_preview=None):
         """Send one request; call on_progress(fraction, text) per progress frame.
 
-        Returns (info dict, [WireBuffer]) or raises EngineFailure.
+        Returns (info dict, [WireBuffer]) or raises EngineFailure. ``info["partial"]`` is
+        True when the engine stopped on our cancel and sent the result so far.
         on_progress may return True to ask the engine to cancel. on_idle() is called about
-        once a second while no frame arrives.
+        once a second while no frame arrives. With preview_interval_s (and an engine that
+        offers previews), on_preview([WireBuffer]) gets intermediate results.
         """
         request_id = self._next_id
         self._next_id += 1
-        self._send({"type": "request", "id": request_id, "op": op, "params": params}, buffers)
+        header = {"type": "request", "id": request_id, "op": op, "params": self.supported_params(op, params)}
+        if preview_interval_s and on_preview is not None and "preview" in self.features():
+            header["preview_interval_s"] = preview_interval_s
+        self._send(header, buffers)
         cancel_sent = False
         while True:
             header, result_buffers = self._read("while running %s" % op, on_idle)
@@ -207,8 +255,14 @@ class EngineProcess(object):
                                                            header.get("text", "")) and not cancel_sent:
                     self._send({"type": "cancel", "id": request_id})
                     cancel_sent = True
+            elif kind == "preview":
+                if on_preview is not None and result_buffers:
+                    on_preview(result_buffers)
             elif kind == "result":
-                return header.get("info", {}), result_buffers
+                info = dict(header.get("info") or {})
+                if header.get("partial"):
+                    info["partial"] = True
+                return info, result_buffers
             elif kind == "error":
                 raise EngineFailure(header.get("kind", "engine"), header.get("message", "unknown error"))
 

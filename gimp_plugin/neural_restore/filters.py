@@ -32,6 +32,12 @@ Host adapter interface (duck-typed):
                                         None)]; each layer gets its title, opacity, visibility,
                                         a perceptual composite space and the mask as its layer
                                         mask; one undo step
+Optional (live preview; hosts without them get none):
+  host.preview_interval_s            -> seconds between previews, or None for no preview
+  host.show_preview(source, layer_name, buffers)
+                                     -> shows/updates one temporary layer above the source,
+                                        without undo steps
+  host.remove_preview()              -> removes it again (no undo step); safe to call twice
 """
 import os
 import time
@@ -151,13 +157,22 @@ class FilterSpec(object):
 DEVICE_CHOICES = (("auto", "Automatic (GPU if present)"), ("cpu", "CPU"), ("cuda", "NVIDIA GPU (CUDA)"))
 DEVICE_PARAM = FilterParam("device", "choice", "auto", "Device", "Where to compute: auto, cpu or cuda",
                            choices=DEVICE_CHOICES)
-# Shared by the DIP filters.
+# Speed/quality choice of the DIP filters. Engines that do not list "preset" for an op in
+# their hello never receive it (client.supported_params), so old engines keep working.
+PRESET_CHOICES = (("auto", "Automatic"), ("fast", "Fast"), ("quality", "Best quality"),
+                  ("paper", "Paper settings (slow)"))
+PRESET_PARAM = FilterParam("preset", "choice", "auto", "Quality",
+                           "Speed/quality trade-off: auto, fast, quality or paper (the published "
+                           "settings, slow on a CPU)", choices=PRESET_CHOICES)
+# Shared by the DIP filters. New settings go last: gimpfu (GIMP 2.10) scripts pass them by
+# position. The GIMP 3 dialog shows "preset" first (dialog_order).
 DIP_PARAMS = (
     FilterParam("iterations", "int", 0, "Iterations",
                 "Optimisation steps; 0 chooses automatically from the image size", 0, 100000),
     FilterParam("seed", "int", 0, "Seed", "Random seed: the same seed gives the same result",
                 0, 2147483647),
     DEVICE_PARAM,
+    PRESET_PARAM,
 )
 
 UPSCALE_PARAMS = (
@@ -178,6 +193,11 @@ DECOMPOSE_MODE_PARAM = FilterParam(
     "clean image + watermark (select the area around the watermark)",
     choices=(("segment", "Segment"), ("transparency", "Transparency"), ("dehaze", "Dehaze"),
              ("watermark", "Watermark")))
+
+def dialog_order(spec):
+    """Names of the spec's settings in the order the dialog shows them: quality first."""
+    names = [p.name for p in spec.params]
+    return sorted(names, key=lambda name: name != "preset")
 
 FILTERS = (
     FilterSpec("denoise", "denoise", "_Denoise...",
@@ -308,6 +328,102 @@ class ProgressClock(object):
         return "%s (%s)" % (self.text or "Working", timing)
 
 
+PREVIEW_SUFFIX = " (preview)"
+PARTIAL_SUFFIX = " (result so far)"
+ESTIMATE_UNAVAILABLE = "No time estimate available."
+
+
+def _duration_text(seconds):
+    if seconds < 90:
+        return "%d s" % max(1, int(round(seconds)))
+    if seconds < 5400:
+        return "%d min" % int(round(seconds / 60.0))
+    return "%.1f h" % (seconds / 3600.0)
+
+
+def _size_text(size):
+    return "%.1f GB" % (size / float(1 << 30)) if size >= 1 << 30 else "%d MB" % (size // (1 << 20))
+
+
+def describe_estimate(spec, reply, device_label):
+    """The dialog's one-line estimate from an engine ``estimate`` reply (None -> fallback)."""
+    if not reply:
+        return ESTIMATE_UNAVAILABLE
+    try:
+        preset = spec.param("preset")
+    except KeyError:
+        preset = None
+    labels = [label for _, label in preset.choices] if preset is not None else [""]
+    parts = []
+    for label, seconds in zip(labels, reply.get("seconds") or []):
+        if isinstance(seconds, (int, float)) and seconds > 0:
+            parts.append("%s with %s" % (_duration_text(seconds), label) if label else _duration_text(seconds))
+    text = ("About " + ", ".join(parts) + (" on %s." % device_label)) if parts else ESTIMATE_UNAVAILABLE
+    memory = [m for m in reply.get("memory_bytes") or [] if isinstance(m, (int, float))]
+    available = reply.get("memory_available")
+    if memory and isinstance(available, (int, float)) and max(memory) > available:
+        text += " Needs about %s of memory, this machine has %s free: select a smaller area." % (
+            _size_text(max(memory)), _size_text(available))
+    return text
+
+
+def work_size(spec, host, source):
+    """(width, height) the op works on: the selection's box for inpaint, else the layer."""
+    if spec.needs_selection:
+        bounds = host.selection_bounds()
+        box = _intersect(bounds, source) if bounds is not None else None
+        if box is not None:
+            return box[2] - box[0], box[3] - box[1]
+    return source.width, source.height
+
+
+def estimate_text(host, spec, values, plugin_dir, timeout=10.0):
+    """Ask the engine how long each preset would take here; never raises (dialog helper).
+
+    Starts an engine just for this (no torch import on its side: estimates are arithmetic),
+    so the dialog opens even when the engine cannot start: it then says no estimate.
+    """
+    try:
+        source = host.source()
+        width, height = work_size(spec, host, source)
+        config = load_config(plugin_dir)
+        try:
+            choices = spec.param("preset").choice_values()
+        except KeyError:
+            choices = [None]
+        param_sets = []
+        for choice in choices:
+            params = engine_params(spec, values)
+            if choice is not None:
+                params["preset"] = choice
+            param_sets.append(params)
+        engine = EngineProcess(config, timeout=timeout)
+        try:
+            engine.start()
+            reply = engine.estimate(spec.op, width, height, param_sets)
+        finally:
+            engine.close()
+    except (FilterError, EngineFailure, OSError, ValueError, KeyError):
+        return ESTIMATE_UNAVAILABLE
+    device = values.get("device", "auto")
+    device_label = {"cpu": "the CPU", "cuda": "the GPU"}.get(device, "this machine")
+    return describe_estimate(spec, reply, device_label)
+
+
+def preview_interval(interactive, environ=None):
+    """Seconds between live previews: 3 in interactive runs, none in scripts, unless the
+    NEURAL_RESTORE_PREVIEW_S environment variable says otherwise (0 = off)."""
+    environ = os.environ if environ is None else environ
+    override = environ.get("NEURAL_RESTORE_PREVIEW_S")
+    if override:
+        try:
+            value = float(override)
+        except ValueError:
+            value = 0.0
+        return value if value > 0 else None
+    return 3.0 if interactive else None
+
+
 def engine_params(spec, values):
     """Dialog/PDB values -> the engine's params (the filter's own settings only)."""
     return dict((p.name, p.engine_value(values[p.name])) for p in spec.params if p.name in values)
@@ -416,12 +532,21 @@ def run_filter(host, spec, values, plugin_dir, log_dir=None):
         clock = ProgressClock(host)
         clock(0.0, "Starting the Neural Restore engine...")
         engine = EngineProcess(config, stderr_path)
+        interval = getattr(host, "preview_interval_s", None)
+
+        def on_preview(previews):
+            if _fits(previews, source):
+                host.show_preview(source, spec.layer_name + PREVIEW_SUFFIX, previews)
+
         try:
             engine.start(on_idle=clock.tick)
             clock.first = None  # estimate from the job's own frames, not the start-up
-            info, results = engine.run(spec.op, engine_params(spec, values), buffers, clock, clock.tick)
+            info, results = engine.run(spec.op, engine_params(spec, values), buffers, clock, clock.tick,
+                                       interval, on_preview if interval else None)
         finally:
             engine.close()
+            if interval:
+                host.remove_preview()  # also on errors: a preview never outlives the run
     except EngineFailure as failure:
         raise FilterError(failure.message, failure.kind)
     if not results:
@@ -444,11 +569,18 @@ def run_filter(host, spec, values, plugin_dir, log_dir=None):
         host.add_layer_group(source, spec.group_name(values), layer_stack(results))
         return info
     host.progress(1.0, "Adding the result layer...")
+    layer_name = spec.layer_name + (PARTIAL_SUFFIX if info.get("partial") else "")
     if spec.mask_result and region is not None and region[2]:
-        host.add_layers(source, spec.layer_name, results, mask_with_selection=True)
+        host.add_layers(source, layer_name, results, mask_with_selection=True)
     else:
-        host.add_layers(source, spec.layer_name, results)
+        host.add_layers(source, layer_name, results)
     return info
+
+
+def _fits(buffers, source):
+    """Whether buffers can be shown as layers over the source (same size and format)."""
+    return all((b.width, b.height, b.channels, b.dtype) == (source.width, source.height, source.channels,
+                                                           source.dtype) for b in buffers)
 
 
 def _selection_hint(host, spec, values, source):

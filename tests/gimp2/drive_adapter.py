@@ -124,7 +124,7 @@ pdb.gimp_image_insert_layer(image, layer, None, 0)
 layer.set_offsets(5, 3)
 fill(layer, 5)
 select(image, 10, 8, 12, 10)
-attempt("decompose-segment", DECOMPOSE, image, layer, layer, mode=0)
+attempt("decompose-segment", DECOMPOSE, image, layer, layer, iterations=60, mode=0)
 group = image.layers[0]
 if isinstance(group, gimp.GroupLayer):
     facts["decompose-segment"]["children"] = [

@@ -1,4 +1,7 @@
 """GIMP 3 host adapter (Python 3, GObject Introspection). See filters.py for the interface."""
+import os
+import time
+
 import gi
 
 gi.require_version("Gimp", "3.0")
@@ -7,6 +10,8 @@ from gi.repository import Gegl, Gimp  # noqa: E402
 
 from ..filters import SourceInfo, refuse_item  # noqa: E402
 
+# NEURAL_RESTORE_PROGRESS_LOG=<file>: append every progress update (time, fraction, text).
+PROGRESS_LOG = os.environ.get("NEURAL_RESTORE_PROGRESS_LOG")
 # Babl sample-type suffix per wire dtype; 16-bit and float images never pass through 8 bits.
 _BABL_TYPE = {"u8": "u8", "u16": "u16", "f32": "float"}
 # Linear-light integer images are not listed: the protocol's values are perceptual, and
@@ -31,13 +36,55 @@ def _babl_format(channels, dtype):
 
 
 class Gimp3Host(object):
-    def __init__(self, image, drawables, interactive=False):
+    def __init__(self, image, drawables, interactive=False, preview_interval_s=None):
         self.image = image
         self.drawables = list(drawables or [])
         self.interactive = interactive  # a new image gets a display only when a user is looking
         self.opened_image = None
         self._drawable = None
         self._progress_started = False
+        self.preview_interval_s = preview_interval_s
+        self._preview = None
+
+    def show_preview(self, source, layer_name, buffers):
+        """One temporary layer above the source, outside the undo history.
+
+        The undo stack is frozen only around each edit (milliseconds), not for the whole
+        run: GIMP kills a plug-in on cancel, and a stack left frozen would make the user's
+        next edits impossible to undo. Freeze/thaw (unlike undo_disable) keeps the history.
+        """
+        buf = buffers[0]
+        image = self.image
+        image.undo_freeze()
+        try:
+            if self._preview is None or not self._preview.is_valid():
+                drawable = self._drawable
+                layer = Gimp.Layer.new(image, layer_name, buf.width, buf.height, drawable.type(), 100.0,
+                                       Gimp.LayerMode.NORMAL)
+                image.insert_layer(layer, drawable.get_parent(), image.get_item_position(drawable))
+                layer.set_offsets(buf.x, buf.y)
+                self._preview = layer
+            target = self._preview.get_buffer()
+            target.set(Gegl.Rectangle.new(0, 0, buf.width, buf.height), _babl_format(buf.channels, buf.dtype),
+                       buf.data)
+            target.flush()
+            self._preview.update(0, 0, buf.width, buf.height)
+        finally:
+            image.undo_thaw()
+        Gimp.displays_flush()
+
+    def remove_preview(self):
+        if self._preview is None:
+            return
+        layer, self._preview = self._preview, None
+        if not layer.is_valid():  # the user deleted it meanwhile
+            return
+        self.image.undo_freeze()
+        try:
+            self.image.remove_layer(layer)
+        finally:
+            self.image.undo_thaw()
+        Gimp.displays_flush()
 
     def source(self):
         if len(self.drawables) != 1:
@@ -86,6 +133,9 @@ class Gimp3Host(object):
         if text:
             Gimp.progress_set_text(text)
         Gimp.progress_update(max(0.0, min(1.0, fraction)))
+        if PROGRESS_LOG:  # what GIMP was told, for bug reports and the progress test
+            with open(PROGRESS_LOG, "a") as handle:
+                handle.write("%.3f\t%.4f\t%s\n" % (time.time(), fraction, text))
         return False
 
     def open_image(self, source, name, buf):
