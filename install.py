@@ -39,7 +39,8 @@ ENGINE_DIST = "neural-restore-engine"
 DEFAULT_TORCH = "torch==2.13.0"
 CONFIG_NAME = "engine.json"
 FLATPAK_ID = "org.gimp.GIMP"
-MENU_HINT = "Restart GIMP, then Filters \u25b8 Enhance \u25b8 Neural \u25b8 Denoise\u2026 / Inpaint selection\u2026"
+MENU_HINT = ("Restart GIMP, then Filters \u25b8 Enhance \u25b8 Neural \u25b8 Denoise\u2026 / Inpaint Selection\u2026 / "
+             "Remove JPEG Artifacts\u2026 / Upscale\u2026 / Sharpen\u2026 / Decompose into Layers\u2026")
 
 REPO_DIR = Path(__file__).resolve().parent
 PLUGIN_SOURCE_DIR = REPO_DIR / "gimp_plugin"
