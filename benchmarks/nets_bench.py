@@ -108,8 +108,9 @@ def centre_crop(image: np.ndarray, size: int) -> np.ndarray | None:
     return image[y:y + size, x:x + size]
 
 
-USM_RADII = (0.5, 0.8, 1.0, 1.3, 1.6, 2.0, 2.5, 3.0)
-USM_AMOUNTS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
+USM_RADII = (0.3, 0.4, 0.5, 0.8, 1.0, 1.3, 1.6, 2.0, 2.5, 3.0)
+# Wide enough that the best amount is never the grid's largest (it was 4.0 for σ=1.6 at radius 1).
+USM_AMOUNTS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 13.0, 16.0, 20.0, 25.0, 32.0, 40.0)
 
 
 def best_unsharp_mask(blurred: np.ndarray, truth: np.ndarray) -> tuple[float, dict[str, float]]:
@@ -118,7 +119,7 @@ def best_unsharp_mask(blurred: np.ndarray, truth: np.ndarray) -> tuple[float, di
     for radius in USM_RADII:
         detail = blurred - degrade.gaussian_blur(blurred, radius)
         for amount in USM_AMOUNTS:
-            score = psnr(blurred + amount * detail, truth)
+            score = psnr(np.clip(blurred + amount * detail, 0.0, 1.0), truth)  # what a user gets
             if score > best[0]:
                 best = (score, {"radius": radius, "amount": amount})
     return best
