@@ -74,7 +74,8 @@ def _pixels(h=24, w=28, c=4):
 
 def test_procedures_are_named_and_unique():
     names = [s.procedure_name for s in filters.FILTERS]
-    assert names == ["plug-in-neural-restore-denoise", "plug-in-neural-restore-inpaint-selection"]
+    assert names == ["plug-in-neural-restore-denoise", "plug-in-neural-restore-inpaint-selection",
+                     "plug-in-neural-restore-remove-jpeg-artifacts"]
     assert filters.filter_by_procedure(names[1]).op == "inpaint"
 
 

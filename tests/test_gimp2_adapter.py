@@ -77,7 +77,8 @@ def _pixels(facts: dict[str, Any], case: str, which: str, shape: tuple[int, ...]
 def test_runs_under_python_2_7_and_registers_both_filters(facts: dict[str, Any]) -> None:
     assert facts["python"].startswith("2.7.")
     registered = {p["name"]: p for p in facts["registered"]}
-    assert set(registered) == {"plug-in-neural-restore-denoise", "plug-in-neural-restore-inpaint-selection"}
+    assert set(registered) == {"plug-in-neural-restore-denoise", "plug-in-neural-restore-inpaint-selection",
+                               "plug-in-neural-restore-remove-jpeg-artifacts"}
     for proc in registered.values():
         assert proc["menu"] == "<Image>/Filters/Enhance/Neural"
         assert proc["params"] == ["image", "drawable", "iterations", "seed", "device"]

@@ -120,6 +120,10 @@ FILTERS = (
                "Fill the selected pixels from their surroundings with a Deep Image Prior; "
                "the result is a new layer above the source.",
                "Inpaint", DIP_PARAMS, needs_selection=True),
+    FilterSpec("remove-jpeg-artifacts", "dejpeg", "Remove _JPEG Artifacts...",
+               "Remove JPEG blocking and ringing with a Deep Image Prior (the quality setting "
+               "need not be known); the result is a new layer above the source.",
+               "JPEG artifacts removed", DIP_PARAMS),
 )
 
 EMPTY_SELECTION_MESSAGE = ("Inpaint selection needs a selection: select the area to fill "
