@@ -133,7 +133,7 @@ def _run_dip(task: Callable[..., np.ndarray], args: tuple, params: dict[str, Any
         raise
 
 
-def _denoise_like(task_name: str, title: str):
+def _denoise_like(task_name: str, title: str) -> OpRunner:
     def run(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
             ctx: JobContext) -> list[ResultLayer]:
         from .dip import tasks

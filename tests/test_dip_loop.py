@@ -138,8 +138,20 @@ def test_stopping_never_happens_before_min_iterations() -> None:
     assert stats.stopped_early and stats.iterations_run >= 300
 
 
+def test_a_settled_threshold_stops_at_the_first_check_below_it() -> None:
+    # A clean target has no noise floor: the change keeps falling, so only the threshold stops.
+    target = torch.linspace(0.2, 0.8, SIZE[1]).expand(1, 3, *SIZE).clone()
+    stats = FitStats()
+    fit(lambda out: (out - target).square().mean(), TINY, (*SIZE, 3), iterations=5000, device="cpu",
+        stop=StoppingRule(check_every=10, patience=1000, settled_below=0.02, min_iterations=30),
+        stats=stats)
+    assert stats.stopped_early and stats.iterations_run < 5000
+    # Stopped on the check after the settled one (read one check late), kept the settled one.
+    assert stats.result_iteration == stats.iterations_run - 10 and stats.result_iteration >= 30
+
+
 @pytest.mark.parametrize("bad", [dict(check_every=0), dict(patience=0), dict(min_relative_drop=1.0),
-                                 dict(min_iterations=-1)])
+                                 dict(min_iterations=-1), dict(settled_below=0.0)])
 def test_bad_stopping_rules_are_refused(bad: dict) -> None:
     with pytest.raises(ValueError):
         StoppingRule(**bad)

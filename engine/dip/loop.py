@@ -102,18 +102,26 @@ class StoppingRule:
     far; the averaged outputs of the last improving check are kept (a device-side copy). The
     run stops after ``patience`` checks without improvement (never before ``min_iterations``)
     and returns the kept outputs. ``iterations`` of the loop is then the maximum.
+
+    ``settled_below`` (optional) also ends the run at the first check whose change is below
+    it, returning that check's outputs. It is for objectives without a noise floor (JPEG
+    artefacts): there the change keeps falling smoothly past the PSNR peak and never levels
+    off, so "has it stopped moving" needs a threshold.
     """
 
     check_every: int = 25
     patience: int = 8
     min_relative_drop: float = 0.01
     min_iterations: int = 200
+    settled_below: float | None = None
 
     def __post_init__(self) -> None:
         if self.check_every < 1 or self.patience < 1 or self.min_iterations < 0:
             raise ValueError("check_every and patience must be positive, min_iterations non-negative")
         if not 0.0 <= self.min_relative_drop < 1.0:
             raise ValueError("min_relative_drop must be in [0, 1)")
+        if self.settled_below is not None and not self.settled_below > 0.0:
+            raise ValueError("settled_below must be positive")
 
 
 @dataclass
@@ -166,8 +174,8 @@ class _StopMonitor:
         self.lowest = torch.full((), float("inf"), device=any_tensor.device)
         self.checks_since_kept = torch.zeros((), dtype=torch.int64, device=any_tensor.device)
         self.kept_iteration = torch.zeros((), dtype=torch.int64, device=any_tensor.device)
+        self.settled = torch.zeros((), dtype=torch.bool, device=any_tensor.device)
         self.reader = _LaggedRead()
-        self.started = False
 
     def check(self, averaged: dict[str, torch.Tensor], iteration: int) -> bool:
         """Update the state with this check; True when the run should stop (decided on the
@@ -178,6 +186,11 @@ class _StopMonitor:
         for name, a in averaged.items():
             self.last[name].copy_(a)
         improved = change < self.lowest * (1.0 - self.rule.min_relative_drop)
+        if self.rule.settled_below is not None:
+            # The first settled check is kept and nothing after it (the run is stopping).
+            settled_now = (change < self.rule.settled_below) & (iteration >= self.rule.min_iterations)
+            improved = (improved & ~self.settled) | (settled_now & ~self.settled)
+            self.settled = self.settled | settled_now
         self.lowest = torch.where(improved, change, self.lowest)
         self.checks_since_kept = torch.where(improved, torch.zeros_like(self.checks_since_kept),
                                              self.checks_since_kept + 1)
@@ -185,15 +198,17 @@ class _StopMonitor:
                                           self.kept_iteration)
         for name, a in averaged.items():
             torch.where(improved, a, self.kept[name], out=self.kept[name])
-        since = self.reader.pop()
-        self.reader.push(self.checks_since_kept)
-        return (since is not None and since >= self.rule.patience
-                and iteration >= self.rule.min_iterations)
+        # One small read per check: checks since the kept one, or -1 once settled.
+        state = self.reader.pop()
+        self.reader.push(torch.where(self.settled, -1, self.checks_since_kept))
+        if state is None:
+            return False
+        return state == -1 or (state >= self.rule.patience and iteration >= self.rule.min_iterations)
 
     def best(self, averaged: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int | None]:
         """The kept outputs and their iteration, or the current ones (None) when the last
         check improved (the current ones are newer and at least as settled)."""
-        if int(self.checks_since_kept.item()) == 0:
+        if int(self.checks_since_kept.item()) == 0 and not bool(self.settled.item()):
             return averaged, None
         return self.kept, int(self.kept_iteration.item())
 

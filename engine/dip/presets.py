@@ -13,7 +13,7 @@ iterations (measured on this project's 2-core CPU, see README "DIP presets").
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -40,8 +40,9 @@ class TaskPreset:
     The iteration count is ``iterations_per_side × sqrt(pixels of the net input)``, clamped
     to [``min_iterations``, ``max_iterations``] (and on the CPU to the pixel budget unless
     ``cpu_budget`` is False). With ``stop`` it is the maximum and the run usually ends
-    earlier, after about ``expected_fraction`` of it (used for time estimates); without
-    ``stop`` it is exact (the paper presets use a constant: min = max).
+    after about ``expected_per_side × sqrt(pixels)`` iterations (measured where the rule
+    stops; used for time estimates); without ``stop`` it is exact (the paper presets use a
+    constant: min = max).
     """
 
     net: NetConfig
@@ -52,8 +53,18 @@ class TaskPreset:
     min_iterations: int
     max_iterations: int
     stop: StoppingRule | None
-    expected_fraction: float = 1.0
+    expected_per_side: float | None = None
     cpu_budget: bool = True
+
+    def stopping_rule(self, pixels: int) -> StoppingRule | None:
+        """``stop`` for a net input of ``pixels``: a ``settled_below`` threshold is given for a
+        64² input and scales as 1/sqrt(side) — the averaged output of a larger image moves
+        less per check at the same stage (measured: change at the PSNR peak 2.8e-3 at 64²,
+        1.9e-3 at 128² denoising; 3.3e-3 / 1.8e-3 JPEG)."""
+        if self.stop is None or self.stop.settled_below is None:
+            return self.stop
+        side_ratio = math.sqrt(max(1, pixels)) / SETTLED_REFERENCE_SIDE
+        return replace(self.stop, settled_below=self.stop.settled_below / math.sqrt(side_ratio))
 
     def iterations(self, pixels: int, device: torch.device) -> int:
         count = min(self.iterations_per_side * math.sqrt(pixels), self.max_iterations)
@@ -62,7 +73,10 @@ class TaskPreset:
         return int(max(self.min_iterations, round(count)))
 
     def expected_iterations(self, pixels: int, device: torch.device) -> int:
-        return max(1, round(self.iterations(pixels, device) * self.expected_fraction))
+        planned = self.iterations(pixels, device)
+        if self.stop is None or self.expected_per_side is None:
+            return planned
+        return min(planned, max(self.min_iterations, round(self.expected_per_side * math.sqrt(pixels))))
 
 
 def _paper(net: NetConfig, reg_noise_std: float, iterations: int, ema: float = 0.99) -> TaskPreset:
@@ -87,6 +101,12 @@ PAPER: dict[Task, TaskPreset] = {
 # settle the average by 1 % more (measured on F16 σ=25, 64² and 128²: within 0.1 dB of the
 # averaged output's PSNR peak; see `StoppingRule`).
 AUTO_STOP = StoppingRule(check_every=25, patience=8, min_relative_drop=0.01, min_iterations=200)
+# JPEG artefacts are no noise floor: the change keeps falling smoothly past the PSNR peak, so
+# the run also stops once it is below 2.5e-3 (for a 64² input; see `TaskPreset.stopping_rule`).
+# Measured with the light net on F16 at quality 10 (stop vs best averaged output of the run):
+# 64² centre 25.81 vs 25.86 dB, 64² sky 31.95 vs 31.99 dB, 128² centre 26.52 vs 26.52 dB.
+SETTLED_REFERENCE_SIDE = 64
+JPEG_STOP = replace(AUTO_STOP, settled_below=2.5e-3)
 
 # Fast nets: the light nets (paper topology, narrow full- and half-resolution levels) at the
 # paper's lr. Measured on F16 σ=25 128² (2-core CPU): lr 0.03 peaked later and lower than
@@ -96,28 +116,33 @@ AUTO_STOP = StoppingRule(check_every=25, patience=8, min_relative_drop=0.01, min
 FAST_DENOISE = LIGHT_DENOISE
 FAST_INPAINT = LIGHT_INPAINT
 
+# Quality: the paper nets with our stopping rule (tuned on the light net; the paper denoise
+# net's averaged output peaked near 6 iterations per pixel of side — ~800 its at 128² on
+# this CPU — and the paper's 3000 / 6000 its at 512² bound the rest). Not measured further
+# here: a paper net needs a GPU to run to the end.
 QUALITY: dict[Task, TaskPreset] = {
     "denoise": TaskPreset(PAPER_DENOISE, 0.01, 1.0 / 30.0, 0.99, 12.0, MIN_ITERATIONS, 6000,
-                          AUTO_STOP, expected_fraction=0.5),
+                          AUTO_STOP, expected_per_side=8.0),
     "inpaint": TaskPreset(PAPER_INPAINT, 0.01, 0.03, 0.99, 20.0, MIN_ITERATIONS, 10000,
-                          AUTO_STOP, expected_fraction=0.5),
+                          AUTO_STOP, expected_per_side=12.0),
     "super_resolve": TaskPreset(PAPER_DENOISE, 0.01, 0.03, 0.99, 24.0, MIN_ITERATIONS, 4000,
-                                AUTO_STOP, expected_fraction=0.8),
+                                AUTO_STOP, expected_per_side=24.0),
     "dejpeg": TaskPreset(PAPER_DENOISE, 0.01, 1.0 / 30.0, 0.99, 12.0, MIN_ITERATIONS, 6000,
-                         AUTO_STOP, expected_fraction=0.5),
+                         JPEG_STOP, expected_per_side=8.0),
 }
 
 FAST: dict[Task, TaskPreset] = {
     "denoise": TaskPreset(FAST_DENOISE, 0.01, 1.0 / 30.0, 0.99, 22.0, MIN_ITERATIONS, 6000,
-                          AUTO_STOP, expected_fraction=0.65),
+                          AUTO_STOP, expected_per_side=14.0),
     "inpaint": TaskPreset(FAST_INPAINT, 0.01, 0.03, 0.99, 22.0, MIN_ITERATIONS, 10000,
-                          AUTO_STOP, expected_fraction=0.65),
+                          AUTO_STOP, expected_per_side=14.0),
     # Super-resolution does not over-fit noise and improves for longer (×2 from 32² to 64²:
     # still improving at 1000 its, +0.7 dB over bicubic), so it gets a larger budget.
     "super_resolve": TaskPreset(FAST_DENOISE, 0.01, 0.03, 0.99, 32.0, MIN_ITERATIONS, 4000,
-                                AUTO_STOP, expected_fraction=0.8),
+                                AUTO_STOP, expected_per_side=32.0),
+    # Peaks near 7–9 iterations per pixel of side (F16 q10: 450 / 575 its at 64², 1125 at 128²).
     "dejpeg": TaskPreset(FAST_DENOISE, 0.01, 1.0 / 30.0, 0.99, 22.0, MIN_ITERATIONS, 6000,
-                         AUTO_STOP, expected_fraction=0.65),
+                         JPEG_STOP, expected_per_side=10.0),
 }
 
 PRESETS: dict[str, dict[Task, TaskPreset]] = {"paper": PAPER, "quality": QUALITY, "fast": FAST}
@@ -149,15 +174,15 @@ def task_preset(preset: str, task: Task, device: torch.device, pixels: int) -> T
 # Time estimates (shown in the dialog before a run)
 
 # ms per iteration ≈ fixed + per_megapixel × megapixels of the net input, per net.
-# CPU: measured on the 2-core dev machine with 2 threads (light net 17 / 32 / 110 ms at
-# 64² / 128² / 256²; paper denoise net 400 / 1900 ms at 128² / 256²), scaled for the
-# threads a run uses (`_cpu_thread_factor`). CUDA: a rough guess for a current desktop GPU
-# (not measured here), kept deliberately pessimistic.
+# CPU: measured on the 2-core dev machine with 1 thread (what a run uses there) next to a busy
+# neighbour — light denoise net 68 / 209 ms at 128² / 256², light inpaint 63 / 227, paper
+# denoise 366 / 2000, paper inpaint 602 / 3179 — and scaled for the threads a run uses
+# (`_cpu_thread_factor`). CUDA: a rough guess for a current desktop GPU (not measured here).
 CPU_MS_PER_ITERATION: dict[NetConfig, tuple[float, float]] = {
-    LIGHT_DENOISE: (6.0, 1600.0),
-    LIGHT_INPAINT: (6.0, 1900.0),
-    PAPER_DENOISE: (0.0, 29000.0),
-    PAPER_INPAINT: (0.0, 40000.0),
+    LIGHT_DENOISE: (21.0, 2870.0),
+    LIGHT_INPAINT: (8.0, 3340.0),
+    PAPER_DENOISE: (0.0, 30500.0),
+    PAPER_INPAINT: (0.0, 48000.0),
 }
 CUDA_MS_PER_ITERATION: dict[NetConfig, tuple[float, float]] = {
     LIGHT_DENOISE: (4.0, 20.0),
@@ -165,12 +190,12 @@ CUDA_MS_PER_ITERATION: dict[NetConfig, tuple[float, float]] = {
     PAPER_DENOISE: (5.0, 120.0),
     PAPER_INPAINT: (5.0, 160.0),
 }
-MEASURED_CPU_THREADS = 2
+MEASURED_CPU_THREADS = 1
 
 
 def _cpu_thread_factor() -> float:
-    # Conv layers of this size scale sub-linearly with threads (~threads^0.6 measured: 25 ms
-    # with 1 thread, 17 ms with 2 at 64²).
+    # Conv layers of this size scale sub-linearly with threads (~threads^0.6 measured on an
+    # idle 2-core box: 25 ms with 1 thread, 17 ms with 2 at 64²).
     from .loop import cpu_threads_for_fit
 
     return (MEASURED_CPU_THREADS / max(1, cpu_threads_for_fit())) ** 0.6

@@ -250,10 +250,7 @@ def _fit_task(
     automatic = iterations is None
     if automatic:
         iterations = settings.iterations(pixels, device)
-    loop_preview = None
-    if preview is not None:
-        def loop_preview(outputs: dict[str, np.ndarray]) -> None:
-            preview(finish(outputs["image"]))
+    loop_preview = None if preview is None else (lambda outputs: preview(finish(outputs["image"])))
     try:
         return finish(fit(
             objective,
@@ -266,7 +263,7 @@ def _fit_task(
             reg_noise_std=settings.reg_noise_std,
             ema=settings.ema,
             # An explicit iteration count is obeyed exactly.
-            stop=settings.stop if automatic else None,
+            stop=settings.stopping_rule(pixels) if automatic else None,
             stats=stats,
             progress=progress,
             cancel_requested=cancel_requested,
