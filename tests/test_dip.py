@@ -441,3 +441,11 @@ def test_dejpeg_beats_the_jpeg_input(f16: np.ndarray) -> None:
     print(f"dejpeg q10 64²: {gain:+.2f} dB over the JPEG, stopped after {stats.iterations_run} its")
     assert restored.shape == jpeg.shape and gain >= 0.8
     assert stats.stopped_early  # the run found its own end (≈ 425 of at most 1408 its)
+
+
+def test_explicit_iterations_override_automatic_stopping(f16: np.ndarray) -> None:
+    image = np.ascontiguousarray(f16[:40, :40])
+    for task in (tasks.denoise, tasks.dejpeg):
+        stats = loop.FitStats()
+        task(image, iterations=30, device="cpu", preset="fast", stats=stats)
+        assert (stats.iterations_run, stats.result_iteration, stats.stopped_early) == (30, 30, False)
