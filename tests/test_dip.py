@@ -415,13 +415,13 @@ def _zebra_pair(size: int, scale: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return tuple(np.asarray(i, dtype=np.float32) / 255.0 for i in (truth_image, low_image, bicubic))
 
 
-@pytest.mark.slow
 def test_super_resolve_beats_bicubic() -> None:
     truth, low, bicubic = _zebra_pair(64, 2)
     started = time.perf_counter()
-    result = tasks.super_resolve(low, 2, iterations=1000, seed=0, device="cpu")
+    # 800 of the 2048 iterations automatic mode runs here (+1.36 dB there): enough for a margin.
+    result = tasks.super_resolve(low, 2, iterations=800, seed=0, device="cpu", preset="fast")
     gain = _psnr(result, truth) - _psnr(bicubic, truth)
-    print(f"SR ×2 32²→64², 1000 its: {gain:+.2f} dB over bicubic in {time.perf_counter() - started:.0f} s")
+    print(f"SR ×2 32²→64², 800 its: {gain:+.2f} dB over bicubic in {time.perf_counter() - started:.0f} s")
     assert gain >= 0.3
 
 
