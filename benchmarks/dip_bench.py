@@ -1,30 +1,40 @@
-"""DIP benchmark: PSNR and wall time of our DIP against CBM3D / biharmonic, side by side, one run.
+"""DIP benchmark: PSNR and wall time of our DIP presets against classical baselines, one run.
 
-    python benchmarks/dip_bench.py [--device cpu|cuda] [--size 256] [--only denoise,inpaint]
-                                   [--paper-iterations N] > benchmarks/results/<name>.json
+    python benchmarks/dip_bench.py [--device cpu|cuda] [--size 256] [--sr-size 256]
+        [--only denoise,inpaint,sr] [--presets paper,fast,quality,auto] [--full-cpu]
+        [--quick] > benchmarks/results/<name>.json
 
-Images come from the DIP paper's own set (../shared/data/dip): F16 with Gaussian noise
-σ = 25 (fixed seed) for denoising; kate / library / vase with their masks for inpainting
-(the masks are black where pixels are missing; our API takes True = fill). ``--size`` centre-
-crops (denoise) or resizes (inpaint) so a CPU run stays affordable.
+Images come from the DIP paper's own set (../shared/data/dip):
+- denoising: F16 with Gaussian noise σ = 25 (fixed seed), centre crop ``--size``² ;
+  baseline CBM3D (``bm3d`` package, told the true σ);
+- inpainting: kate / library / vase with their masks (black = missing; our API takes True =
+  fill), resized so the longer side is at most ``--size``; baseline skimage's biharmonic
+  inpainting; PSNR over the image and inside the hole;
+- super-resolution: zebra ×4, a centre crop ``--sr-size``² of zebra_GT downsampled with
+  Lanczos (as the paper makes its inputs); baseline bicubic upscaling.
 
-Modes: ``auto`` is what users get (default net and iteration count for the device);
-``paper`` is the paper's net with its iteration count. On a CPU the paper mode is far too
-slow to run to the end (≈ 2 s/iteration at 256² here), so unless --paper-iterations is
-given it runs 20 iterations, reports the measured s/iteration and the projected time, and
-marks the entry ``"projected": true`` with no PSNR.
-Baselines: CBM3D (``bm3d`` package, told the true σ) and skimage's biharmonic inpainting,
-both benchmark-only dependencies.
+Presets (see engine/dip/presets.py): ``paper`` (the reference code's nets and fixed
+iteration counts), ``fast`` and ``quality`` (ours, automatic stopping) and ``auto`` (what
+users get; when it resolves to a preset already run, its entry says so instead of rerunning).
+Every entry gives PSNR, seconds, iterations run and whether the run stopped itself.
+
+On a CPU the paper-sized nets (``paper``, ``quality``) are far too slow to run to the end
+(≈ 2 s/iteration at 256² on 2 cores), so unless ``--full-cpu`` is given they run 20
+iterations and report the measured s/iteration and the projected time for the iterations
+they would run (``"projected": true``, no PSNR). ``--quick`` checks the whole pipeline in a
+few minutes: 64² images, 30 iterations for every DIP run, 3-iteration probes.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +44,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 DATA = REPO.parent / "shared" / "data" / "dip"
 
-from engine.dip import nets, tasks  # noqa: E402
+from engine.dip import presets, tasks  # noqa: E402
+from engine.dip.loop import FitStats  # noqa: E402
+
+PAPER_SIZED = ("paper", "quality")  # presets whose nets are projected, not run, on a CPU
+SR_SCALE = 4
+
+# (preset, explicit iterations or None, stats to fill) -> restored image
+Runner = Callable[[str, "int | None", FitStats], np.ndarray]
+# restored image -> {"psnr": ..., maybe "psnr_in_hole": ...}
+Scorer = Callable[[np.ndarray], dict]
 
 
 def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float:
@@ -50,7 +69,7 @@ def load_rgb(path: Path) -> np.ndarray:
 def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
     h, w = image.shape[:2]
     y, x = max(0, (h - size) // 2), max(0, (w - size) // 2)
-    return image[y:y + size, x:x + size]
+    return np.ascontiguousarray(image[y:y + size, x:x + size])
 
 
 def timed(fn):
@@ -59,43 +78,59 @@ def timed(fn):
     return out, round(time.perf_counter() - started, 2)
 
 
-def paper_entry(run, iterations_full: int, paper_iterations: int | None) -> dict:
-    if paper_iterations is not None:
-        out, seconds = timed(lambda: run(paper_iterations))
-        return {"out": out, "seconds": seconds, "iterations": paper_iterations}
-    probe = 20
-    _, seconds = timed(lambda: run(probe))
-    per_iteration = seconds / probe
-    return {"projected": True, "iterations": iterations_full, "probe_iterations": probe,
-            "seconds_per_iteration": round(per_iteration, 3),
-            "seconds": round(per_iteration * iterations_full, 1)}
+def bench_presets(run: Runner, score: Scorer, task: presets.Task, pixels: int, args) -> dict:
+    """One entry per requested preset (see the module docstring)."""
+    device = tasks.resolve_device(args.device)
+    entries: dict[str, dict] = {}
+    for name in args.presets.split(","):
+        resolved = presets.choose_preset(name, device, pixels)
+        if name == "auto" and resolved in entries:
+            entries["auto"] = {"same_as": resolved}
+            continue
+        settings = presets.PRESETS[resolved][task]
+        if device.type == "cpu" and resolved in PAPER_SIZED and not args.full_cpu:
+            probe = args.probe_iterations
+            _, seconds = timed(lambda: run(resolved, probe, FitStats()))
+            planned = (settings.iterations(pixels, device) if settings.stop is None
+                       else settings.expected_iterations(pixels, device))
+            entry = {"projected": True, "probe_iterations": probe,
+                     "seconds_per_iteration": round(seconds / probe, 3),
+                     "iterations": planned, "seconds": round(seconds / probe * planned, 1)}
+        else:
+            stats = FitStats()
+            out, seconds = timed(lambda: run(resolved, args.iterations, stats))
+            entry = {**score(out), "seconds": seconds, "iterations": stats.iterations_run,
+                     "stopped_automatically": stats.stopped_early,
+                     "result_iteration": stats.result_iteration}
+        if name == "auto":
+            entry["resolves_to"] = resolved
+        entries[name] = entry
+    return entries
 
 
-def bench_denoise(size: int, device: str, paper_iterations: int | None) -> dict:
+def bench_denoise(args) -> dict:
     import bm3d
 
-    clean = centre_crop(load_rgb(DATA / "denoising" / "F16_GT.png"), size)
+    clean = centre_crop(load_rgb(DATA / "denoising" / "F16_GT.png"), args.size)
     sigma = 25 / 255
     noisy = np.clip(clean + np.random.default_rng(0).normal(0, sigma, clean.shape), 0, 1).astype(np.float32)
-    result = {"image": f"F16 centre {clean.shape[1]}x{clean.shape[0]}, sigma 25", "noisy_psnr": psnr(noisy, clean)}
+    result = {"image": f"F16 centre {clean.shape[1]}x{clean.shape[0]}, sigma 25",
+              "noisy_psnr": psnr(noisy, clean)}
     out, seconds = timed(lambda: bm3d.bm3d_rgb(noisy, sigma))
     result["cbm3d"] = {"psnr": psnr(out, clean), "seconds": seconds}
-    out, seconds = timed(lambda: tasks.denoise(noisy, device=device))
-    result["auto"] = {"psnr": psnr(out, clean), "seconds": seconds}
-    entry = paper_entry(lambda n: tasks.denoise(noisy, iterations=n, device=device, net=nets.PAPER_DENOISE),
-                        3000, paper_iterations)
-    if "out" in entry:
-        entry["psnr"] = psnr(entry.pop("out"), clean)
-    result["paper"] = entry
+    result.update(bench_presets(
+        lambda preset, iterations, stats: tasks.denoise(noisy, iterations=iterations, device=args.device,
+                                                        preset=preset, stats=stats),
+        lambda out: {"psnr": psnr(out, clean)}, "denoise", clean.shape[0] * clean.shape[1], args))
     return result
 
 
-def bench_inpaint(name: str, size: int, device: str, paper_iterations: int | None) -> dict:
+def bench_inpaint(name: str, args) -> dict:
     from skimage.restoration import inpaint_biharmonic
 
     image = Image.open(DATA / "inpainting" / f"{name}.png").convert("RGB")
     mask = Image.open(DATA / "inpainting" / f"{name}_mask.png").convert("L")
-    scale = size / max(image.size)
+    scale = args.size / max(image.size)
     if scale < 1:
         new = (round(image.width * scale), round(image.height * scale))
         image, mask = image.resize(new, Image.LANCZOS), mask.resize(new, Image.NEAREST)
@@ -103,28 +138,57 @@ def bench_inpaint(name: str, size: int, device: str, paper_iterations: int | Non
     hole = np.asarray(mask) < 128  # black = missing in the paper's masks
     damaged = truth.copy()
     damaged[hole] = 0.0
+
+    def score(out: np.ndarray) -> dict:
+        return {"psnr": psnr(out, truth), "psnr_in_hole": psnr(out, truth, hole)}
+
     result = {"image": f"{name} {truth.shape[1]}x{truth.shape[0]}", "hole_fraction": round(float(hole.mean()), 3)}
     out, seconds = timed(lambda: inpaint_biharmonic(damaged, hole, channel_axis=-1))
-    result["biharmonic"] = {"psnr": psnr(out, truth), "psnr_in_hole": psnr(out, truth, hole), "seconds": seconds}
-    out, seconds = timed(lambda: tasks.inpaint(damaged, hole, device=device))
-    result["auto"] = {"psnr": psnr(out, truth), "psnr_in_hole": psnr(out, truth, hole), "seconds": seconds}
-    entry = paper_entry(lambda n: tasks.inpaint(damaged, hole, iterations=n, device=device, net=nets.PAPER_INPAINT),
-                        5000, paper_iterations)
-    if "out" in entry:
-        out = entry.pop("out")
-        entry.update(psnr=psnr(out, truth), psnr_in_hole=psnr(out, truth, hole))
-    result["paper"] = entry
+    result["biharmonic"] = {**score(out), "seconds": seconds}
+    result.update(bench_presets(
+        lambda preset, iterations, stats: tasks.inpaint(damaged, hole, iterations=iterations,
+                                                        device=args.device, preset=preset, stats=stats),
+        score, "inpaint", truth.shape[0] * truth.shape[1], args))
+    return result
+
+
+def bench_sr(args) -> dict:
+    truth_image = Image.open(DATA / "sr" / "zebra_GT.png").convert("RGB")
+    side = min(args.sr_size, truth_image.width, truth_image.height) // SR_SCALE * SR_SCALE
+    left, top = (truth_image.width - side) // 2, (truth_image.height - side) // 2
+    truth_image = truth_image.crop((left, top, left + side, top + side))
+    low_image = truth_image.resize((side // SR_SCALE,) * 2, Image.LANCZOS)
+    truth = np.asarray(truth_image, dtype=np.float32) / 255.0
+    low = np.asarray(low_image, dtype=np.float32) / 255.0
+    result = {"image": f"zebra centre {side}x{side}, x{SR_SCALE} from {side // SR_SCALE}x{side // SR_SCALE}"}
+    out, seconds = timed(lambda: np.asarray(low_image.resize((side, side), Image.BICUBIC), dtype=np.float32) / 255.0)
+    result["bicubic"] = {"psnr": psnr(out, truth), "seconds": seconds}
+    result.update(bench_presets(
+        lambda preset, iterations, stats: tasks.super_resolve(low, SR_SCALE, iterations=iterations,
+                                                              device=args.device, preset=preset, stats=stats),
+        lambda out: {"psnr": psnr(out, truth)}, "super_resolve", side * side, args))
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--only", default="denoise,inpaint")
+    parser.add_argument("--size", type=int, default=256, help="denoise crop side / inpaint longer side")
+    parser.add_argument("--sr-size", type=int, default=256, help="super-resolution output side")
+    parser.add_argument("--only", default="denoise,inpaint,sr")
     parser.add_argument("--inpaint-images", default="kate,library,vase")
-    parser.add_argument("--paper-iterations", type=int, default=None)
+    parser.add_argument("--presets", default="paper,fast,quality,auto")
+    parser.add_argument("--full-cpu", action="store_true",
+                        help="run the paper-sized presets to the end on a CPU too (hours)")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="run every DIP entry for exactly this many iterations (no automatic stop)")
+    parser.add_argument("--probe-iterations", type=int, default=20)
+    parser.add_argument("--quick", action="store_true",
+                        help="pipeline check: 64² images, 30 iterations, 3-iteration probes")
     args = parser.parse_args()
+    if args.quick:
+        args.size, args.sr_size, args.probe_iterations = 64, 64, 3
+        args.iterations = args.iterations or 30
     import torch
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
@@ -134,15 +198,17 @@ def main() -> None:
         "command": " ".join(["python", "benchmarks/dip_bench.py", *sys.argv[1:]]),
         "device": args.device,
         "machine": (torch.cuda.get_device_name(0) if args.device == "cuda"
-                    else f"{platform.processor() or platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores"),
+                    else f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores"),
         "torch": torch.__version__, "results": {},
     }
     wanted = args.only.split(",")
     if "denoise" in wanted:
-        report["results"]["denoise_f16"] = bench_denoise(args.size, args.device, args.paper_iterations)
+        report["results"]["denoise_f16"] = bench_denoise(args)
     if "inpaint" in wanted:
         for name in args.inpaint_images.split(","):
-            report["results"][f"inpaint_{name}"] = bench_inpaint(name, args.size, args.device, args.paper_iterations)
+            report["results"][f"inpaint_{name}"] = bench_inpaint(name, args)
+    if "sr" in wanted:
+        report["results"][f"sr_zebra_x{SR_SCALE}"] = bench_sr(args)
     print(json.dumps(report, indent=2))
 
 

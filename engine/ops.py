@@ -126,21 +126,41 @@ def join_alpha(colour: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
 
 def _dip_kwargs(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     return {
-        "iterations": params["iterations"] or None,  # 0 means "choose for me"
+        "iterations": params["iterations"] or None,  # 0 means "choose for me" (automatic stop)
         "seed": params["seed"],
         "device": params["device"],
+        "preset": params["preset"],
         "progress": ctx.progress,
         "cancel_requested": ctx.cancel_requested,
     }
 
 
-def _denoise(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
-             ctx: JobContext) -> list[ResultLayer]:
-    from .dip import tasks
+def _run_dip(task: Callable[..., np.ndarray], args: tuple, params: dict[str, Any], ctx: JobContext,
+             finish: Callable[[np.ndarray], list[ResultLayer]]) -> list[ResultLayer]:
+    """Run a DIP task; previews and a cancel's partial result go through ``finish`` too, so
+    the front end gets full-size layers post-processed exactly like the result."""
+    kwargs = _dip_kwargs(params, ctx)
+    if ctx.preview is not None:
+        front_end_preview = ctx.preview
+        kwargs["preview"] = lambda so_far: front_end_preview(finish(so_far))
+    try:
+        return finish(task(*args, **kwargs))
+    except Cancelled as cancelled:
+        if isinstance(cancelled.partial, np.ndarray):
+            raise Cancelled(cancelled.message, partial=finish(cancelled.partial)) from None
+        raise
 
-    colour, alpha = split_alpha(image)
-    restored = tasks.denoise(np.clip(colour, 0.0, 1.0), **_dip_kwargs(params, ctx))
-    return [ResultLayer("image", "Denoised", join_alpha(restored, alpha))]
+
+def _denoise_like(task_name: str, title: str) -> OpRunner:
+    def run(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
+            ctx: JobContext) -> list[ResultLayer]:
+        from .dip import tasks
+
+        colour, alpha = split_alpha(image)
+        return _run_dip(getattr(tasks, task_name), (np.clip(colour, 0.0, 1.0),), params, ctx,
+                        lambda restored: [ResultLayer("image", title, join_alpha(restored, alpha))])
+
+    return run
 
 
 def _inpaint(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
@@ -156,13 +176,30 @@ def _inpaint(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
     if hole.all():
         raise BadInput("the mask covers the whole image: nothing is left to fill the hole from")
     colour, alpha = split_alpha(image)
-    filled = tasks.inpaint(np.clip(colour, 0.0, 1.0), hole, **_dip_kwargs(params, ctx))
-    if alpha is not None:
-        # Filled pixels become opaque, so a hole cut into transparency is filled too.
-        filled = join_alpha(filled, np.ones_like(alpha))
-    w = weight[:, :, None]
-    result = np.where(hole[:, :, None], w * filled + (1.0 - w) * image, image)
-    return [ResultLayer("image", "Inpainted", result.astype(np.float32))]
+
+    def finish(filled: np.ndarray) -> list[ResultLayer]:
+        if alpha is not None:
+            # Filled pixels become opaque, so a hole cut into transparency is filled too.
+            filled = join_alpha(filled, np.ones_like(alpha))
+        w = weight[:, :, None]
+        result = np.where(hole[:, :, None], w * filled + (1.0 - w) * image, image)
+        return [ResultLayer("image", "Inpainted", result.astype(np.float32))]
+
+    return _run_dip(tasks.inpaint, (np.clip(colour, 0.0, 1.0), hole), params, ctx, finish)
+
+
+def _dip_estimate(task: str) -> OpEstimator:
+    """Seconds a DIP op is expected to take (for the dialog): ms/iteration of the preset's net
+    at this size × the iterations it is expected to run. Inpainting is estimated for the whole
+    layer; the real run optimises only the hole's window, so it is usually faster."""
+
+    def estimate(params: dict[str, Any], height: int, width: int) -> float | None:
+        from .dip import presets
+
+        return presets.estimate_seconds(task, params["preset"], params["device"],
+                                       params["iterations"] or None, height, width)
+
+    return estimate
 
 
 DECOMPOSE_MODES = ("segment", "transparency", "dehaze", "watermark")
@@ -222,10 +259,14 @@ def _decompose(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any
 
 
 _DIP_PARAMS = (
-    Param("iterations", int, 0, "optimisation steps; 0 = automatic", minimum=0, maximum=100000),
+    Param("iterations", int, 0, "optimisation steps; 0 = automatic (stops when the result has "
+          "settled)", minimum=0, maximum=100000),
     Param("seed", int, 0, "random seed (same seed, same device → same result)", minimum=0,
           maximum=2**31 - 1),
     Param("device", str, "auto", "where to compute", choices=("auto", "cpu", "cuda")),
+    Param("preset", str, "auto", "speed/quality: fast, quality (paper-sized nets), paper "
+          "(the paper's exact settings, no automatic stop) or auto (fast on CPU, quality on GPU)",
+          choices=("auto", "fast", "quality", "paper")),
 )
 
 # -- trained nets (ONNX Runtime; no torch on this path) -------------------------------------
@@ -292,9 +333,13 @@ _UPSCALE_PARAMS = (
 OPS: dict[str, OpSpec] = {
     spec.name: spec
     for spec in (
-        OpSpec("denoise", "Deep Image Prior denoising (noise level not needed)", _denoise, _DIP_PARAMS),
+        OpSpec("denoise", "Deep Image Prior denoising (noise level not needed)",
+               _denoise_like("denoise", "Denoised"), _DIP_PARAMS, estimate=_dip_estimate("denoise")),
         OpSpec("inpaint", "Deep Image Prior inpainting of the masked pixels", _inpaint, _DIP_PARAMS,
-               needs_mask=True),
+               needs_mask=True, estimate=_dip_estimate("inpaint")),
+        OpSpec("dejpeg", "Deep Image Prior removal of JPEG artefacts (quality not needed)",
+               _denoise_like("dejpeg", "JPEG artifacts removed"), _DIP_PARAMS,
+               estimate=_dip_estimate("dejpeg")),
         OpSpec("upscale", "Enlarge ×2 or ×4 with a trained RDN (or Deep Image Prior)", _upscale,
                _UPSCALE_PARAMS),
         OpSpec("sharpen", "Remove blur (defocus, soft lens, resize) with a trained U-Net", _sharpen,

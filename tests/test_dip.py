@@ -1,6 +1,7 @@
 """Deep Image Prior backend: nets, the loop and the denoise/inpaint tasks (CPU only)."""
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from engine.dip import loop, nets, tasks
+from engine.dip import loop, nets, presets, tasks
 from engine.errors import BadInput, Cancelled
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dip"
@@ -323,16 +324,128 @@ def test_cuda_without_gpu_is_bad_input() -> None:
     assert tasks.resolve_device(" CPU ") == torch.device("cpu")
 
 
-def test_default_iterations_rule() -> None:
+def test_preset_iteration_rules() -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    rule = tasks.default_iterations
-    # Light nets on the CPU: grows with the side, then the CPU budget takes over.
-    assert [rule("denoise", nets.LIGHT_DENOISE, cpu, s * s) for s in (64, 128, 256, 512, 1024)] == [
-        704, 1408, 2816, 750, 300]
-    assert rule("inpaint", nets.LIGHT_INPAINT, cpu, 64 * 64) == 704
-    # Paper nets on a GPU: the paper's counts at 512².
-    assert rule("denoise", nets.PAPER_DENOISE, cuda, 512 * 512) == 3000
-    assert rule("inpaint", nets.PAPER_INPAINT, cuda, 512 * 512) == 5000
-    assert rule("denoise", nets.PAPER_DENOISE, cuda, 128 * 128) == 768
-    custom = nets.NetConfig(channels_down=(8,) * 5, channels_up=(8,) * 5, channels_skip=(2,) * 5)
-    assert rule("denoise", custom, cpu, 64 * 64) == 704
+    # paper: the reference code's fixed counts on every device and size, no automatic stop.
+    assert {task: presets.PAPER[task].iterations(64 * 64, cpu) for task in presets.TASKS} == {
+        "denoise": 3000, "inpaint": 6000, "super_resolve": 2000, "dejpeg": 2400}
+    assert all(p.stop is None and p.lr == 0.01 and p.net.input_channels == 32 and p.ema == 0.99
+               for p in presets.PAPER.values())
+    assert presets.PAPER["inpaint"].net == nets.PAPER_INPAINT
+    # ours stop automatically; the count is a maximum that grows with the side and is capped
+    # on the CPU by the pixel budget.
+    fast = presets.FAST["denoise"]
+    assert fast.stop is not None
+    counts = [fast.iterations(s * s, cpu) for s in (64, 128, 256, 512, 1024)]
+    assert counts[:3] == sorted(counts[:3]) and counts[4] == presets.MIN_ITERATIONS
+    assert fast.iterations(1024 * 1024, cuda) == fast.max_iterations
+    # auto: fast on the CPU, quality on a GPU unless the input is huge.
+    assert presets.choose_preset("auto", cpu, 256 * 256) == "fast"
+    assert presets.choose_preset("auto", cuda, 512 * 512) == "quality"
+    assert presets.choose_preset("auto", cuda, 4096 * 4096) == "fast"
+    assert presets.choose_preset("paper", cpu, 64) == "paper"
+
+
+# ---------------------------------------------------------------------------------------------
+# Automatic stopping on a real task
+
+
+@pytest.mark.slow
+def test_automatic_stop_lands_near_the_psnr_peak(f16: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    clean = f16[224:288, 224:288]
+    noisy = np.clip(clean + np.random.default_rng(0).normal(0, 25 / 255, clean.shape), 0, 1)
+    noisy = noisy.astype(np.float32)
+    seen: list[float] = []
+    monkeypatch.setitem(loop.fit_generators.__kwdefaults__, "preview_interval_s", 0.0)
+    stats = loop.FitStats()
+    restored = tasks.denoise(noisy, device="cpu", preset="fast", stats=stats,
+                             preview=lambda so_far: seen.append(_psnr(so_far, clean)))
+    result = _psnr(restored, clean)
+    print(f"auto stop at {stats.iterations_run} (result from {stats.result_iteration}): "
+          f"{result:.2f} dB, best average seen {max(seen):.2f} dB at {int(np.argmax(seen)) + 1}")
+    assert stats.stopped_early
+    assert result >= max(seen) - 0.5
+    assert result >= _psnr(noisy, clean) + 5.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Super-resolution
+
+
+def test_lanczos_downsampler_keeps_flat_areas_and_removes_aliasing() -> None:
+    for scale in tasks.SR_SCALES:
+        taps = tasks.lanczos2_kernel(scale)
+        assert taps.shape == (4 * scale,) and abs(taps.sum() - 1) < 1e-6
+        np.testing.assert_allclose(taps, taps[::-1])
+        down = tasks.Lanczos2Downsampler(scale, 3)
+        flat = torch.full((1, 3, 16 * scale, 8 * scale), 0.7)
+        out = down(flat)
+        assert out.shape == (1, 3, 16, 8)
+        torch.testing.assert_close(out, torch.full_like(out, 0.7))
+        # A pixel-level checkerboard is far above the new Nyquist frequency: filtered out.
+        checker = torch.from_numpy((np.indices((16 * scale, 16 * scale)).sum(0) % 2).astype(np.float32))
+        assert float(down(checker.expand(1, 3, -1, -1))[..., 2:-2, 2:-2].std()) < 0.02
+
+
+def test_super_resolve_shapes_determinism_and_bad_scales(f16: np.ndarray) -> None:
+    low = np.ascontiguousarray(f16[100:120, 100:124].mean(axis=2, keepdims=True)).astype(np.float32)
+    first = tasks.super_resolve(low, 4, iterations=5, seed=2, device="cpu")
+    assert first.shape == (80, 96, 1) and first.dtype == np.float32
+    assert 0.0 <= first.min() and first.max() <= 1.0
+    np.testing.assert_array_equal(first, tasks.super_resolve(low, 4, iterations=5, seed=2, device="cpu"))
+    assert tasks.super_resolve(low, 8, iterations=1, device="cpu").shape == (160, 192, 1)
+    for scale in (3, 1, 16, 2.0, True):
+        with pytest.raises(BadInput, match="scale"):
+            tasks.super_resolve(low, scale, iterations=1, device="cpu")
+    with pytest.raises(BadInput, match="preset"):
+        tasks.super_resolve(low, 2, iterations=1, device="cpu", preset="slow")
+
+
+def _zebra_pair(size: int, scale: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """High-resolution truth, its Lanczos downsampling (as the paper makes its inputs) and
+    that input upscaled by bicubic interpolation."""
+    path = DATA / "sr/zebra_GT.png"
+    if not path.exists():
+        pytest.fail(f"test data missing: {path}")
+    truth_image = Image.open(path).convert("RGB")
+    left, top = (truth_image.width - size) // 2, (truth_image.height - size) // 2
+    truth_image = truth_image.crop((left, top, left + size, top + size))
+    low_image = truth_image.resize((size // scale,) * 2, Image.LANCZOS)
+    bicubic = low_image.resize((size,) * 2, Image.BICUBIC)
+    return tuple(np.asarray(i, dtype=np.float32) / 255.0 for i in (truth_image, low_image, bicubic))
+
+
+def test_super_resolve_beats_bicubic() -> None:
+    truth, low, bicubic = _zebra_pair(64, 2)
+    started = time.perf_counter()
+    # 800 of the 2048 iterations automatic mode runs here (+1.36 dB there): enough for a margin.
+    result = tasks.super_resolve(low, 2, iterations=800, seed=0, device="cpu", preset="fast")
+    gain = _psnr(result, truth) - _psnr(bicubic, truth)
+    print(f"SR ×2 32²→64², 800 its: {gain:+.2f} dB over bicubic in {time.perf_counter() - started:.0f} s")
+    assert gain >= 0.3
+
+
+# ---------------------------------------------------------------------------------------------
+# Blind JPEG artefact removal
+
+
+def test_dejpeg_beats_the_jpeg_input(f16: np.ndarray) -> None:
+    clean = (f16[40:104, 40:104] * 255).round().astype(np.uint8)  # sky and a wing edge
+    buffer = io.BytesIO()
+    Image.fromarray(clean).save(buffer, "JPEG", quality=10)
+    jpeg = np.asarray(Image.open(buffer).convert("RGB"), dtype=np.float32) / 255.0
+    truth = clean.astype(np.float32) / 255.0
+    stats = loop.FitStats()
+    restored = tasks.dejpeg(jpeg, seed=0, device="cpu", preset="fast", stats=stats)
+    gain = _psnr(restored, truth) - _psnr(jpeg, truth)
+    print(f"dejpeg q10 64²: {gain:+.2f} dB over the JPEG, stopped after {stats.iterations_run} its")
+    assert restored.shape == jpeg.shape and gain >= 0.8
+    assert stats.stopped_early  # the run found its own end (≈ 425 of at most 1408 its)
+
+
+def test_explicit_iterations_override_automatic_stopping(f16: np.ndarray) -> None:
+    image = np.ascontiguousarray(f16[:40, :40])
+    for task in (tasks.denoise, tasks.dejpeg):
+        stats = loop.FitStats()
+        task(image, iterations=30, device="cpu", preset="fast", stats=stats)
+        assert (stats.iterations_run, stats.result_iteration, stats.stopped_early) == (30, 30, False)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.dip.loop import Generator, fit, fit_generators
+from engine.dip.loop import FitStats, Generator, StoppingRule, fit, fit_generators
 from engine.dip.nets import NetConfig
 from engine.errors import Cancelled
 
@@ -93,3 +93,65 @@ def test_duplicate_generator_names_are_refused() -> None:
     with pytest.raises(ValueError, match="distinct"):
         fit_generators(lambda o: o["g"].mean(), [Generator("g", TINY, 3)] * 2, SIZE,
                        iterations=1, device="cpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# Automatic stopping
+
+
+def _noisy_gradient() -> torch.Tensor:
+    clean = torch.linspace(0.2, 0.8, SIZE[1]).expand(1, 3, *SIZE)
+    noise = torch.from_numpy(np.random.default_rng(5).normal(0, 0.1, (1, 3, *SIZE)).astype(np.float32))
+    return (clean + noise).clamp(0, 1)
+
+
+def test_stopping_rule_ends_the_run_once_the_average_settles() -> None:
+    target = _noisy_gradient()
+    rule = StoppingRule(check_every=10, patience=3, min_iterations=50)
+    stats = FitStats()
+    result = fit(lambda out: (out - target).square().mean(), TINY, (*SIZE, 3), iterations=20000,
+                 device="cpu", seed=2, stop=rule, stats=stats)
+    assert stats.stopped_early and 50 <= stats.iterations_run < 20000
+    assert stats.iterations_run % 10 == 0
+    # The result is the average at a check (the last one that still settled further).
+    assert stats.result_iteration % 10 == 0 and stats.result_iteration <= stats.iterations_run
+    assert result.shape == (*SIZE, 3) and np.isfinite(result).all()
+    again_stats = FitStats()
+    again = fit(lambda out: (out - target).square().mean(), TINY, (*SIZE, 3), iterations=20000,
+                device="cpu", seed=2, stop=rule, stats=again_stats)
+    assert np.array_equal(result, again) and again_stats.iterations_run == stats.iterations_run
+
+
+def test_without_a_rule_the_run_uses_every_iteration() -> None:
+    stats = FitStats()
+    fit(lambda out: out.mean(), TINY, (*SIZE, 3), iterations=37, device="cpu", stats=stats)
+    assert (stats.iterations_run, stats.result_iteration, stats.stopped_early) == (37, 37, False)
+
+
+def test_stopping_never_happens_before_min_iterations() -> None:
+    target = _noisy_gradient()
+    stats = FitStats()
+    fit(lambda out: (out - target).square().mean(), TINY, (*SIZE, 3), iterations=400,
+        device="cpu", stop=StoppingRule(check_every=5, patience=1, min_relative_drop=0.9,
+                                        min_iterations=300), stats=stats)
+    # A 90 % drop per check is never met, so only min_iterations holds the run back.
+    assert stats.stopped_early and stats.iterations_run >= 300
+
+
+def test_a_settled_threshold_stops_at_the_first_check_below_it() -> None:
+    # A clean target has no noise floor: the change keeps falling, so only the threshold stops.
+    target = torch.linspace(0.2, 0.8, SIZE[1]).expand(1, 3, *SIZE).clone()
+    stats = FitStats()
+    fit(lambda out: (out - target).square().mean(), TINY, (*SIZE, 3), iterations=5000, device="cpu",
+        stop=StoppingRule(check_every=10, patience=1000, settled_below=0.02, min_iterations=30),
+        stats=stats)
+    assert stats.stopped_early and stats.iterations_run < 5000
+    # Stopped on the check after the settled one (read one check late), kept the settled one.
+    assert stats.result_iteration == stats.iterations_run - 10 and stats.result_iteration >= 30
+
+
+@pytest.mark.parametrize("bad", [dict(check_every=0), dict(patience=0), dict(min_relative_drop=1.0),
+                                 dict(min_iterations=-1), dict(settled_below=0.0)])
+def test_bad_stopping_rules_are_refused(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        StoppingRule(**bad)

@@ -74,7 +74,8 @@ def _pixels(h=24, w=28, c=4):
 
 def test_procedures_are_named_and_unique():
     names = [s.procedure_name for s in filters.FILTERS]
-    assert names[:2] == ["plug-in-neural-restore-denoise", "plug-in-neural-restore-inpaint-selection"]
+    assert names[:3] == ["plug-in-neural-restore-denoise", "plug-in-neural-restore-inpaint-selection",
+                         "plug-in-neural-restore-remove-jpeg-artifacts"]
     assert {"plug-in-neural-restore-upscale", "plug-in-neural-restore-sharpen",
             "plug-in-neural-restore-decompose"} <= set(names)
     assert len(set(names)) == len(names)

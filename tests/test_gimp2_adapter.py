@@ -78,7 +78,7 @@ def test_runs_under_python_2_7_and_registers_both_filters(facts: dict[str, Any])
     assert facts["python"].startswith("2.7.")
     registered = {p["name"]: p for p in facts["registered"]}
     dip = {"plug-in-neural-restore-denoise", "plug-in-neural-restore-inpaint-selection",
-           "plug-in-neural-restore-decompose"}
+           "plug-in-neural-restore-decompose", "plug-in-neural-restore-remove-jpeg-artifacts"}
     assert dip | {"plug-in-neural-restore-upscale", "plug-in-neural-restore-sharpen"} <= set(registered)
     for name, proc in registered.items():
         assert proc["menu"] == "<Image>/Filters/Enhance/Neural"

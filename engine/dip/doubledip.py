@@ -324,9 +324,17 @@ def _watermark_colour(image: np.ndarray, box: np.ndarray) -> np.ndarray:
 # The public entry
 
 
-def default_nets(device: torch.device) -> tuple[NetConfig, NetConfig]:
-    """(layer net, mask net): the paper's net on a GPU, light nets on the CPU."""
-    return (PAPER_DENOISE, PAPER_DENOISE) if device.type == "cuda" else (LIGHT_DENOISE, LIGHT_MASK)
+PRESETS = ("auto", "fast", "quality", "paper")
+
+
+def default_nets(device: torch.device, preset: str = "auto") -> tuple[NetConfig, NetConfig]:
+    """(layer net, mask net): the paper's net for ``quality``/``paper``, light nets for
+    ``fast``; ``auto`` picks the paper's on a GPU and the light ones on the CPU (the DIP
+    presets' names, so one dialog setting serves every DIP filter)."""
+    if preset not in PRESETS:
+        raise BadInput(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    paper = preset in ("quality", "paper") or (preset == "auto" and device.type == "cuda")
+    return (PAPER_DENOISE, PAPER_DENOISE) if paper else (LIGHT_DENOISE, LIGHT_MASK)
 
 
 def default_iterations(device: torch.device, pixels: int) -> int:
@@ -361,6 +369,7 @@ def decompose(
     iterations: int | None = None,
     seed: int = 0,
     device: str = "auto",
+    preset: str = "auto",
     progress: ProgressCallback | None = None,
     cancel_requested: CancelCallback | None = None,
     preview: PreviewLayers | None = None,
@@ -372,7 +381,7 @@ def decompose(
     ``hint``: bool H×W; segment: the rough foreground (optional); watermark: the area
     holding the mark (required; its bounding box is used); ignored by the other modes.
     ``iterations=None`` uses `default_iterations`; ``nets`` = (layer net, mask net)
-    overrides `default_nets`. ``augment`` (flips/rotations, as in the paper) defaults to on
+    overrides `default_nets(device, preset)`. ``augment`` (flips/rotations, as in the paper) defaults to on
     on a GPU only: it slows the fit several-fold, which CPU budgets cannot afford. ``preview`` gets the layers so far (as returned). On cancel,
     `Cancelled.partial` holds the `Decomposition` so far (or None).
     """
@@ -384,7 +393,7 @@ def decompose(
     iterations = _checked_iterations(iterations)
     seed = _checked_seed(seed)
     torch_device = resolve_device(device)
-    layer_net, mask_net = nets or default_nets(torch_device)
+    layer_net, mask_net = nets or default_nets(torch_device, preset)
     if augment is None:
         augment = torch_device.type == "cuda"
 

@@ -11,9 +11,14 @@ image. Following the paper: uniform input noise ×0.1, a fresh Gaussian perturba
 input every iteration (``reg_noise_std``), Adam, and an exponential moving average of the
 outputs (0.99) as the result.
 
+Automatic stopping (`StoppingRule`): the averaged output's PSNR rises, peaks and then falls
+by several dB as the net starts fitting the noise. The rule watches how much the averaged
+output still moves and returns the averaged output of the moment it stopped settling.
+
 Performance notes: the loop never waits for the device inside an iteration (no ``.item()`` /
 ``.cpu()`` per step); the loss is read back only when progress is reported (at most every
-``report_interval_s``), and the running average is updated in place on the device.
+``report_interval_s``), the running average is updated in place on the device, and the
+stopping rule's state lives on the device and is read back one check late (see `_LaggedRead`).
 """
 from __future__ import annotations
 
@@ -76,6 +81,136 @@ def _torch_settings(device: torch.device) -> Iterator[None]:
     finally:
         torch.set_num_threads(threads)
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn_flags
+
+
+@dataclass(frozen=True)
+class StoppingRule:
+    """Stop once the averaged output has stopped settling; return it as it was then.
+
+    Every ``check_every`` iterations the loop measures how far the averaged outputs moved
+    since the previous check, relative to their size: ‖A_t − A_{t−k}‖ / ‖A_t‖ over all
+    generators (one reduction on the device). While the image forms this change falls
+    steeply; once the net has fitted the image and turns to fitting noise the average keeps
+    drifting at a constant pace and the change levels off — where the averaged output's PSNR
+    peaks. The change is noisy at ±3 % from check to check and falls only slowly near the
+    peak, hence a small required drop and a patience of several checks. Measured on F16
+    σ=25 crops with the light CPU net (lr 0.01): the kept output was 0.06 dB (64²) and
+    0.04 dB (128²) below the best averaged output of a 1500 / 2600-iteration run (see
+    README, "Automatic stopping").
+
+    A check "improves" when its change is below ``1 - min_relative_drop`` times the lowest so
+    far; the averaged outputs of the last improving check are kept (a device-side copy). The
+    run stops after ``patience`` checks without improvement (never before ``min_iterations``)
+    and returns the kept outputs. ``iterations`` of the loop is then the maximum.
+
+    ``settled_below`` (optional) also ends the run at the first check whose change is below
+    it, returning that check's outputs. It is for objectives without a noise floor (JPEG
+    artefacts): there the change keeps falling smoothly past the PSNR peak and never levels
+    off, so "has it stopped moving" needs a threshold.
+    """
+
+    check_every: int = 25
+    patience: int = 8
+    min_relative_drop: float = 0.01
+    min_iterations: int = 200
+    settled_below: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.check_every < 1 or self.patience < 1 or self.min_iterations < 0:
+            raise ValueError("check_every and patience must be positive, min_iterations non-negative")
+        if not 0.0 <= self.min_relative_drop < 1.0:
+            raise ValueError("min_relative_drop must be in [0, 1)")
+        if self.settled_below is not None and not self.settled_below > 0.0:
+            raise ValueError("settled_below must be positive")
+
+
+@dataclass
+class FitStats:
+    """Filled in by `fit_generators` when passed as ``stats``: how the run ended."""
+
+    iterations_run: int = 0
+    stopped_early: bool = False
+    # Iteration whose averaged output was returned (= iterations_run without early stopping).
+    result_iteration: int = 0
+    seconds: float = 0.0
+
+
+class _LaggedRead:
+    """Reads a small device tensor one check late: a non-blocking copy into pinned host
+    memory now, looked at next time (long finished by then), so the host never waits for
+    the iterations still queued on a GPU. On the CPU the value is simply copied."""
+
+    def __init__(self) -> None:
+        self._pending: tuple[torch.Tensor, object] | None = None
+
+    def push(self, tensor: torch.Tensor) -> None:
+        if tensor.device.type == "cuda":
+            host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            host.copy_(tensor, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self._pending = (host, event)
+        else:
+            self._pending = (tensor.clone(), None)
+
+    def pop(self) -> int | None:
+        if self._pending is None:
+            return None
+        host, event = self._pending
+        if event is not None:
+            event.synchronize()  # type: ignore[attr-defined]
+        self._pending = None
+        return int(host.item())
+
+
+class _StopMonitor:
+    """Device-side state of a `StoppingRule` for one run."""
+
+    def __init__(self, rule: StoppingRule, averaged: dict[str, torch.Tensor]) -> None:
+        self.rule = rule
+        self.last = {name: a.clone() for name, a in averaged.items()}
+        self.kept = {name: a.clone() for name, a in averaged.items()}
+        any_tensor = next(iter(averaged.values()))
+        self.lowest = torch.full((), float("inf"), device=any_tensor.device)
+        self.checks_since_kept = torch.zeros((), dtype=torch.int64, device=any_tensor.device)
+        self.kept_iteration = torch.zeros((), dtype=torch.int64, device=any_tensor.device)
+        self.settled = torch.zeros((), dtype=torch.bool, device=any_tensor.device)
+        self.reader = _LaggedRead()
+
+    def check(self, averaged: dict[str, torch.Tensor], iteration: int) -> bool:
+        """Update the state with this check; True when the run should stop (decided on the
+        previous check's state, read back now)."""
+        moved = sum((averaged[n] - self.last[n]).square().sum() for n in averaged)
+        size = sum(a.square().sum() for a in averaged.values())
+        change = torch.sqrt(moved / size.clamp_min(1e-12))
+        for name, a in averaged.items():
+            self.last[name].copy_(a)
+        improved = change < self.lowest * (1.0 - self.rule.min_relative_drop)
+        if self.rule.settled_below is not None:
+            # The first settled check is kept and nothing after it (the run is stopping).
+            settled_now = (change < self.rule.settled_below) & (iteration >= self.rule.min_iterations)
+            improved = (improved & ~self.settled) | (settled_now & ~self.settled)
+            self.settled = self.settled | settled_now
+        self.lowest = torch.where(improved, change, self.lowest)
+        self.checks_since_kept = torch.where(improved, torch.zeros_like(self.checks_since_kept),
+                                             self.checks_since_kept + 1)
+        self.kept_iteration = torch.where(improved, torch.full_like(self.kept_iteration, iteration),
+                                          self.kept_iteration)
+        for name, a in averaged.items():
+            torch.where(improved, a, self.kept[name], out=self.kept[name])
+        # One small read per check: checks since the kept one, or -1 once settled.
+        state = self.reader.pop()
+        self.reader.push(torch.where(self.settled, -1, self.checks_since_kept))
+        if state is None:
+            return False
+        return state == -1 or (state >= self.rule.patience and iteration >= self.rule.min_iterations)
+
+    def best(self, averaged: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int | None]:
+        """The kept outputs and their iteration, or the current ones (None) when the last
+        check improved (the current ones are newer and at least as settled)."""
+        if int(self.checks_since_kept.item()) == 0 and not bool(self.settled.item()):
+            return averaged, None
+        return self.kept, int(self.kept_iteration.item())
 
 
 @dataclass(frozen=True)
@@ -158,6 +293,8 @@ def fit_generators(
     preview_interval_s: float = 5.0,
     label: str = "Deep Image Prior",
     report_interval_s: float = 0.5,
+    stop: StoppingRule | None = None,
+    stats: FitStats | None = None,
 ) -> dict[str, np.ndarray]:
     """Fit fresh skip nets (one per generator) jointly to ``objective``; return their
     averaged outputs (name → H×W×C float32 in [0, 1]).
@@ -174,7 +311,11 @@ def fit_generators(
     per ``report_interval_s``, and 1.0 last. ``preview(outputs)`` gets the averaged outputs
     about every ``preview_interval_s`` (the only other host copy). ``cancel_requested()`` is
     polled about every 0.1 s; when it returns True, `Cancelled` is raised carrying the
-    averaged outputs so far in ``partial`` (None before the first iteration).
+    averaged outputs so far in ``partial`` (None before the first iteration; with ``stop``,
+    the outputs the rule would return now).
+    With ``stop`` (a `StoppingRule`), ``iterations`` is the maximum and the run may end
+    earlier, returning the averaged outputs of the check where they stopped settling.
+    ``stats`` (a `FitStats`), if given, is filled in with how the run ended.
     """
     height, width = size
     device = torch.device(device)
@@ -200,10 +341,20 @@ def fit_generators(
             progress(fraction, text)
 
     averaged: dict[str, torch.Tensor] = {}
+    monitor: _StopMonitor | None = None
+    started = time.monotonic()
 
     def check_cancel() -> None:
         if cancel_requested is not None and cancel_requested():
-            raise Cancelled(partial=_to_numpy(averaged) if averaged else None)
+            if not averaged:
+                raise Cancelled(partial=None)
+            best = monitor.best(averaged)[0] if monitor is not None else averaged
+            raise Cancelled(partial=_to_numpy(best))
+
+    def progress_text(iteration: int) -> str:
+        if stop is None:
+            return f"{label}: iteration {iteration}/{iterations}"
+        return f"{label}: iteration {iteration} (stops when settled, at most {iterations})"
 
     transforms = _DIHEDRAL if height == width else [t for t in _DIHEDRAL if not t[0]]
     init_seed, input_seed, perturb_seed, augment_seed = _derived_seeds(seed, 4)
@@ -237,6 +388,7 @@ def fit_generators(
         last_loss: torch.Tensor | None = None
         now = time.monotonic()
         last_report = last_cancel_check = last_preview = now
+        stopped_at: int | None = None
 
         for iteration in range(1, iterations + 1):
             transform = transforms[augment_rng.integers(len(transforms))] if augment else None
@@ -269,6 +421,13 @@ def fit_generators(
                     averaged[name].lerp_(detached, 1.0 - ema)
             last_loss = loss.detach()
 
+            if stop is not None and iteration % stop.check_every == 0:
+                if monitor is None:
+                    monitor = _StopMonitor(stop, averaged)
+                elif monitor.check(averaged, iteration):
+                    stopped_at = iteration
+                    break
+
             now = time.monotonic()
             if now - last_cancel_check >= CANCEL_CHECK_INTERVAL_S:
                 last_cancel_check = now
@@ -276,18 +435,24 @@ def fit_generators(
             if now - last_report >= report_interval_s and iteration < iterations:
                 last_report = now
                 # The only host-device sync during the run, a few times per second at most.
-                report(
-                    iteration / iterations,
-                    f"{label}: iteration {iteration}/{iterations}, loss {last_loss.item():.5f}",
-                )
+                report(iteration / iterations, f"{progress_text(iteration)}, loss {last_loss.item():.5f}")
             if preview is not None and now - last_preview >= preview_interval_s and iteration < iterations:
                 last_preview = now
                 preview(_to_numpy(averaged))
 
         assert last_loss is not None
-        results = _to_numpy(averaged, clip=False)
+        iterations_run = stopped_at or iterations
+        chosen, chosen_iteration = monitor.best(averaged) if monitor is not None else (averaged, None)
+        results = _to_numpy(chosen, clip=False)
         for name, result in results.items():
             if not np.isfinite(result).all():
                 raise EngineError(f"{label}: the optimisation diverged (non-finite output {name!r})")
-        report(1.0, f"{label}: done, final loss {last_loss.item():.5f}")
+        if stats is not None:
+            stats.iterations_run = iterations_run
+            stats.stopped_early = stopped_at is not None
+            stats.result_iteration = chosen_iteration or iterations_run
+            stats.seconds = time.monotonic() - started
+        ending = (f"settled, stopped after {iterations_run} iterations" if stopped_at is not None
+                  else f"done after {iterations_run} iterations")
+        report(1.0, f"{label}: {ending}, final loss {last_loss.item():.5f}")
         return {name: np.clip(result, 0.0, 1.0) for name, result in results.items()}

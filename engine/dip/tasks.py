@@ -1,11 +1,17 @@
 """DIP tasks: each is an objective plus a net configuration, run by the one loop in `loop.fit`.
 
-Public API for the op layer: `denoise`, `inpaint`, `resolve_device`. Images are float32
-H×W×C arrays (C = 1 or 3, alpha stripped by the caller) with values in [0, 1].
+Public API for the op layer: `denoise`, `inpaint`, `super_resolve`, `dejpeg`,
+`resolve_device`. Images are float32 H×W×C arrays (C = 1 or 3, alpha stripped by the
+caller) with values in [0, 1]. Every task takes the same keywords: ``iterations`` (None =
+the preset decides, with automatic stopping unless the preset is ``paper``; a number = exactly
+that many), ``seed``, ``device``, ``preset`` (see `presets`), ``progress``,
+``cancel_requested`` and ``preview`` (gets the result so far, shaped like the return value).
+On cancel, `Cancelled.partial` holds the result so far, shaped like the return value.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,47 +19,24 @@ import torch
 
 from engine.errors import BadInput
 
-from .loop import CancelCallback, Objective, ProgressCallback, fit
-from .nets import LIGHT_DENOISE, LIGHT_INPAINT, PAPER_DENOISE, PAPER_INPAINT, NetConfig
+from engine.errors import Cancelled
+
+from .loop import CancelCallback, FitStats, Objective, ProgressCallback, fit
+from .nets import NetConfig
+from .presets import PRESET_NAMES, Task, TaskPreset, task_preset
 
 # Smaller images carry too little structure for the prior, and reflection padding them up to
 # the net's minimum size would mostly invent content.
 MIN_IMAGE_SIDE = 8
-
-# Paper settings (reference notebooks).
-DENOISE_REG_NOISE_STD = 1.0 / 30.0
-INPAINT_REG_NOISE_STD = 0.03
-LEARNING_RATE = 0.01
-OUTPUT_EMA = 0.99
-PAPER_DENOISE_ITERATIONS = 3000
-PAPER_INPAINT_ITERATIONS = 5000
-
-# Default iteration rule (see `default_iterations`).
-MIN_DEFAULT_ITERATIONS = 300
-MAX_DEFAULT_ITERATIONS = {"denoise": PAPER_DENOISE_ITERATIONS, "inpaint": PAPER_INPAINT_ITERATIONS}
-# Without early stopping a DIP peaks and then over-fits (noise when denoising, known-pixel
-# detail that spills into the hole when inpainting). Measured on this CPU, the peak of the
-# averaged output sits near a fixed number of iterations per pixel of image side. Denoising
-# F16 crops (σ = 25/255): paper net ~800 its at 128²; light net ~750 at 64², ~1500 at 128²,
-# ~2700 at 256². Inpainting kate's text mask with the light net: ~1500 at 128². The paper's
-# 3000 denoising its at 512² match the paper net's factor; its 5000 inpainting its at 512²
-# give the paper inpaint net's factor (not measured here: needs a GPU).
-ITERATIONS_PER_SIDE_PIXEL = {
-    (PAPER_DENOISE, "denoise"): 6.0,
-    (LIGHT_DENOISE, "denoise"): 11.0,
-    (PAPER_INPAINT, "inpaint"): 10.0,
-    (LIGHT_INPAINT, "inpaint"): 11.0,
-}
-DEFAULT_ITERATIONS_PER_SIDE_PIXEL = 11.0  # custom nets: assume the light nets' pace
-# On the CPU the run is also capped to about this many pixel-iterations (≈ 3000 its of a
-# 256² light net: ~5 min with 2 threads, ~8 min with 1, on the 2-core dev machine), so a
-# large image gets fewer iterations and a blurrier but timely result, not an hour-long run.
-CPU_PIXEL_ITERATION_BUDGET = 256 * 256 * 3000
+SR_SCALES = (2, 4, 8)
 
 # Context kept around the hole's bounding box: at least this many pixels, and at least half
 # the box's larger side (big holes need more surrounding texture to be filled plausibly).
 INPAINT_MIN_MARGIN = 16
 INPAINT_MARGIN_FRACTION = 0.5
+
+# Gets the result so far, shaped and post-processed like the task's return value.
+ImagePreview = Callable[[np.ndarray], None]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -81,36 +64,6 @@ def resolve_device(device: str) -> torch.device:
             raise BadInput(f"device {device!r} does not exist: this machine has {count} CUDA device(s)")
         return resolved
     raise BadInput(f"unknown device {device!r}; expected 'auto', 'cpu' or 'cuda'")
-
-
-def default_net(task: str, device: torch.device) -> NetConfig:
-    """The paper's nets on a GPU; narrower nets of the same shape on the CPU."""
-    on_gpu = device.type == "cuda"
-    if task == "denoise":
-        return PAPER_DENOISE if on_gpu else LIGHT_DENOISE
-    if task == "inpaint":
-        return PAPER_INPAINT if on_gpu else LIGHT_INPAINT
-    raise ValueError(f"unknown task {task!r}")
-
-
-def default_iterations(task: str, net: NetConfig, device: torch.device, pixels: int) -> int:
-    """Iterations used when the caller passes ``iterations=None``.
-
-    ``pixels`` is the net input's size (for inpainting: the hole's context window, not the
-    whole image). The count is ``factor × sqrt(pixels)`` — the denoising peak moves out
-    linearly with the image side — with factor 6 (paper denoise net), 10 (paper inpaint
-    net, the paper's 5000 its at 512²) or 11 (light nets and any other net). It is clamped
-    to [300, paper count] (denoise 3000, inpaint 5000), and on the CPU also to
-    ``CPU_PIXEL_ITERATION_BUDGET / pixels`` (never below 300). Examples on the CPU (light nets) — denoise: 64² → 704, 128² → 1408,
-    256² → 2816, 512² → 750, 1024² → 300; inpaint window 64² → 704, 128² → 1408.
-    The rule depends only on the task, net, device type and size, so runs stay
-    reproducible; a later change adds automatic stopping.
-    """
-    factor = ITERATIONS_PER_SIDE_PIXEL.get((net, task), DEFAULT_ITERATIONS_PER_SIDE_PIXEL)
-    count = min(factor * math.sqrt(pixels), MAX_DEFAULT_ITERATIONS[task])
-    if device.type != "cuda":
-        count = min(count, CPU_PIXEL_ITERATION_BUDGET / max(1, pixels))
-    return int(max(MIN_DEFAULT_ITERATIONS, round(count)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,46 +182,132 @@ def _to_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None].to(device)
 
 
-def _run(
+
+def _checked_preset(preset: str) -> str:
+    if not isinstance(preset, str) or preset not in PRESET_NAMES:
+        raise BadInput(f"preset must be one of {', '.join(PRESET_NAMES)}, got {preset!r}")
+    return preset
+
+
+def lanczos2_kernel(scale: int) -> np.ndarray:
+    """The 1-D Lanczos-2 antialiasing kernel of a ×``scale`` downsampling (4·scale taps,
+    centred between pixels), normalised to sum 1 — the paper's super-resolution operator."""
+    positions = (np.arange(4 * scale) - 2 * scale + 0.5) / scale
+    # Lanczos-2: sinc(x)·sinc(x/2); np.sinc is the normalised sinc sin(πx)/(πx).
+    taps = np.sinc(positions) * np.sinc(positions / 2.0)
+    return (taps / taps.sum()).astype(np.float32)
+
+
+class Lanczos2Downsampler(torch.nn.Module):
+    """×``scale`` downsampling by a fixed separable Lanczos-2 filter, stride ``scale``, the
+    input's edges repeated so an H×W input gives exactly H/scale × W/scale.
+
+    Edge repetition is written with expand + cat (not ``F.pad(mode="replicate")``) for the
+    same reason as in `nets`: its gradient is deterministic on CUDA.
+    """
+
+    def __init__(self, scale: int, channels: int) -> None:
+        super().__init__()
+        self.scale = scale
+        taps = torch.from_numpy(lanczos2_kernel(scale))
+        kernel = torch.outer(taps, taps).expand(channels, 1, -1, -1).contiguous()
+        self.register_buffer("kernel", kernel)
+        self.pad = (3 * scale) // 2  # (taps − stride) / 2: output = input / scale
+
+    def _repeat_edges(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        p = self.pad
+        first = x.narrow(dim, 0, 1)
+        last = x.narrow(dim, x.shape[dim] - 1, 1)
+        shape = list(x.shape)
+        shape[dim] = p
+        return torch.cat((first.expand(shape), x, last.expand(shape)), dim=dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._repeat_edges(self._repeat_edges(x, 2), 3)
+        return torch.nn.functional.conv2d(x, self.kernel, stride=self.scale, groups=x.shape[1])
+
+
+def _fit_task(
     *,
-    task: str,
-    target: np.ndarray,
-    known: np.ndarray,
-    net: NetConfig,
+    task: Task,
+    objective: Objective,
+    output_shape: tuple[int, int, int],
+    settings: TaskPreset,
     device: torch.device,
     iterations: int | None,
     seed: int,
-    reg_noise_std: float,
+    finish: Callable[[np.ndarray], np.ndarray],
     progress: ProgressCallback | None,
     cancel_requested: CancelCallback | None,
+    preview: ImagePreview | None,
+    stats: FitStats | None,
     label: str,
 ) -> np.ndarray:
-    """Fit the net to ``target`` (already padded to the size rule) on the ``known`` pixels."""
-    height, width, channels = target.shape
-    if iterations is None:
-        iterations = default_iterations(task, net, device, height * width)
-    target_t = _to_tensor(np.clip(target, 0.0, 1.0), device)
-    weight_t = _to_tensor(known[:, :, None].astype(np.float32), device)
+    """Run the loop with a preset's settings; ``finish`` turns the net's output into the
+    task's result and is applied alike to the result, previews and a cancel's partial."""
+    height, width, _ = output_shape
+    pixels = height * width
+    automatic = iterations is None
+    if automatic:
+        iterations = settings.iterations(pixels, device)
+    loop_preview = None if preview is None else (lambda outputs: preview(finish(outputs["image"])))
     try:
-        return fit(
-            _weighted_mse(target_t, weight_t),
-            net,
-            (height, width, channels),
+        return finish(fit(
+            objective,
+            settings.net,
+            output_shape,
             iterations=iterations,
             device=device,
             seed=seed,
-            lr=LEARNING_RATE,
-            reg_noise_std=reg_noise_std,
-            ema=OUTPUT_EMA,
+            lr=settings.lr,
+            reg_noise_std=settings.reg_noise_std,
+            ema=settings.ema,
+            # An explicit iteration count is obeyed exactly.
+            stop=settings.stopping_rule(pixels) if automatic else None,
+            stats=stats,
             progress=progress,
             cancel_requested=cancel_requested,
+            preview=loop_preview,
             label=label,
-        )
+        ))
+    except Cancelled as cancelled:
+        partial = cancelled.partial
+        raise Cancelled(cancelled.message,
+                        finish(partial) if isinstance(partial, np.ndarray) else None) from None
     except torch.cuda.OutOfMemoryError:
         raise BadInput(
             f"{label}: a {width}×{height} px net input does not fit in GPU memory; "
             "select a smaller area or use device 'cpu'"
         ) from None
+
+
+def _denoise_like(task: Task, label: str, image: np.ndarray, iterations: int | None, seed: int,
+                  device: str, preset: str, progress: ProgressCallback | None,
+                  cancel_requested: CancelCallback | None, preview: ImagePreview | None,
+                  stats: FitStats | None) -> np.ndarray:
+    image = _checked_image(image)
+    iterations = _checked_iterations(iterations)
+    seed = _checked_seed(seed)
+    preset = _checked_preset(preset)
+    torch_device = resolve_device(device)
+    settings = task_preset(preset, task, torch_device, image.shape[0] * image.shape[1])
+    config = settings.net
+
+    height, width, channels = image.shape
+    pad_y, pad_x = _padding(height, config), _padding(width, config)
+    padded = np.pad(image, (pad_y, pad_x, (0, 0)), mode="reflect")
+    # The mirrored border only gives the net room; it is not evidence, so no loss there.
+    known = np.zeros(padded.shape[:2], dtype=np.float32)
+    known[pad_y[0] : pad_y[0] + height, pad_x[0] : pad_x[0] + width] = 1.0
+
+    def finish(output: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(output[pad_y[0] : pad_y[0] + height, pad_x[0] : pad_x[0] + width])
+
+    objective = _weighted_mse(_to_tensor(padded, torch_device), _to_tensor(known[:, :, None], torch_device))
+    return _fit_task(task=task, objective=objective, output_shape=padded.shape, settings=settings,
+                     device=torch_device, iterations=iterations, seed=seed, finish=finish,
+                     progress=progress, cancel_requested=cancel_requested, preview=preview,
+                     stats=stats, label=label)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,42 +320,42 @@ def denoise(
     iterations: int | None = None,
     seed: int = 0,
     device: str = "auto",
+    preset: str = "auto",
     progress: ProgressCallback | None = None,
     cancel_requested: CancelCallback | None = None,
-    net: NetConfig | None = None,
+    preview: ImagePreview | None = None,
+    stats: FitStats | None = None,
 ) -> np.ndarray:
-    """Denoise ``image`` (float32 H×W×C in [0, 1]) with the paper's DIP setup: MSE to the
-    noisy image, input perturbation 1/30, output averaged with EMA 0.99. The image is
-    reflect-padded to the net's size rule and cropped back. ``iterations=None`` uses
-    `default_iterations`; ``net=None`` uses `default_net`. Returns float32 H×W×C in [0, 1].
+    """Denoise ``image`` (float32 H×W×C in [0, 1]); the noise level need not be known.
+
+    The paper's DIP setup: MSE to the noisy image, a perturbed input, the outputs' running
+    average as the result. The image is reflect-padded to the net's size rule (the padding
+    is outside the loss) and cropped back. Returns float32 H×W×C in [0, 1].
     """
-    image = _checked_image(image)
-    iterations = _checked_iterations(iterations)
-    seed = _checked_seed(seed)
-    torch_device = resolve_device(device)
-    config = net or default_net("denoise", torch_device)
+    return _denoise_like("denoise", "DIP denoise", image, iterations, seed, device, preset,
+                         progress, cancel_requested, preview, stats)
 
-    height, width, _ = image.shape
-    pad_y, pad_x = _padding(height, config), _padding(width, config)
-    padded = np.pad(image, (pad_y, pad_x, (0, 0)), mode="reflect")
-    # The mirrored border only gives the net room; it is not evidence, so no loss there.
-    known = np.zeros(padded.shape[:2], dtype=bool)
-    known[pad_y[0] : pad_y[0] + height, pad_x[0] : pad_x[0] + width] = True
 
-    restored = _run(
-        task="denoise",
-        target=padded,
-        known=known,
-        net=config,
-        device=torch_device,
-        iterations=iterations,
-        seed=seed,
-        reg_noise_std=DENOISE_REG_NOISE_STD,
-        progress=progress,
-        cancel_requested=cancel_requested,
-        label="DIP denoise",
-    )
-    return np.ascontiguousarray(restored[pad_y[0] : pad_y[0] + height, pad_x[0] : pad_x[0] + width])
+def dejpeg(
+    image: np.ndarray,
+    *,
+    iterations: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    preset: str = "auto",
+    progress: ProgressCallback | None = None,
+    cancel_requested: CancelCallback | None = None,
+    preview: ImagePreview | None = None,
+    stats: FitStats | None = None,
+) -> np.ndarray:
+    """Remove JPEG artefacts blindly (quality factor unknown): the paper's blind restoration.
+
+    The net is fitted to the JPEG image itself; it reproduces the image's structure long
+    before the blocking and ringing, and the run stops (automatically, or after
+    ``iterations``) before it gets to them. Returns float32 H×W×C in [0, 1].
+    """
+    return _denoise_like("dejpeg", "DIP JPEG artefact removal", image, iterations, seed, device,
+                         preset, progress, cancel_requested, preview, stats)
 
 
 def inpaint(
@@ -326,23 +365,33 @@ def inpaint(
     iterations: int | None = None,
     seed: int = 0,
     device: str = "auto",
+    preset: str = "auto",
     progress: ProgressCallback | None = None,
     cancel_requested: CancelCallback | None = None,
-    net: NetConfig | None = None,
+    preview: ImagePreview | None = None,
+    stats: FitStats | None = None,
 ) -> np.ndarray:
     """Fill the ``hole`` pixels (bool H×W, True = fill) of ``image`` (float32 H×W×C in [0, 1]).
 
     Only a window around the hole is optimised: its bounding box plus a margin of
     max(16 px, half the box's larger side), grown to the net's size rule from real pixels
     where possible and reflect-padded otherwise. The loss covers the known pixels of that
-    window. The returned image equals the input bit for bit outside the hole.
+    window. The returned image (and every preview and partial result) equals the input bit
+    for bit outside the hole.
     """
     image = _checked_image(image)
     hole = _checked_hole(hole, image.shape[:2])
     iterations = _checked_iterations(iterations)
     seed = _checked_seed(seed)
+    preset = _checked_preset(preset)
     torch_device = resolve_device(device)
-    config = net or default_net("inpaint", torch_device)
+    # The window is at most the image; its exact size depends on the net, so decide on the
+    # hole's box with margins (what the window is grown from).
+    box_rows, box_cols = np.flatnonzero(hole.any(axis=1)), np.flatnonzero(hole.any(axis=0))
+    box_pixels = (int(box_rows[-1] - box_rows[0]) + 1 + 2 * INPAINT_MIN_MARGIN) * (
+        int(box_cols[-1] - box_cols[0]) + 1 + 2 * INPAINT_MIN_MARGIN)
+    settings = task_preset(preset, "inpaint", torch_device, box_pixels)
+    config = settings.net
 
     window = _inpaint_window(hole, config)
     crop = image[window.y0 : window.y1, window.x0 : window.x1]
@@ -350,24 +399,84 @@ def inpaint(
     padded = np.pad(crop, (window.pad_y, window.pad_x, (0, 0)), mode="reflect")
     # Padding is not evidence either: only real known pixels enter the loss.
     known = np.pad(~crop_hole, (window.pad_y, window.pad_x), mode="constant", constant_values=False)
-
-    filled = _run(
-        task="inpaint",
-        target=padded,
-        known=known,
-        net=config,
-        device=torch_device,
-        iterations=iterations,
-        seed=seed,
-        reg_noise_std=INPAINT_REG_NOISE_STD,
-        progress=progress,
-        cancel_requested=cancel_requested,
-        label="DIP inpaint",
-    )
     top, left = window.pad_y[0], window.pad_x[0]
-    filled = filled[top : top + crop.shape[0], left : left + crop.shape[1]]
 
-    result = image.copy()
-    result_crop = result[window.y0 : window.y1, window.x0 : window.x1]
-    result_crop[crop_hole] = filled[crop_hole]
-    return result
+    def finish(output: np.ndarray) -> np.ndarray:
+        filled = output[top : top + crop.shape[0], left : left + crop.shape[1]]
+        result = image.copy()
+        result_crop = result[window.y0 : window.y1, window.x0 : window.x1]
+        result_crop[crop_hole] = filled[crop_hole]
+        return result
+
+    weight = known[:, :, None].astype(np.float32)
+    objective = _weighted_mse(_to_tensor(padded, torch_device), _to_tensor(weight, torch_device))
+    return _fit_task(task="inpaint", objective=objective, output_shape=padded.shape,
+                     settings=settings, device=torch_device, iterations=iterations, seed=seed,
+                     finish=finish, progress=progress, cancel_requested=cancel_requested,
+                     preview=preview, stats=stats, label="DIP inpaint")
+
+
+def _sr_padded_side(side: int, scale: int, config: NetConfig) -> int:
+    """Smallest low-resolution side >= ``side`` whose ×``scale`` image meets the size rule."""
+    multiple = max(1, config.size_multiple // math.gcd(config.size_multiple, scale))
+    padded = -(-side // multiple) * multiple
+    while padded * scale < config.min_side:
+        padded += multiple
+    return padded
+
+
+def super_resolve(
+    image: np.ndarray,
+    scale: int,
+    *,
+    iterations: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    preset: str = "auto",
+    progress: ProgressCallback | None = None,
+    cancel_requested: CancelCallback | None = None,
+    preview: ImagePreview | None = None,
+    stats: FitStats | None = None,
+) -> np.ndarray:
+    """Upscale ``image`` (float32 h×w×C in [0, 1]) by ``scale`` (2, 4 or 8) with the paper's
+    super-resolution prior: the net makes the high-resolution image, and the loss is the
+    MSE between its Lanczos-2 downsampling (`Lanczos2Downsampler`, fixed) and ``image``.
+    The low-resolution image is reflect-padded so its ×scale size meets the net's size rule
+    (padding outside the loss). Returns float32 (h·scale)×(w·scale)×C in [0, 1].
+    """
+    image = _checked_image(image)
+    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale not in SR_SCALES:
+        raise BadInput(f"scale must be one of {', '.join(map(str, SR_SCALES))}, got {scale!r}")
+    scale = int(scale)
+    iterations = _checked_iterations(iterations)
+    seed = _checked_seed(seed)
+    preset = _checked_preset(preset)
+    torch_device = resolve_device(device)
+    output_pixels = image.shape[0] * image.shape[1] * scale * scale
+    settings = task_preset(preset, "super_resolve", torch_device, output_pixels)
+    config = settings.net
+
+    height, width, channels = image.shape
+    padded_h, padded_w = _sr_padded_side(height, scale, config), _sr_padded_side(width, scale, config)
+    pad_y = ((padded_h - height) // 2, padded_h - height - (padded_h - height) // 2)
+    pad_x = ((padded_w - width) // 2, padded_w - width - (padded_w - width) // 2)
+    padded = np.pad(image, (pad_y, pad_x, (0, 0)), mode="reflect")
+    known = np.zeros((padded_h, padded_w, 1), dtype=np.float32)
+    known[pad_y[0] : pad_y[0] + height, pad_x[0] : pad_x[0] + width] = 1.0
+
+    downsample = Lanczos2Downsampler(scale, channels).to(torch_device)
+    low_resolution_loss = _weighted_mse(_to_tensor(padded, torch_device), _to_tensor(known, torch_device))
+
+    def objective(output: torch.Tensor) -> torch.Tensor:
+        return low_resolution_loss(downsample(output))
+
+    top, left = pad_y[0] * scale, pad_x[0] * scale
+
+    def finish(output: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(output[top : top + height * scale, left : left + width * scale])
+
+    return _fit_task(task="super_resolve", objective=objective,
+                     output_shape=(padded_h * scale, padded_w * scale, channels), settings=settings,
+                     device=torch_device, iterations=iterations, seed=seed, finish=finish,
+                     progress=progress, cancel_requested=cancel_requested, preview=preview,
+                     stats=stats, label=f"DIP super-resolution ×{scale}")

@@ -207,6 +207,10 @@ FILTERS = (
                "Fill the selected pixels from their surroundings with a Deep Image Prior; "
                "the result is a new layer above the source.",
                "Inpaint", DIP_PARAMS, needs_selection=True),
+    FilterSpec("remove-jpeg-artifacts", "dejpeg", "Remove _JPEG Artifacts...",
+               "Remove JPEG blocking and ringing with a Deep Image Prior (the quality setting "
+               "need not be known); the result is a new layer above the source.",
+               "JPEG artifacts removed", DIP_PARAMS),
     FilterSpec("upscale", "upscale", "_Upscale...",
                "Enlarge the layer (or the selection's bounds) 2x or 4x with a trained network; "
                "the result opens as a new image.",
