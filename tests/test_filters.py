@@ -410,4 +410,7 @@ def test_preset_is_appended_for_positional_callers_and_shown_first_in_the_dialog
     spec = _spec("denoise")
     assert [p.name for p in spec.params] == ["iterations", "seed", "device", "preset"]
     assert filters.dialog_order(spec) == ["preset", "iterations", "seed", "device"]
+    # Decompose: which layers first, then quality; filters without either keep their order.
+    assert filters.dialog_order(_spec("decompose")) == ["mode", "preset", "iterations", "seed", "device"]
+    assert filters.dialog_order(_spec("upscale")) == ["scale", "method", "device"]
     assert spec.param("preset").choice_values() == ["auto", "fast", "quality", "paper"]

@@ -194,10 +194,18 @@ DECOMPOSE_MODE_PARAM = FilterParam(
     choices=(("segment", "Segment"), ("transparency", "Transparency"), ("dehaze", "Dehaze"),
              ("watermark", "Watermark")))
 
+
+# Settings the GIMP 3 dialog shows first, in this order: what the filter makes (Decompose's
+# layers), then the quality; the rest keep their PDB order.
+DIALOG_FIRST = ("mode", "preset")
+
+
 def dialog_order(spec):
-    """Names of the spec's settings in the order the dialog shows them: quality first."""
+    """Names of the spec's settings in the order the dialog shows them."""
     names = [p.name for p in spec.params]
-    return sorted(names, key=lambda name: name != "preset")
+    first = [name for name in DIALOG_FIRST if name in names]
+    return first + [name for name in names if name not in first]
+
 
 FILTERS = (
     FilterSpec("denoise", "denoise", "_Denoise...",
