@@ -164,15 +164,20 @@ def _gimp_composite(layers: list[ResultLayer]) -> np.ndarray:
     return composite
 
 
+def _model_layers(mode: str, pick) -> dict[str, np.ndarray]:
+    """A Decomposition's layers for ``mode``, each from pick(channels)."""
+    return {"segment": {"foreground": pick(3), "background": pick(3), "mask": pick(1)},
+            "transparency": {"transmission": pick(3), "reflection": pick(3), "weight": pick(1)},
+            "dehaze": {"dehazed": pick(3), "transmission": pick(1)},
+            "watermark": {"clean": pick(3), "mask": pick(1)}}[mode]
+
+
 @pytest.mark.parametrize("mode", doubledip.MODES)
 @pytest.mark.parametrize("alpha", [False, True])
 def test_layer_stacks_composite_to_what_the_model_reconstructs(mode: str, alpha: bool) -> None:
     rng = np.random.default_rng(1)
     pick = lambda c: rng.random((16, 16, c), dtype=np.float32)  # noqa: E731
-    layers = {"segment": {"foreground": pick(3), "background": pick(3), "mask": pick(1)},
-              "transparency": {"transmission": pick(3), "reflection": pick(3), "weight": pick(1)},
-              "dehaze": {"dehazed": pick(3), "transmission": pick(1)},
-              "watermark": {"clean": pick(3), "mask": pick(1)}}[mode]
+    layers = _model_layers(mode, pick)
     model = doubledip.Decomposition(mode, layers, rng.random(3, dtype=np.float32), 1)
     opaque = np.ones((16, 16, 1), np.float32) if alpha else None
     stack = decomposition_layers(model, opaque)
@@ -190,10 +195,7 @@ def test_op_preview_is_one_source_like_layer_and_a_cancel_keeps_the_stack(mode: 
 
     rng = np.random.default_rng(2)
     pick = lambda c: rng.random((16, 16, c), dtype=np.float32)  # noqa: E731
-    layers = {"segment": {"foreground": pick(3), "background": pick(3), "mask": pick(1)},
-              "transparency": {"transmission": pick(3), "reflection": pick(3), "weight": pick(1)},
-              "dehaze": {"dehazed": pick(3), "transmission": pick(1)},
-              "watermark": {"clean": pick(3), "mask": pick(1)}}[mode]
+    layers = _model_layers(mode, pick)
     so_far = doubledip.Decomposition(mode, layers, rng.random(3, dtype=np.float32), 1)
 
     def fake_decompose(image, mode, hint, preview=None, **kwargs):
