@@ -21,7 +21,7 @@ BUDGET_ENV = "NEURAL_RESTORE_MEMORY_BUDGET_MB"
 # 3 KB per net-input pixel on top of the ~0.4 GB torch itself takes. Kept per op so
 # a backend with another footprint (ONNX tiles, paper nets) can declare its own.
 _BASE_BYTES = 400 << 20
-_BYTES_PER_PIXEL = {"denoise": 3072, "inpaint": 3072}
+_BYTES_PER_PIXEL = {"denoise": 3072, "inpaint": 3072, "dejpeg": 3072}  # dejpeg: denoise's nets and loop
 # Mirrors engine/dip/tasks.py's inpaint window: the hole's box plus a margin on each side
 # (the optimisation only sees that window, so that is what costs memory).
 _INPAINT_MIN_MARGIN = 32

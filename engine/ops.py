@@ -203,6 +203,10 @@ def _dip_estimate(task: str) -> OpEstimator:
 
 
 DECOMPOSE_MODES = ("segment", "transparency", "dehaze", "watermark")
+# The layer a live preview shows per mode: the one that holds the picture without the
+# separated part (background, transmission, dehazed image, clean image).
+DECOMPOSE_PREVIEW_LAYER = {"segment": "background", "transparency": "transmission", "dehaze": "dehazed",
+                           "watermark": "clean"}
 
 
 def _grey_as(layer: np.ndarray, channels: int) -> np.ndarray:
@@ -249,12 +253,26 @@ def _decompose(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any
 
     colour, alpha = split_alpha(image)
     hint = None if mask is None else mask > 0.5
-    preview = None
+    mode = params["mode"]
+    preview: Callable[[dict[str, np.ndarray]], None] | None = None
     if ctx.preview is not None:
-        def preview(layers: dict[str, np.ndarray]) -> None:
-            ctx.preview([ResultLayer(name, name.title(), pixels) for name, pixels in layers.items()])
-    result = doubledip.decompose(np.clip(colour, 0.0, 1.0), params["mode"], hint,
-                                 preview=preview, **_dip_kwargs(params, ctx))
+        show = ctx.preview
+        shown = DECOMPOSE_PREVIEW_LAYER[mode]
+
+        def show_layers(layers: dict[str, np.ndarray]) -> None:
+            # One full-size layer like the source (alpha included), so a front end can show
+            # it over the source; the whole stack comes with the result.
+            show([ResultLayer(shown, shown.title(), join_alpha(layers[shown], alpha))])
+
+        preview = show_layers
+
+    try:
+        result = doubledip.decompose(np.clip(colour, 0.0, 1.0), mode, hint,
+                                     preview=preview, **_dip_kwargs(params, ctx))
+    except Cancelled as cancelled:
+        if isinstance(cancelled.partial, doubledip.Decomposition):  # the stack so far, as a result
+            raise Cancelled(cancelled.message, partial=decomposition_layers(cancelled.partial, alpha)) from None
+        raise
     return decomposition_layers(result, alpha)
 
 
@@ -267,6 +285,18 @@ _DIP_PARAMS = (
     Param("preset", str, "auto", "speed/quality: fast, quality (paper-sized nets), paper "
           "(the paper's exact settings, no automatic stop) or auto (fast on CPU, quality on GPU)",
           choices=("auto", "fast", "quality", "paper")),
+)
+
+# Double-DIP runs a fixed iteration count (no automatic stop) and has no paper/quality
+# difference beyond the nets, so its iterations and preset say so.
+_DECOMPOSE_PARAMS = (
+    Param("mode", str, "segment", "which layers to split into", choices=DECOMPOSE_MODES),
+    Param("iterations", int, 0, "optimisation steps; 0 = chosen from the image size and device",
+          minimum=0, maximum=100000),
+    _DIP_PARAMS[1],
+    _DIP_PARAMS[2],
+    Param("preset", str, "auto", "nets: fast (light), quality or paper (the paper's) or auto (the paper's "
+          "on a GPU, light on a CPU)", choices=("auto", "fast", "quality", "paper")),
 )
 
 # -- trained nets (ONNX Runtime; no torch on this path) -------------------------------------
@@ -300,12 +330,14 @@ def _upscale(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
 
     colour, alpha = split_alpha(image)
     big_alpha = None if alpha is None else resize_alpha(np.clip(alpha, 0.0, 1.0), scale)
-    preview = None
+    preview: Callable[[np.ndarray], None] | None = None
     if ctx.preview is not None:
         show = ctx.preview
 
-        def preview(so_far: np.ndarray) -> None:
+        def show_so_far(so_far: np.ndarray) -> None:
             show([ResultLayer("image", title, join_alpha(so_far, big_alpha))])
+
+        preview = show_so_far
 
     big = tasks.super_resolve(np.clip(colour, 0.0, 1.0), scale, iterations=params["iterations"] or None,
                               seed=params["seed"], device=params["device"], preset=params["preset"],
@@ -346,8 +378,7 @@ OPS: dict[str, OpSpec] = {
                (_NET_DEVICE,)),
         OpSpec("decompose", "Double-DIP: split the image into layers (segment, transparency, dehaze, "
                "watermark); the mask is the hint", _decompose,
-               (Param("mode", str, "segment", "which layers to split into", choices=DECOMPOSE_MODES),
-                *_DIP_PARAMS),
+               _DECOMPOSE_PARAMS,
                mask_optional=True, layered=True),
     )
 }

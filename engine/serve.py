@@ -15,10 +15,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from . import __version__
-from .errors import BadInput, EngineError
-from . import budget
-from .errors import Cancelled
+from . import __version__, budget
+from .errors import BadInput, Cancelled, EngineError
 from .imageio import from_float, to_float
 from .logs import LOGGER_NAME, diagnostics, setup_logging
 from .ops import OPS, JobContext, ResultLayer, estimate_seconds, get_op, run_op

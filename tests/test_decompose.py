@@ -15,7 +15,7 @@ from PIL import Image
 from engine.dip import doubledip
 from engine.dip.nets import NetConfig
 from engine.errors import BadInput, Cancelled
-from engine.ops import ResultLayer, run_op
+from engine.ops import ResultLayer, decomposition_layers, run_op
 from engine.protocol import Buffer, encode_message
 from tests.conftest import SHARED_DATA
 
@@ -164,17 +164,20 @@ def _gimp_composite(layers: list[ResultLayer]) -> np.ndarray:
     return composite
 
 
+def _model_layers(mode: str, pick) -> dict[str, np.ndarray]:
+    """A Decomposition's layers for ``mode``, each from pick(channels)."""
+    return {"segment": {"foreground": pick(3), "background": pick(3), "mask": pick(1)},
+            "transparency": {"transmission": pick(3), "reflection": pick(3), "weight": pick(1)},
+            "dehaze": {"dehazed": pick(3), "transmission": pick(1)},
+            "watermark": {"clean": pick(3), "mask": pick(1)}}[mode]
+
+
 @pytest.mark.parametrize("mode", doubledip.MODES)
 @pytest.mark.parametrize("alpha", [False, True])
 def test_layer_stacks_composite_to_what_the_model_reconstructs(mode: str, alpha: bool) -> None:
-    from engine.ops import decomposition_layers
-
     rng = np.random.default_rng(1)
     pick = lambda c: rng.random((16, 16, c), dtype=np.float32)  # noqa: E731
-    layers = {"segment": {"foreground": pick(3), "background": pick(3), "mask": pick(1)},
-              "transparency": {"transmission": pick(3), "reflection": pick(3), "weight": pick(1)},
-              "dehaze": {"dehazed": pick(3), "transmission": pick(1)},
-              "watermark": {"clean": pick(3), "mask": pick(1)}}[mode]
+    layers = _model_layers(mode, pick)
     model = doubledip.Decomposition(mode, layers, rng.random(3, dtype=np.float32), 1)
     opaque = np.ones((16, 16, 1), np.float32) if alpha else None
     stack = decomposition_layers(model, opaque)
@@ -182,6 +185,35 @@ def test_layer_stacks_composite_to_what_the_model_reconstructs(mode: str, alpha:
     np.testing.assert_allclose(composite[..., :3], model.composite(), atol=1e-5)
     if alpha:
         np.testing.assert_allclose(composite[..., 3], 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", doubledip.MODES)
+def test_op_preview_is_one_source_like_layer_and_a_cancel_keeps_the_stack(mode: str, monkeypatch) -> None:
+    """The op (not the fit, which is replaced here) turns Double-DIP's previews into one layer
+    with the source's channels, and a cancel's Decomposition into the result's layer stack."""
+    from engine.ops import DECOMPOSE_PREVIEW_LAYER, JobContext
+
+    rng = np.random.default_rng(2)
+    pick = lambda c: rng.random((16, 16, c), dtype=np.float32)  # noqa: E731
+    layers = _model_layers(mode, pick)
+    so_far = doubledip.Decomposition(mode, layers, rng.random(3, dtype=np.float32), 1)
+
+    def fake_decompose(image, mode, hint, preview=None, **kwargs):
+        preview(layers)
+        raise Cancelled(partial=so_far)
+
+    monkeypatch.setattr(doubledip, "decompose", fake_decompose)
+    shown: list[list[ResultLayer]] = []
+    image = np.concatenate([pick(3), np.ones((16, 16, 1), np.float32)], axis=2)  # RGBA
+    hint = np.ones((16, 16), np.float32)
+    with pytest.raises(Cancelled) as raised:
+        run_op("decompose", image, hint, {"mode": mode}, JobContext(preview=shown.append))
+    ((preview,),) = shown
+    assert preview.pixels.shape == (16, 16, 4)
+    np.testing.assert_array_equal(preview.pixels[..., :3], layers[DECOMPOSE_PREVIEW_LAYER[mode]])
+    partial = raised.value.partial
+    assert all(isinstance(layer, ResultLayer) for layer in partial)
+    assert [layer.role for layer in partial] == [layer.role for layer in decomposition_layers(so_far, None)]
 
 
 def test_result_attributes_travel_in_the_descriptor_only_when_set() -> None:

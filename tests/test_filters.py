@@ -342,6 +342,29 @@ def test_a_cancel_with_a_partial_result_keeps_it_as_result_so_far(tmp_path, monk
     assert name == "Denoise (result so far)" and layer.data == (255 - pixels).tobytes()
 
 
+def test_a_partial_layer_stack_goes_into_a_group_named_result_so_far(tmp_path, monkeypatch):
+    _fake_config(tmp_path, monkeypatch, "partial")
+    pixels = _pixels(16, 16, 3)
+    host = PreviewHost(pixels, cancel=True)
+    groups = []
+    host.add_layer_group = lambda source, name, stack: groups.append((name, stack))
+    info = filters.run_filter(host, _spec("decompose"), {"mode": "segment"}, str(tmp_path))
+    assert info["partial"] is True and host.added == []
+    ((name, ((layer, mask),)),) = groups
+    assert name == "Segment (result so far)" and mask is None and layer.data == (255 - pixels).tobytes()
+
+
+def test_no_preview_is_asked_for_results_that_cannot_be_shown_over_the_source(tmp_path, monkeypatch):
+    """Upscale's results are larger than the source: a preview layer could not cover it."""
+    _fake_config(tmp_path, monkeypatch, "preview-result")
+    host = PreviewHost(_pixels(16, 16, 3))
+    with pytest.raises(FilterError, match="wrong size"):  # the fake answers at the source's size
+        filters.run_filter(host, _spec("upscale"), {"scale": "2", "method": "dip"}, str(tmp_path))
+    (request,) = _requests(tmp_path)
+    assert "preview_interval_s" not in request and request["params"]["scale"] == 2
+    assert [e[0] for e in host.events] == []
+
+
 def test_an_engine_without_op_params_gets_the_params_unchanged():
     engine = EngineProcess({"engine_python": sys.executable})
     engine.hello = {"type": "hello", "protocol": 1, "ops": ["denoise"]}  # protocol-1 engine of session 1
@@ -387,4 +410,7 @@ def test_preset_is_appended_for_positional_callers_and_shown_first_in_the_dialog
     spec = _spec("denoise")
     assert [p.name for p in spec.params] == ["iterations", "seed", "device", "preset"]
     assert filters.dialog_order(spec) == ["preset", "iterations", "seed", "device"]
+    # Decompose: which layers first, then quality; filters without either keep their order.
+    assert filters.dialog_order(_spec("decompose")) == ["mode", "preset", "iterations", "seed", "device"]
+    assert filters.dialog_order(_spec("upscale")) == ["scale", "method", "device"]
     assert spec.param("preset").choice_values() == ["auto", "fast", "quality", "paper"]

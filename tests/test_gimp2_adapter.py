@@ -13,33 +13,15 @@ must start it as its own child.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
-
-PY27_ROOT = Path(os.environ.get("NEURAL_RESTORE_PY27_ROOT", "/var/cache/neural-restore/py27-bullseye"))
-GIMP2_TESTS = REPO / "tests" / "gimp2"
-
-
-@pytest.fixture(scope="module")
-def python27() -> Path:
-    if os.environ.get("NEURAL_RESTORE_SKIP_GIMP"):
-        pytest.skip("NEURAL_RESTORE_SKIP_GIMP is set")
-    if not sys.platform.startswith("linux") or os.geteuid() != 0:
-        pytest.skip("provisioning the Python 2.7 root needs Linux and root (debootstrap)")
-    proc = subprocess.run(["bash", str(GIMP2_TESTS / "provision_py27.sh"), str(PY27_ROOT)],
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return PY27_ROOT / "usr" / "bin" / "python2.7"
-
+from tests.conftest import GIMP2_TESTS, PY27_ROOT, REPO
 
 def _run27(python27: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(python27), *args], capture_output=True, text=True, timeout=600,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from tests.test_gimp2_adapter import GIMP2_TESTS, _run27, python27  # noqa: F401 - fixture
+from tests.test_gimp2_adapter import GIMP2_TESTS, _run27
 from tests.tiny_nets import bilinear, checkout_engine_python, export_tiny_nets
 
 pytest.importorskip("torch")  # to export the tiny nets
@@ -19,7 +19,7 @@ pytest.importorskip("onnx")
 
 
 @pytest.fixture(scope="module")
-def facts(python27: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:  # noqa: F811
+def facts(python27: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     plugins = tmp_path_factory.mktemp("plug-ins")
     shutil.copy(REPO / "gimp_plugin" / "gimp2" / "neural_restore_gimp2.py", plugins)
     shutil.copytree(REPO / "gimp_plugin" / "neural_restore", plugins / "neural_restore",

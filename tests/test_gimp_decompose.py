@@ -8,12 +8,12 @@ import pytest
 from PIL import Image
 
 from tests.conftest import SHARED_DATA
-from tests.test_gimp_plugin import EXCHANGE, SIZE, _psnr, _read, _write, gimp, run_in_gimp  # noqa: F401
+from tests.test_gimp_plugin import EXCHANGE, SIZE, _psnr, _read, _write, run_in_gimp
 
 pytestmark = pytest.mark.gimp
 
 
-def test_dehaze_builds_a_layer_group_that_reproduces_the_source(gimp) -> None:  # noqa: F811
+def test_dehaze_builds_a_layer_group_that_reproduces_the_source(gimp) -> None:
     clear = np.asarray(Image.open(SHARED_DATA / "dip/inpainting/vase.png").convert("RGB"), np.float32)[136:184, 136:184]
     depth = np.mgrid[:SIZE, :SIZE][0][..., None] / SIZE
     t = 0.2 + 0.7 * depth

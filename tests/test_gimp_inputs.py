@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from tests.gimp_harness import Gimp3Chroot
-from tests.test_gimp_plugin import EXCHANGE, PROLOGUE, SIZE, gimp  # noqa: F401 - the fixture
+from tests.test_gimp_plugin import EXCHANGE, PROLOGUE, SIZE
 
 pytestmark = pytest.mark.gimp
 
@@ -159,7 +159,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def bad_input_facts(gimp: Gimp3Chroot) -> dict[str, Any]:  # noqa: F811 - pytest fixture injection
+def bad_input_facts(gimp: Gimp3Chroot) -> dict[str, Any]:
     fake_dir = gimp.to_host(FAKE_DIR)
     shutil.rmtree(fake_dir, ignore_errors=True)
     fake_dir.mkdir(parents=True)
@@ -221,7 +221,7 @@ BROKEN_CONFIGS = {
 
 
 @pytest.fixture(scope="module")
-def broken_config_facts(gimp: Gimp3Chroot) -> dict[str, Any]:  # noqa: F811 - pytest fixture injection
+def broken_config_facts(gimp: Gimp3Chroot) -> dict[str, Any]:
     config = gimp.to_host(CONFIG)
     saved = config.read_bytes()
     body = "import os\nimage, layer = rgb_image(24, 24)\n"
@@ -321,7 +321,7 @@ def try_case(key, proc_name, case, spec, canvas, offsets, selection):
 
 
 @pytest.fixture(scope="module")
-def format_facts(gimp: Gimp3Chroot) -> dict[str, Any]:  # noqa: F811 - pytest fixture injection
+def format_facts(gimp: Gimp3Chroot) -> dict[str, Any]:
     body = FORMAT_BODY.format(size=SIZE)
     inpaint, denoise = "plug-in-neural-restore-inpaint-selection", "plug-in-neural-restore-denoise"
     for case, spec in FORMATS.items():
@@ -355,7 +355,7 @@ def _check_result_layer(facts: dict[str, Any], offsets: tuple[int, int] | list[i
 
 
 @pytest.mark.parametrize("case", sorted(FORMATS))
-def test_inpaint_keeps_format_and_untouched_pixels_bit_identical(gimp: Gimp3Chroot,  # noqa: F811
+def test_inpaint_keeps_format_and_untouched_pixels_bit_identical(gimp: Gimp3Chroot,
                                                                   format_facts: dict[str, Any], case: str) -> None:
     facts = format_facts[f"inpaint-{case}"]
     _check_result_layer(facts, (0, 0))
@@ -375,7 +375,7 @@ def test_inpaint_keeps_format_and_untouched_pixels_bit_identical(gimp: Gimp3Chro
 
 
 @pytest.mark.parametrize("case", ALPHA_CASES)
-def test_denoise_keeps_format_and_alpha_bit_identical(gimp: Gimp3Chroot,  # noqa: F811
+def test_denoise_keeps_format_and_alpha_bit_identical(gimp: Gimp3Chroot,
                                                       format_facts: dict[str, Any], case: str) -> None:
     facts = format_facts[f"denoise-{case}"]
     _check_result_layer(facts, (0, 0))
@@ -386,7 +386,7 @@ def test_denoise_keeps_format_and_alpha_bit_identical(gimp: Gimp3Chroot,  # noqa
 
 
 @pytest.mark.parametrize("case", sorted(GEOMETRIES))
-def test_layer_offsets_and_canvas_overhang_are_respected(gimp: Gimp3Chroot,  # noqa: F811
+def test_layer_offsets_and_canvas_overhang_are_respected(gimp: Gimp3Chroot,
                                                          format_facts: dict[str, Any], case: str) -> None:
     canvas, offsets, (sx, sy, sw, sh) = GEOMETRIES[case]
     source = _source_pixels(case)
@@ -425,7 +425,7 @@ def _parent(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
-def test_cancel_kills_the_plugin_and_its_engine_stops(gimp: Gimp3Chroot) -> None:  # noqa: F811
+def test_cancel_kills_the_plugin_and_its_engine_stops(gimp: Gimp3Chroot) -> None:
     """What GIMP does when the user cancels the progress bar: SIGKILL the plug-in process."""
     import signal
     import threading
@@ -480,7 +480,7 @@ def _fake_env(gimp: Gimp3Chroot, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def preview_facts(gimp: Gimp3Chroot) -> dict[str, Any]:  # noqa: F811 - pytest fixture injection
+def preview_facts(gimp: Gimp3Chroot) -> dict[str, Any]:
     body = """
 image, layer = rgb_image(24, 24)
 attempt("preview-result", "plug-in-neural-restore-denoise", image, [layer], layer, "R'G'B' u8",
@@ -514,7 +514,7 @@ def test_preview_is_removed_and_undo_left_enabled_when_the_engine_dies(preview_f
     assert facts["undo_enabled"] is True
 
 
-def test_memory_budget_refusal_names_the_need(gimp: Gimp3Chroot) -> None:  # noqa: F811
+def test_memory_budget_refusal_names_the_need(gimp: Gimp3Chroot) -> None:
     body = """
 image, layer = rgb_image(48, 48)
 attempt("denoise", "plug-in-neural-restore-denoise", image, [layer], layer, "R'G'B' u8", iterations=5)
@@ -529,7 +529,7 @@ attempt("inpaint", "plug-in-neural-restore-inpaint-selection", image, [layer], l
         assert facts[case]["layers_same"] and facts[case]["pixels_same"] and not facts[case]["dirty"]
 
 
-def test_progress_text_reaches_gimp_every_second_with_step_and_time_left(gimp: Gimp3Chroot) -> None:  # noqa: F811
+def test_progress_text_reaches_gimp_every_second_with_step_and_time_left(gimp: Gimp3Chroot) -> None:
     import re
 
     log = f"{EXCHANGE}/progress.log"
@@ -551,7 +551,7 @@ attempt("run", "plug-in-neural-restore-denoise", image, [layer], layer, "R'G'B' 
     assert any("left" in t and re.search(r"iteration \d+/400", t) for t in texts)
 
 
-def test_cancel_keeps_the_last_preview_as_the_result_so_far(gimp: Gimp3Chroot) -> None:  # noqa: F811
+def test_cancel_keeps_the_last_preview_as_the_result_so_far(gimp: Gimp3Chroot) -> None:
     """GIMP kills the plug-in on cancel; what the user saw last stays as a layer."""
     import signal
     import threading

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from tests.gimp_harness import Gimp3Chroot
-from tests.test_gimp_plugin import ENGINE_VENV, EXCHANGE, PROLOGUE, SIZE, gimp  # noqa: F401 - fixture
+from tests.conftest import ENGINE_VENV
+from tests.test_gimp_plugin import EXCHANGE, PROLOGUE, SIZE
 from tests.tiny_nets import bilinear, export_tiny_nets
 
 pytestmark = pytest.mark.gimp
@@ -42,14 +43,14 @@ def run_for_values(name, image, layer, **params):
 
 
 @pytest.fixture(scope="module")
-def nets_gimp(gimp: Gimp3Chroot) -> Gimp3Chroot:  # noqa: F811 - the imported fixture
+def nets_gimp(gimp: Gimp3Chroot) -> Gimp3Chroot:
     shutil.rmtree(MODELS, ignore_errors=True)
     export_tiny_nets(MODELS)
     gimp.bind(MODELS)
     return gimp
 
 
-def run_in_gimp(gimp: Gimp3Chroot, body: str) -> dict[str, Any]:  # noqa: F811
+def run_in_gimp(gimp: Gimp3Chroot, body: str) -> dict[str, Any]:
     out = gimp.to_host(f"{EXCHANGE}/facts.json")
     out.unlink(missing_ok=True)
     code = (PROLOGUE.format(exchange=EXCHANGE, size=SIZE) + RUN_FOR_IMAGE + textwrap.dedent(body)

@@ -7,55 +7,21 @@ Pixels go in and come out as raw files under the chroot's /tmp, compared here wi
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO, SHARED_DATA
+from tests.conftest import EXCHANGE, SHARED_DATA
 from tests.gimp_harness import Gimp3Chroot
 
 pytestmark = pytest.mark.gimp
 
-# Not under /tmp or /var/cache: the harness binds it into the chroot at the same path.
-ENGINE_VENV = Path(os.environ.get("NEURAL_RESTORE_TEST_VENV", "/opt/neural-restore-test/engine-venv"))
-EXCHANGE = "/tmp/nr-plugin-test"
 DENOISE = "plug-in-neural-restore-denoise"
 INPAINT = "plug-in-neural-restore-inpaint-selection"
 SIZE = 48
-
-
-_installed: set[str] = set()  # chroot roots install.py already ran for, in this pytest process
-
-
-@pytest.fixture(scope="module")
-def gimp(gimp3: Gimp3Chroot) -> Gimp3Chroot:
-    """GIMP 3 with Neural Restore installed by install.py (engine venv + plug-in + config).
-
-    Other test modules import this fixture; install.py runs once per pytest process.
-    """
-    if str(gimp3.root) in _installed:
-        return gimp3
-    result = subprocess.run(
-        [sys.executable, str(REPO / "install.py"), "--venv", str(ENGINE_VENV),
-         "--gimp-dir", str(gimp3.plugin_dir)],
-        capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "selfcheck" in result.stdout and "ok" in result.stdout
-    config = json.loads((gimp3.plugin_dir / "neural-restore" / "engine.json").read_text())
-    gimp3.bind_python(Path(config["engine_python"]))
-    exchange = gimp3.to_host(EXCHANGE)
-    shutil.rmtree(exchange, ignore_errors=True)
-    exchange.mkdir(parents=True)
-    _installed.add(str(gimp3.root))
-    return gimp3
 
 
 def _crop(name: str, top: int = 190, left: int = 210) -> np.ndarray:

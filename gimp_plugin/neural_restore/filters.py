@@ -194,10 +194,18 @@ DECOMPOSE_MODE_PARAM = FilterParam(
     choices=(("segment", "Segment"), ("transparency", "Transparency"), ("dehaze", "Dehaze"),
              ("watermark", "Watermark")))
 
+
+# Settings the GIMP 3 dialog shows first, in this order: what the filter makes (Decompose's
+# layers), then the quality; the rest keep their PDB order.
+DIALOG_FIRST = ("mode", "preset")
+
+
 def dialog_order(spec):
-    """Names of the spec's settings in the order the dialog shows them: quality first."""
+    """Names of the spec's settings in the order the dialog shows them."""
     names = [p.name for p in spec.params]
-    return sorted(names, key=lambda name: name != "preset")
+    first = [name for name in DIALOG_FIRST if name in names]
+    return first + [name for name in names if name not in first]
+
 
 FILTERS = (
     FilterSpec("denoise", "denoise", "_Denoise...",
@@ -522,6 +530,7 @@ def run_filter(host, spec, values, plugin_dir, log_dir=None):
     image_buffer = WireBuffer("image", sent[2] - sent[0], sent[3] - sent[1], source.channels, source.dtype,
                               pixels, sent[0], sent[1])
     buffers = [image_buffer] + ([mask_buffer] if mask_buffer is not None else [])
+    factor = spec.result_scale(values)
     try:
         config = load_config(plugin_dir)
         stderr_path = None
@@ -536,7 +545,9 @@ def run_filter(host, spec, values, plugin_dir, log_dir=None):
         clock = ProgressClock(host)
         clock(0.0, "Starting the Neural Restore engine...")
         engine = EngineProcess(config, stderr_path)
-        interval = getattr(host, "preview_interval_s", None)
+        # A preview is shown as a layer over the source, so only results of the source's
+        # size can be: not an enlargement, nor a selection's box (never asked for, never sent).
+        interval = getattr(host, "preview_interval_s", None) if factor == 1 and region is None else None
 
         def on_preview(previews):
             if _fits(previews, source):
@@ -555,7 +566,6 @@ def run_filter(host, spec, values, plugin_dir, log_dir=None):
         raise FilterError(failure.message, failure.kind)
     if not results:
         raise FilterError("The engine returned no result.", "engine")
-    factor = spec.result_scale(values)
     for result in results:
         channels = 1 if result.is_mask else source.channels
         if (result.width, result.height, result.channels, result.dtype) != \
@@ -568,12 +578,13 @@ def run_filter(host, spec, values, plugin_dir, log_dir=None):
         host.open_image(source, "%s (%s)" % (spec.layer_name, source.name) if source.name else spec.layer_name,
                         results[0])
         return info
+    suffix = PARTIAL_SUFFIX if info.get("partial") else ""
     if spec.output == "layer-group":
         host.progress(1.0, "Adding the layer group...")
-        host.add_layer_group(source, spec.group_name(values), layer_stack(results))
+        host.add_layer_group(source, spec.group_name(values) + suffix, layer_stack(results))
         return info
     host.progress(1.0, "Adding the result layer...")
-    layer_name = spec.layer_name + (PARTIAL_SUFFIX if info.get("partial") else "")
+    layer_name = spec.layer_name + suffix
     if spec.mask_result and region is not None and region[2]:
         host.add_layers(source, layer_name, results, mask_with_selection=True)
     else:

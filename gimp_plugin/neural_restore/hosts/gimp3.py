@@ -35,6 +35,13 @@ def _babl_format(channels, dtype):
     return "%s %s" % (model, _BABL_TYPE[dtype])
 
 
+def _write_pixels(drawable, buf):
+    """Store a WireBuffer's pixels in a drawable of its size (its top-left corner)."""
+    target = drawable.get_buffer()
+    target.set(Gegl.Rectangle.new(0, 0, buf.width, buf.height), _babl_format(buf.channels, buf.dtype), buf.data)
+    target.flush()
+
+
 class Gimp3Host(object):
     def __init__(self, image, drawables, interactive=False, preview_interval_s=None):
         self.image = image
@@ -64,10 +71,7 @@ class Gimp3Host(object):
                 image.insert_layer(layer, drawable.get_parent(), image.get_item_position(drawable))
                 layer.set_offsets(buf.x, buf.y)
                 self._preview = layer
-            target = self._preview.get_buffer()
-            target.set(Gegl.Rectangle.new(0, 0, buf.width, buf.height), _babl_format(buf.channels, buf.dtype),
-                       buf.data)
-            target.flush()
+            _write_pixels(self._preview, buf)
             self._preview.update(0, 0, buf.width, buf.height)
         finally:
             image.undo_thaw()
@@ -150,10 +154,7 @@ class Gimp3Host(object):
             layer = Gimp.Layer.new(image, name, buf.width, buf.height, self._drawable.type(), 100.0,
                                    Gimp.LayerMode.NORMAL)
             image.insert_layer(layer, None, 0)
-            target = layer.get_buffer()
-            target.set(Gegl.Rectangle.new(0, 0, buf.width, buf.height), _babl_format(buf.channels, buf.dtype),
-                       buf.data)
-            target.flush()
+            _write_pixels(layer, buf)
         finally:
             image.undo_enable()
         image.clean_all()
@@ -177,10 +178,7 @@ class Gimp3Host(object):
                                        Gimp.LayerMode.NORMAL)
                 image.insert_layer(layer, parent, position + index)
                 layer.set_offsets(buf.x, buf.y)
-                rect = Gegl.Rectangle.new(0, 0, buf.width, buf.height)
-                target = layer.get_buffer()
-                target.set(rect, _babl_format(buf.channels, buf.dtype), buf.data)
-                target.flush()
+                _write_pixels(layer, buf)
                 if mask_with_selection:  # feathered edges blend as in GIMP's own filters
                     layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
                 layer.update(0, 0, buf.width, buf.height)
@@ -206,17 +204,15 @@ class Gimp3Host(object):
                 # The engine's layers mix in sRGB-encoded values; GIMP's default for Normal
                 # is linear light, which would not reproduce the source.
                 layer.set_composite_space(Gimp.LayerColorSpace.RGB_PERCEPTUAL)
-                rect = Gegl.Rectangle.new(0, 0, buf.width, buf.height)
-                target = layer.get_buffer()
-                target.set(rect, _babl_format(buf.channels, buf.dtype), buf.data)
-                target.flush()
+                _write_pixels(layer, buf)
                 if mask is not None:
                     layer_mask = layer.create_mask(Gimp.AddMaskType.WHITE)
                     layer.add_mask(layer_mask)
                     # Mask values are opacities: written as linear "Y", so GIMP's compositing
                     # (which reads masks as linear) sees exactly the engine's weights.
                     mask_buffer = layer_mask.get_buffer()
-                    mask_buffer.set(rect, "Y %s" % _BABL_TYPE[mask.dtype], mask.data)
+                    mask_buffer.set(Gegl.Rectangle.new(0, 0, mask.width, mask.height),
+                                    "Y %s" % _BABL_TYPE[mask.dtype], mask.data)
                     mask_buffer.flush()
                 layer.set_visible(buf.visible)
                 layer.update(0, 0, buf.width, buf.height)
