@@ -412,5 +412,6 @@ def test_preset_is_appended_for_positional_callers_and_shown_first_in_the_dialog
     assert filters.dialog_order(spec) == ["preset", "iterations", "seed", "device"]
     # Decompose: which layers first, then quality; filters without either keep their order.
     assert filters.dialog_order(_spec("decompose")) == ["mode", "preset", "iterations", "seed", "device"]
-    assert filters.dialog_order(_spec("upscale")) == ["scale", "method", "device"]
+    # Upscale: the DIP settings (for method dip) follow the method choice.
+    assert filters.dialog_order(_spec("upscale")) == ["scale", "method", "device", "preset", "iterations", "seed"]
     assert spec.param("preset").choice_values() == ["auto", "fast", "quality", "paper"]

@@ -182,6 +182,10 @@ UPSCALE_PARAMS = (
                 "rdn: trained network, seconds; dip: Deep Image Prior, minutes",
                 choices=(("rdn", "Trained network (RDN, fast)"), ("dip", "Deep Image Prior (slow)"))),
     DEVICE_PARAM,
+    # For method dip only (the trained network ignores them); last, for positional callers.
+    PRESET_PARAM,
+    DIP_PARAMS[0],
+    DIP_PARAMS[1],
 )
 # Context read around a selection's bounds: more than the nets' tile overlap (16 px), so
 # the processed area's edges look like its inside.
@@ -203,6 +207,8 @@ DIALOG_FIRST = ("mode", "preset")
 def dialog_order(spec):
     """Names of the spec's settings in the order the dialog shows them."""
     names = [p.name for p in spec.params]
+    if "method" in names:  # Upscale: the DIP settings only matter once method dip is chosen
+        return names
     first = [name for name in DIALOG_FIRST if name in names]
     return first + [name for name in names if name not in first]
 

@@ -1,0 +1,105 @@
+"""Decompose into layers on Double-DIP's own inputs, with our CLI exactly as a user runs it.
+
+    python docs/examples/make_decompose_examples.py [--side 128] [case ...]   # needs ../shared/data/doubledip
+
+Each case downscales one of ../shared/data/doubledip's images (longer side ``--side``; the CPU
+budget of a README picture), runs ``python -m engine decompose`` on it, and writes
+docs/examples/decompose/<case>.png: the input, then every layer of the manifest top first
+(masks in grey), captioned with the layer titles. Commands and seconds go to
+docs/examples/decompose/results.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+DATA = REPO.parent / "shared" / "data" / "doubledip"
+OUT = HERE / "decompose"
+
+# case -> (mode, image, hint image or None). fotolia_watermark.png is the watermark's box.
+CASES = {
+    "segment-texture": ("segment", "texture12.jpg", None),
+    "transparency": ("transparency", "input1.jpg", None),
+    "dehaze-tiananmen": ("dehaze", "tiananmen.png", None),
+    "watermark": ("watermark", "fotolia.jpg", "fotolia_watermark.png"),
+}
+CAPTION_HEIGHT = 14
+
+
+def _fit(image: Image.Image, side: int, resample: Image.Resampling) -> Image.Image:
+    scale = side / max(image.size)
+    return image.resize((max(8, round(image.width * scale)), max(8, round(image.height * scale))), resample)
+
+
+def _sheet(tiles: list[tuple[str, Image.Image]], out: Path) -> None:
+    gap = 6
+    width = sum(t.width for _, t in tiles) + gap * (len(tiles) - 1)
+    height = max(t.height for _, t in tiles) + CAPTION_HEIGHT
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    x = 0
+    for caption, tile in tiles:
+        canvas.paste(tile.convert("RGB"), (x, CAPTION_HEIGHT))
+        draw.text((x + 2, 1), caption, fill=(0, 0, 0))
+        x += tile.width + gap
+    canvas.save(out, optimize=True)
+
+
+def make_case(name: str, side: int, iterations: int) -> dict[str, object]:
+    mode, image_name, hint_name = CASES[name]
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch)
+        source = _fit(Image.open(DATA / image_name).convert("RGB"), side, Image.Resampling.LANCZOS)
+        source.save(work / "input.png")
+        args = ["decompose", str(work / "input.png"), "-o", str(work / "layers"), "--mode", mode, "--seed", "0"]
+        if hint_name:
+            hint = Image.open(DATA / hint_name).convert("L").resize(source.size, Image.Resampling.NEAREST)
+            hint.save(work / "hint.png")
+            args += ["--hint", str(work / "hint.png")]
+        if iterations:
+            args += ["--iterations", str(iterations)]
+        started = time.monotonic()
+        subprocess.run([sys.executable, "-m", "engine", *args], cwd=REPO, check=True)
+        seconds = round(time.monotonic() - started, 1)
+        manifest = json.loads((work / "layers" / "manifest.json").read_text())
+        tiles = [("input", source)]
+        for layer in manifest["layers"]:
+            tiles.append((layer["title"], Image.open(work / "layers" / layer["file"])))
+        OUT.mkdir(exist_ok=True)
+        _sheet(tiles, OUT / f"{name}.png")
+    shown = " ".join(shlex.quote(a) for a in args).replace(str(work) + "/", "")
+    return {"mode": mode, "image": f"../shared/data/doubledip/{image_name}", "hint": hint_name,
+            "size": list(source.size), "command": f"python -m engine {shown}", "seconds": seconds,
+            "picture": f"docs/examples/decompose/{name}.png"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("cases", nargs="*", help=f"some of {', '.join(CASES)} (default: all)")
+    parser.add_argument("--side", type=int, default=128, help="longer side of the downscaled input")
+    parser.add_argument("--iterations", type=int, default=0, help="0 = the engine's automatic count")
+    args = parser.parse_args()
+    unknown = sorted(set(args.cases) - set(CASES))
+    if unknown:
+        parser.error(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(CASES)}")
+    results_path = OUT / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    for name in args.cases or list(CASES):
+        results[name] = make_case(name, args.side, args.iterations)
+        OUT.mkdir(exist_ok=True)
+        results_path.write_text(json.dumps(results, indent=2) + "\n")
+        print(json.dumps({name: results[name]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
