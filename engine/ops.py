@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import BadInput, Cancelled
+from .errors import BadInput, Cancelled, EngineError
 
 
 @dataclass(frozen=True)
@@ -352,6 +352,40 @@ def _sharpen(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
 
 _NET_DEVICE = Param("device", str, "auto", "where to compute (auto: CUDA if onnxruntime-gpu sees a GPU)",
                     choices=("auto", "cpu", "cuda"))
+# CPU seconds per megapixel of input for the shipped nets with one ONNX Runtime thread,
+# measured by benchmarks/nets_bench.py's speed part (256² input; results/2026-11-21-nets-cpu.json).
+# Two threads measured 1.6-1.9× faster: more threads are counted at 0.9 each.
+_NET_SECONDS_PER_MEGAPIXEL = {"rdn_x2": 2.37, "rdn_x4": 2.62, "sharpen": 0.38}
+
+
+def _net_seconds(name: str, device: str, height: int, width: int) -> float | None:
+    """Expected seconds of a shipped net on a height×width input; None on a GPU (not measured)."""
+    from .onnx import runner  # no torch on this path
+    from .system import available_cpu_threads
+
+    try:
+        if runner.choose_providers(device)[0] != "CPUExecutionProvider":
+            return None
+    except EngineError:  # no onnxruntime, or CUDA requested without it: no estimate
+        return None
+    per_megapixel = _NET_SECONDS_PER_MEGAPIXEL[name] / max(1.0, 0.9 * available_cpu_threads())
+    return round(per_megapixel * height * width / 1e6, 1)
+
+
+def _upscale_estimate(params: dict[str, Any], height: int, width: int) -> float | None:
+    if params["method"] == "dip":
+        from .dip import presets
+
+        scale = params["scale"]
+        return presets.estimate_seconds("super_resolve", params["preset"], params["device"],
+                                        params["iterations"] or None, height * scale, width * scale)
+    return _net_seconds(f"rdn_x{params['scale']}", params["device"], height, width)
+
+
+def _sharpen_estimate(params: dict[str, Any], height: int, width: int) -> float | None:
+    return _net_seconds("sharpen", params["device"], height, width)
+
+
 _UPSCALE_PARAMS = (
     Param("scale", int, 2, "enlargement factor", choices=(2, 4)),
     Param("method", str, "rdn", "rdn: trained net, seconds; dip: Deep Image Prior, minutes, no training data",
@@ -373,9 +407,9 @@ OPS: dict[str, OpSpec] = {
                _denoise_like("dejpeg", "JPEG artifacts removed"), _DIP_PARAMS,
                estimate=_dip_estimate("dejpeg")),
         OpSpec("upscale", "Enlarge ×2 or ×4 with a trained RDN (or Deep Image Prior)", _upscale,
-               _UPSCALE_PARAMS),
+               _UPSCALE_PARAMS, estimate=_upscale_estimate),
         OpSpec("sharpen", "Remove blur (defocus, soft lens, resize) with a trained U-Net", _sharpen,
-               (_NET_DEVICE,)),
+               (_NET_DEVICE,), estimate=_sharpen_estimate),
         OpSpec("decompose", "Double-DIP: split the image into layers (segment, transparency, dehaze, "
                "watermark); the mask is the hint", _decompose,
                _DECOMPOSE_PARAMS,

@@ -389,6 +389,12 @@ def test_estimate_text_names_each_preset_and_the_device():
     assert text == "About 40 s with Automatic, 40 s with Fast, 3 min with Best quality on the CPU."
 
 
+def test_estimate_text_is_one_figure_when_the_preset_does_not_matter():
+    # Upscale with the trained net: the Quality setting (for method dip) changes nothing.
+    reply = {"seconds": [1.4, 1.4, 1.4, 1.4], "memory_bytes": [None] * 4, "memory_available": None}
+    assert filters.describe_estimate(_spec("upscale"), reply, "the CPU") == "About 1 s on the CPU."
+
+
 def test_estimate_text_warns_when_memory_is_short_and_survives_no_estimate():
     reply = {"seconds": [None] * 4, "memory_bytes": [9 << 30] * 4, "memory_available": 4 << 30}
     text = filters.describe_estimate(_spec("denoise"), reply, "the CPU")

@@ -430,3 +430,22 @@ def test_wheel_carries_the_models(tiny_models: Path, tmp_path: Path) -> None:
                            cwd=tmp_path, env=env)
     assert found.returncode == 0, found.stderr
     assert found.stdout.strip() == str(target / "engine" / "models")
+
+
+def test_net_ops_estimate_time_from_measured_rates_without_torch() -> None:
+    # The dialog's time label: linear in pixels for the shipped nets, and computed without
+    # importing torch (the ONNX path's promise); method dip falls back to the DIP tables.
+    code = (
+        "import sys\n"
+        "from engine.ops import estimate_seconds\n"
+        "small = estimate_seconds('upscale', {'scale': 2, 'device': 'cpu'}, 500, 500)\n"
+        "big = estimate_seconds('upscale', {'scale': 2, 'device': 'cpu'}, 1000, 1000)\n"
+        "sharp = estimate_seconds('sharpen', {'device': 'cpu'}, 1000, 1000)\n"
+        "assert small > 0 and abs(big - 4 * small) <= 0.2 * big, (small, big)\n"
+        "assert 0 < sharp < big, (sharp, big)\n"
+        "assert 'torch' not in sys.modules\n"
+        "dip = estimate_seconds('upscale', {'scale': 2, 'device': 'cpu', 'method': 'dip'}, 64, 64)\n"
+        "assert dip is not None and dip > big, dip\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

@@ -372,10 +372,13 @@ def describe_estimate(spec, reply, device_label):
     except KeyError:
         preset = None
     labels = [label for _, label in preset.choices] if preset is not None else [""]
+    known = [(label, seconds) for label, seconds in zip(labels, reply.get("seconds") or [])
+             if isinstance(seconds, (int, float)) and seconds >= 0]
+    if len(set(_duration_text(seconds) for _, seconds in known)) == 1:
+        known = [("", known[0][1])]  # the setting does not change the time (e.g. Upscale's net)
     parts = []
-    for label, seconds in zip(labels, reply.get("seconds") or []):
-        if isinstance(seconds, (int, float)) and seconds > 0:
-            parts.append("%s with %s" % (_duration_text(seconds), label) if label else _duration_text(seconds))
+    for label, seconds in known:
+        parts.append("%s with %s" % (_duration_text(seconds), label) if label else _duration_text(seconds))
     text = ("About " + ", ".join(parts) + (" on %s." % device_label)) if parts else ESTIMATE_UNAVAILABLE
     memory = [m for m in reply.get("memory_bytes") or [] if isinstance(m, (int, float))]
     available = reply.get("memory_available")
