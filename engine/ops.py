@@ -203,6 +203,13 @@ def _dip_estimate(task: str) -> OpEstimator:
 
 
 DECOMPOSE_MODES = ("segment", "transparency", "dehaze", "watermark")
+
+
+def _decompose_estimate(params: dict[str, Any], height: int, width: int) -> float | None:
+    from .dip import doubledip
+
+    return doubledip.estimate_seconds(params["mode"], params["preset"], params["device"],
+                                      params["iterations"] or None, height, width)
 # The layer a live preview shows per mode: the one that holds the picture without the
 # separated part (background, transmission, dehazed image, clean image).
 DECOMPOSE_PREVIEW_LAYER = {"segment": "background", "transparency": "transmission", "dehaze": "dehazed",
@@ -413,7 +420,7 @@ OPS: dict[str, OpSpec] = {
         OpSpec("decompose", "Double-DIP: split the image into layers (segment, transparency, dehaze, "
                "watermark); the mask is the hint", _decompose,
                _DECOMPOSE_PARAMS,
-               mask_optional=True, layered=True),
+               mask_optional=True, layered=True, estimate=_decompose_estimate),
     )
 }
 

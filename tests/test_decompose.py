@@ -260,3 +260,14 @@ def test_cli_writes_one_png_per_layer_and_a_manifest(tmp_path) -> None:
                              tmp_path / "wm", "--mode", "watermark", "--iterations", "5", "--quiet"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "needs a hint" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_decompose_has_a_cpu_time_estimate_per_mode() -> None:
+    # The dialog's label: measured per mode, growing with the layer; none where not measured.
+    from engine.ops import estimate_seconds
+
+    small = estimate_seconds("decompose", {"mode": "dehaze", "device": "cpu", "preset": "fast"}, 64, 64)
+    big = estimate_seconds("decompose", {"mode": "dehaze", "device": "cpu", "preset": "fast"}, 256, 256)
+    slow_mode = estimate_seconds("decompose", {"mode": "transparency", "device": "cpu", "preset": "fast"}, 256, 256)
+    assert 0 < small < big < slow_mode
+    assert estimate_seconds("decompose", {"mode": "dehaze", "device": "cpu", "preset": "paper"}, 256, 256) is None

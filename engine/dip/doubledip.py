@@ -344,6 +344,37 @@ def default_iterations(device: torch.device, pixels: int) -> int:
     return int(max(MIN_DEFAULT_ITERATIONS, round(count)))
 
 
+# CPU seconds per iteration and megapixel of net input with the light nets and one thread,
+# from benchmarks/results/2026-11-21-decompose-cpu.json (256², 900 iterations; a second
+# benchmark ran beside it, so these err on the slow side).
+CPU_SECONDS_PER_ITERATION_MEGAPIXEL = {
+    "segment": 342.4 / 900 / 0.065536,
+    "transparency": 371.0 / 900 / 0.065536,
+    "dehaze": 204.7 / 900 / 0.065536,
+    "watermark": 225.9 / 900 / 0.065536,
+}
+
+
+def estimate_seconds(mode: str, preset: str, device: str, iterations: int | None,
+                     height: int, width: int) -> float | None:
+    """Expected seconds of `decompose` on a height×width image, or None where not measured
+    (a GPU, or the paper-sized nets on a CPU)."""
+    from .presets import cpu_thread_factor
+
+    try:
+        torch_device = resolve_device(device)
+        nets = default_nets(torch_device, preset)
+    except BadInput:
+        return None
+    if torch_device.type == "cuda" or nets != (LIGHT_DENOISE, LIGHT_MASK) or mode not in MODES:
+        return None
+    rule = max(nets, key=lambda net: (net.size_multiple, net.min_side))
+    pixels = rule.padded_side(height) * rule.padded_side(width)
+    count = iterations or default_iterations(torch_device, pixels)
+    per_iteration = CPU_SECONDS_PER_ITERATION_MEGAPIXEL[mode] * pixels / 1e6 * cpu_thread_factor()
+    return round(per_iteration * count, 1)
+
+
 def _checked_hint(hint: np.ndarray | None, shape: tuple[int, int], mode: str) -> np.ndarray | None:
     if hint is None:
         if mode == "watermark":

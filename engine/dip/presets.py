@@ -183,7 +183,7 @@ def task_preset(preset: str, task: Task, device: torch.device, pixels: int) -> T
 # CPU: measured on the 2-core dev machine with 1 thread (what a run uses there) next to a busy
 # neighbour — light denoise net 68 / 209 ms at 128² / 256², light inpaint 63 / 227, paper
 # denoise 366 / 2000, paper inpaint 602 / 3179 — and scaled for the threads a run uses
-# (`_cpu_thread_factor`). CUDA: a rough guess for a current desktop GPU (not measured here).
+# (`cpu_thread_factor`). CUDA: a rough guess for a current desktop GPU (not measured here).
 CPU_MS_PER_ITERATION: dict[NetConfig, tuple[float, float]] = {
     LIGHT_DENOISE: (21.0, 2870.0),
     LIGHT_INPAINT: (8.0, 3340.0),
@@ -199,7 +199,7 @@ CUDA_MS_PER_ITERATION: dict[NetConfig, tuple[float, float]] = {
 MEASURED_CPU_THREADS = 1
 
 
-def _cpu_thread_factor() -> float:
+def cpu_thread_factor() -> float:
     # Conv layers of this size scale sub-linearly with threads (~threads^0.6 measured on an
     # idle 2-core box: 25 ms with 1 thread, 17 ms with 2 at 64²).
     from .loop import cpu_threads_for_fit
@@ -213,7 +213,7 @@ def milliseconds_per_iteration(net: NetConfig, pixels: int, device: torch.device
         return None
     fixed, per_megapixel = table[net]
     milliseconds = fixed + per_megapixel * pixels / 1e6
-    return milliseconds * (_cpu_thread_factor() if device.type != "cuda" else 1.0)
+    return milliseconds * (cpu_thread_factor() if device.type != "cuda" else 1.0)
 
 
 def estimate_seconds(task: Task, preset: str, device: str, iterations: int | None,
