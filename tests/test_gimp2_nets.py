@@ -14,8 +14,6 @@ from tests.conftest import REPO
 from tests.test_gimp2_adapter import GIMP2_TESTS, _run27
 from tests.tiny_nets import bilinear, checkout_engine_python, export_tiny_nets
 
-pytest.importorskip("torch")  # to export the tiny nets
-pytest.importorskip("onnx")
 
 
 @pytest.fixture(scope="module")

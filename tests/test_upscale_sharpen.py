@@ -11,9 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("torch")  # only to export the tiny nets; the engine path never imports it
-pytest.importorskip("onnx")
 
 from engine import ops  # noqa: E402
 from engine.errors import BadInput, EngineError  # noqa: E402
@@ -127,8 +124,6 @@ def test_dip_method_calls_super_resolve_with_the_dip_settings(monkeypatch: pytes
     np.testing.assert_array_equal(layer.pixels[..., 3:], resize_alpha(image[..., 3:], 4))
 
 
-@pytest.mark.skipif(not hasattr(__import__("engine.dip.tasks", fromlist=["x"]), "super_resolve"),
-                    reason="engine.dip.tasks.super_resolve arrives with the DIP branch")
 def test_dip_upscale_really_runs() -> None:
     image = _image(24, 24, 3, seed=4)
     (layer,) = ops.run_op("upscale", image, None, {"scale": 2, "method": "dip", "iterations": 20, "device": "cpu"})
@@ -378,7 +373,6 @@ def test_engine_failure_on_a_damaged_model_reaches_the_user(tmp_path: Path,
 SHIPPED = REPO / "engine" / "models"
 
 
-@pytest.mark.skipif(not list(SHIPPED.glob("*.onnx")), reason="no models committed in engine/models yet")
 def test_shipped_models_are_complete_small_and_load(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NEURAL_RESTORE_MODELS")
     assert runner.models_dir() == SHIPPED
