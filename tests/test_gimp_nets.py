@@ -21,25 +21,10 @@ from tests.test_gimp_plugin import EXCHANGE, PROLOGUE, SIZE
 from tests.tiny_nets import bilinear, export_tiny_nets
 
 pytestmark = pytest.mark.gimp
-pytest.importorskip("torch")  # to export the tiny nets
-pytest.importorskip("onnx")
 UPSCALE = "plug-in-neural-restore-upscale"
 SHARPEN = "plug-in-neural-restore-sharpen"
 # Beside the test engine venv: bound into the chroot at the same path (not under /tmp).
 MODELS = ENGINE_VENV.parent / "tiny-nets"
-
-RUN_FOR_IMAGE = """
-def run_for_values(name, image, layer, **params):
-    procedure = Gimp.get_pdb().lookup_procedure(name)
-    config = procedure.create_config()
-    config.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
-    config.set_property("image", image)
-    config.set_core_object_array("drawables", [layer])
-    for key, value in params.items():
-        config.set_property(key, value)
-    result = procedure.run(config)
-    return result.index(0).value_nick, [result.index(i) for i in range(1, result.length())]
-"""
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +38,7 @@ def nets_gimp(gimp: Gimp3Chroot) -> Gimp3Chroot:
 def run_in_gimp(gimp: Gimp3Chroot, body: str) -> dict[str, Any]:
     out = gimp.to_host(f"{EXCHANGE}/facts.json")
     out.unlink(missing_ok=True)
-    code = (PROLOGUE.format(exchange=EXCHANGE, size=SIZE) + RUN_FOR_IMAGE + textwrap.dedent(body)
+    code = (PROLOGUE.format(exchange=EXCHANGE, size=SIZE) + textwrap.dedent(body)
             + f"\nwith open({EXCHANGE!r} + '/facts.json', 'w') as h:\n    json.dump(facts, h)\n")
     result = gimp.run_batch(code, timeout=600, env={"NEURAL_RESTORE_MODELS": str(MODELS)})
     assert out.exists(), f"GIMP batch failed (exit {result.returncode}):\n{result.stdout}\n{result.stderr}"
@@ -148,7 +133,7 @@ def test_damaged_model_fails_cleanly_in_gimp(nets_gimp: Gimp3Chroot, tmp_path: P
     nets_gimp.to_host(f"{EXCHANGE}/sharp.raw").write_bytes(_pixels(2, 3).tobytes())
     out = nets_gimp.to_host(f"{EXCHANGE}/facts.json")
     out.unlink(missing_ok=True)
-    code = PROLOGUE.format(exchange=EXCHANGE, size=SIZE) + RUN_FOR_IMAGE + textwrap.dedent("""
+    code = PROLOGUE.format(exchange=EXCHANGE, size=SIZE) + textwrap.dedent("""
         image, layer = make_image("sharp.raw", "R'G'B' u8", Gimp.ImageType.RGB_IMAGE, (48, 48), (0, 0))
         facts["status"], _ = run_for_values("plug-in-neural-restore-sharpen", image, layer)
         facts["message"] = Gimp.get_pdb().get_last_error()

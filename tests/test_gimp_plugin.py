@@ -65,7 +65,8 @@ def make_image(raw_name, fmt, layer_type, canvas, offsets):
     buffer.flush()
     return image, layer
 
-def run_filter(name, image, layer, **params):
+def run_for_values(name, image, layer, **params):
+    # A filter through the PDB (NONINTERACTIVE): its status and its return values.
     procedure = Gimp.get_pdb().lookup_procedure(name)
     config = procedure.create_config()
     config.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
@@ -74,9 +75,11 @@ def run_filter(name, image, layer, **params):
     for key, value in params.items():
         config.set_property(key, value)
     result = procedure.run(config)
-    status = result.index(0).value_nick
-    message = result.index(1) if result.length() > 1 else Gimp.get_pdb().get_last_error()
-    return status, message
+    return result.index(0).value_nick, [result.index(i) for i in range(1, result.length())]
+
+def run_filter(name, image, layer, **params):
+    status, values = run_for_values(name, image, layer, **params)
+    return status, values[0] if values else Gimp.get_pdb().get_last_error()
 """
 
 
