@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import os
 import sys
@@ -25,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from engine.onnx.runner import file_sha256
 
 from .models import TASKS, build_model, model_params, runtime_facts
 
@@ -105,14 +106,6 @@ def check_parity(model: nn.Module, onnx_path: Path, sizes: list[tuple[int, int]]
     return results
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def export_with_card(model: nn.Module, kind: str, out: Path, card: dict[str, Any] | None = None,
                      opset: int = DEFAULT_OPSET, tolerance: float = DEFAULT_TOLERANCE,
                      sizes: list[tuple[int, int]] | None = None) -> dict[str, Any]:
@@ -141,7 +134,7 @@ def export_with_card(model: nn.Module, kind: str, out: Path, card: dict[str, Any
         "channels": "RGB",
     }
     card["export"] = {
-        "file": out.name, "sha256": sha256(out), "bytes": out.stat().st_size,
+        "file": out.name, "sha256": file_sha256(out), "bytes": out.stat().st_size,
         "opset": opset, "exporter": exporter, "torch": torch.__version__, "onnxruntime": ort.__version__,
         "parity": {"tolerance": tolerance, "max_abs_diff": worst, "sizes": parity},
     }

@@ -28,7 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .export import DEFAULT_TOLERANCE, export_with_card, sha256
+from engine.onnx.runner import file_sha256
+
+from .export import DEFAULT_TOLERANCE, export_with_card
 from .models.rdn import RDN, RDNConfig
 
 _LAYER = re.compile(r"^(F_m1|F_0|F_\d+_\d+|LFF_\d+|GFF_[12]|UPN[123]|SR)$")
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     card = {
         "name": args.output.stem,
         "source": {"kind": "ISR (idealo/image-super-resolution) Keras RDN weights",
-                   "file": args.weights.name, "sha256": sha256(args.weights),
+                   "file": args.weights.name, "sha256": file_sha256(args.weights),
                    "command": "python -m onnx_export.isr_convert " + " ".join(sys.argv[1:] if argv is None else argv)},
     }
     try:

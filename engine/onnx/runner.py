@@ -105,7 +105,8 @@ def read_card(model_path: Path) -> dict[str, Any]:
     return card
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The checksum model cards carry (onnx_export.export writes it with this function)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -117,7 +118,7 @@ def check_integrity(model_path: Path, card: dict[str, Any]) -> None:
     """The file must be the one the card describes (a few ms for our few-MB nets): a truncated
     download or a disk error then says "damaged" instead of failing somewhere inside ORT."""
     want = card.get("export", {}).get("sha256")
-    if want and _sha256(model_path) != want:
+    if want and file_sha256(model_path) != want:
         raise damaged(model_path, "its checksum does not match its model card")
 
 
