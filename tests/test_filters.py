@@ -421,3 +421,29 @@ def test_preset_is_appended_for_positional_callers_and_shown_first_in_the_dialog
     # Upscale: the DIP settings (for method dip) follow the method choice.
     assert filters.dialog_order(_spec("upscale")) == ["scale", "method", "device", "preset", "iterations", "seed"]
     assert spec.param("preset").choice_values() == ["auto", "fast", "quality", "paper"]
+
+
+def test_dialog_estimator_follows_setting_changes_on_one_engine(tmp_path):
+    host = MemoryHost(_pixels(64, 64, 3))
+    estimator = filters.DialogEstimator(host, _spec("denoise"), str(tmp_path))
+    try:
+        on_cpu = estimator.text({"iterations": 0, "seed": 0, "device": "cpu", "preset": "auto"})
+        engine = estimator.engine
+        fixed = estimator.text({"iterations": 50, "seed": 0, "device": "cpu", "preset": "auto"})
+        on_gpu = estimator.text({"iterations": 0, "seed": 0, "device": "cuda", "preset": "auto"})
+        assert estimator.engine is engine  # one engine for the dialog's life, not one per change
+    finally:
+        estimator.close()
+    assert on_cpu.startswith("About ") and on_cpu.endswith("on the CPU.")
+    assert fixed != on_cpu  # a fixed iteration count changes the figures
+    assert on_gpu != on_cpu
+    assert estimator.engine is None
+
+
+def test_dialog_estimator_gives_up_once_when_the_engine_cannot_start(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEURAL_RESTORE_ENGINE_PYTHON", str(tmp_path / "no-such-python"))
+    estimator = filters.DialogEstimator(MemoryHost(_pixels(32, 32, 3)), _spec("denoise"), str(tmp_path))
+    assert estimator.text({"device": "cpu"}) == filters.ESTIMATE_UNAVAILABLE
+    assert estimator.failed and estimator.engine is None
+    monkeypatch.delenv("NEURAL_RESTORE_ENGINE_PYTHON")
+    assert estimator.text({"device": "cpu"}) == filters.ESTIMATE_UNAVAILABLE  # no retry per click

@@ -35,6 +35,10 @@ def _add_arguments(procedure, params):
             raise ValueError("unknown parameter kind %r" % param.kind)
 
 
+def _values(spec, config):
+    return dict((p.name, config.get_property(p.name)) for p in spec.params)
+
+
 class NeuralRestore(Gimp.PlugIn):
     def do_query_procedures(self):
         return [spec.procedure_name for spec in filters.FILTERS]
@@ -69,17 +73,27 @@ class NeuralRestore(Gimp.PlugIn):
 
             GimpUi.init("neural-restore")
             dialog = GimpUi.ProcedureDialog.new(procedure, config, spec.menu_label.replace("_", "").rstrip("."))
-            values = dict((p.name, config.get_property(p.name)) for p in spec.params)
             # Estimates are arithmetic in the engine (no torch import): a short, bounded wait;
             # if the engine cannot start the dialog still opens, saying so in the label.
-            estimate = filters.estimate_text(Gimp3Host(image, drawables), spec, values, PLUGIN_DIR)
-            dialog.get_label("estimate", estimate, False, False)
+            estimator = filters.DialogEstimator(Gimp3Host(image, drawables), spec, PLUGIN_DIR)
+            label = dialog.get_label("estimate", estimator.text(_values(spec, config)), False, False)
+            names = set(p.name for p in spec.params)
+
+            def on_setting_changed(_config, pspec):  # e.g. Device or Iterations changed
+                if pspec.name in names:
+                    label.set_text(estimator.text(_values(spec, config)))
+
+            handler = config.connect("notify", on_setting_changed)
             dialog.fill(filters.dialog_order(spec) + ["estimate"])
-            accepted = dialog.run()
-            dialog.destroy()
+            try:
+                accepted = dialog.run()
+            finally:
+                config.disconnect(handler)
+                estimator.close()
+                dialog.destroy()
             if not accepted:
                 return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
-        values = dict((p.name, config.get_property(p.name)) for p in spec.params)
+        values = _values(spec, config)
         host = Gimp3Host(image, drawables, interactive=interactive,
                          preview_interval_s=filters.preview_interval(interactive))
         try:

@@ -398,37 +398,72 @@ def work_size(spec, host, source):
     return source.width, source.height
 
 
-def estimate_text(host, spec, values, plugin_dir, timeout=10.0):
-    """Ask the engine how long each preset would take here; never raises (dialog helper).
+class DialogEstimator(object):
+    """The dialog's estimate line, recomputed when a setting changes (device, iterations, ...).
 
-    Starts an engine just for this (no torch import on its side: estimates are arithmetic),
-    so the dialog opens even when the engine cannot start: it then says no estimate.
+    Keeps one engine alive while the dialog is open (estimates are arithmetic on its side, no
+    torch import), so each change costs one round trip. Never raises: once the engine has
+    failed it answers "no estimate" without trying again, so a broken engine cannot make
+    every click in the dialog wait for a timeout.
     """
-    try:
-        source = host.source()
-        width, height = work_size(spec, host, source)
-        config = load_config(plugin_dir)
+
+    def __init__(self, host, spec, plugin_dir, timeout=10.0):
+        self.host = host
+        self.spec = spec
+        self.plugin_dir = plugin_dir
+        self.timeout = timeout
+        self.engine = None
+        self.failed = False
+        self.size = None
+
+    def _param_sets(self, values):
         try:
-            choices = spec.param("preset").choice_values()
+            choices = self.spec.param("preset").choice_values()
         except KeyError:
             choices = [None]
         param_sets = []
         for choice in choices:
-            params = engine_params(spec, values)
+            params = engine_params(self.spec, values)
             if choice is not None:
                 params["preset"] = choice
             param_sets.append(params)
-        engine = EngineProcess(config, timeout=timeout)
+        return param_sets
+
+    def _reply(self, values):
+        if self.size is None:
+            self.size = work_size(self.spec, self.host, self.host.source())
+        if self.engine is None:
+            self.engine = EngineProcess(load_config(self.plugin_dir), timeout=self.timeout)
+            self.engine.start()
+        width, height = self.size
+        return self.engine.estimate(self.spec.op, width, height, self._param_sets(values))
+
+    def text(self, values):
+        if self.failed:
+            return ESTIMATE_UNAVAILABLE
         try:
-            engine.start()
-            reply = engine.estimate(spec.op, width, height, param_sets)
-        finally:
+            reply = self._reply(values)
+        except (FilterError, EngineFailure, OSError, ValueError, KeyError):
+            self.failed = True
+            self.close()
+            return ESTIMATE_UNAVAILABLE
+        device = values.get("device", "auto")
+        device_label = {"cpu": "the CPU", "cuda": "the GPU"}.get(device, "this machine")
+        return describe_estimate(self.spec, reply, device_label)
+
+    def close(self):
+        if self.engine is not None:
+            engine, self.engine = self.engine, None
             engine.close()
-    except (FilterError, EngineFailure, OSError, ValueError, KeyError):
-        return ESTIMATE_UNAVAILABLE
-    device = values.get("device", "auto")
-    device_label = {"cpu": "the CPU", "cuda": "the GPU"}.get(device, "this machine")
-    return describe_estimate(spec, reply, device_label)
+
+
+def estimate_text(host, spec, values, plugin_dir, timeout=10.0):
+    """One estimate line (starts and stops an engine); never raises (dialog helper)."""
+    estimator = DialogEstimator(host, spec, plugin_dir, timeout)
+    try:
+        return estimator.text(values)
+    finally:
+        estimator.close()
 
 
 def preview_interval(interactive, environ=None):
