@@ -55,6 +55,7 @@ pdb.gimp_image_insert_layer(image, layer, None, 0)
 layer.set_offsets(5, 3)
 before = fill(layer, 1)
 dump("upscale-source.raw", before)
+image.color_profile = tuple(range(1, 129))  # stands for an ICC profile the user assigned
 error, new = attempt(UPSCALE, image, layer, 0, 0, CPU)
 facts["upscale"] = {"error": error, "source_same": bytes(layer.data) == before,
                     "source_layers": [l.name for l in image.layers]}
@@ -63,6 +64,7 @@ if new is not None:
         "size": [new.width, new.height], "bytes_per_channel": new.bytes_per_channel,
         "layers": [[l.name, list(l.offsets), l.width, l.height, l.type] for l in new.layers],
         "displayed": [d.image is new for d in gimpfu.DISPLAYS], "undo_enabled": new.undo_enabled,
+        "same_profile": new.color_profile == image.color_profile,
     })
     dump("upscale-result.raw", new.layers[0].data)
 

@@ -205,6 +205,7 @@ class Image(object):
         self.undo_depth = 0
         self.undo_enabled = True
         self.dirty = False
+        self.color_profile = ()  # ICC bytes as PDB INT8ARRAY values; () = built-in sRGB
 
     def undo_group_start(self):
         self.undo_depth += 1
@@ -282,6 +283,15 @@ class _Pdb(object):
         image = Image(width, height, base, by_precision[precision])
         _log("gimp_image_new_with_precision", width, height, base, precision)
         return image
+
+    def gimp_image_get_color_profile(self, image):
+        return len(image.color_profile), tuple(image.color_profile)
+
+    def gimp_image_set_color_profile(self, image, num_bytes, color_profile):
+        if num_bytes != len(color_profile):
+            raise RuntimeError("gimp-image-set-color-profile: num-bytes does not match the data")
+        image.color_profile = tuple(color_profile)
+        _log("gimp_image_set_color_profile", num_bytes)
 
     def gimp_image_undo_disable(self, image):
         image.undo_enabled = False

@@ -82,6 +82,11 @@ class Gimp2Host(object):
                                                   pdb.gimp_image_get_precision(self.image))
         pdb.gimp_image_undo_disable(image)  # the new image starts as it is
         try:
+            # The source's colour profile too, so the pixels mean the same colours there
+            # (0 bytes: the source uses GIMP's built-in sRGB, which the new image has already).
+            profile_size, profile = pdb.gimp_image_get_color_profile(self.image)
+            if profile_size:
+                pdb.gimp_image_set_color_profile(image, profile_size, profile)
             layer = gimp.Layer(image, name, buf.width, buf.height, self.drawable.type, 100.0,
                                gimpfu.LAYER_MODE_NORMAL)
             pdb.gimp_image_insert_layer(image, layer, None, 0)
