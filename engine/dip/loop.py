@@ -133,6 +133,8 @@ class FitStats:
     # Iteration whose averaged output was returned (= iterations_run without early stopping).
     result_iteration: int = 0
     seconds: float = 0.0
+    # Tiles fitted (`tiles.fit_tiles` adds the tiles' iterations and seconds up).
+    tiles: int = 1
 
 
 class _LaggedRead:
