@@ -3,6 +3,7 @@
     python benchmarks/dip_bench.py [--device cpu|cuda] [--size 256] [--sr-size 256]
         [--only denoise,inpaint,sr] [--presets paper,fast,quality,auto] [--full-cpu]
         [--quick] > benchmarks/results/<name>.json
+    python benchmarks/dip_bench.py --big 8000 --big-iterations 1   # peak memory, tiled
 
 Images come from the DIP paper's own set (../shared/data/dip):
 - denoising: F16 with Gaussian noise σ = 25 (fixed seed), centre crop ``--size``² ;
@@ -44,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 DATA = REPO.parent / "shared" / "data" / "dip"
 
-from engine.dip import presets, tasks  # noqa: E402
+from engine.dip import presets, tasks, tiles  # noqa: E402
 from engine.dip.loop import FitStats  # noqa: E402
 
 PAPER_SIZED = ("paper", "quality")  # presets whose nets are projected, not run, on a CPU
@@ -170,6 +171,50 @@ def bench_sr(args) -> dict:
     return result
 
 
+def bench_big(args) -> dict:
+    """Peak memory of a tiled DIP denoise of a ``--big``² image, through the CLI in a child
+    process (so every full-size copy the engine makes is counted), with ``--big-iterations``
+    iterations per tile: it measures memory and the tile mechanics, not quality."""
+    import resource
+    import tempfile
+
+    from engine import budget
+
+    side = args.big
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0.2, 0.8, side, dtype=np.float32)
+    clean = np.stack([ramp[:, None] * np.ones(side, np.float32)[None, :]] * 3, axis=2)
+    noisy = np.clip(clean + rng.normal(0, 25 / 255, clean.shape).astype(np.float32), 0, 1)
+    with tempfile.TemporaryDirectory() as folder:
+        source, target = Path(folder) / "big.png", Path(folder) / "big-out.tif"
+        Image.fromarray((noisy * 255 + 0.5).astype(np.uint8)).save(source, compress_level=1)
+        del clean, noisy
+        command = [sys.executable, "-m", "engine", "denoise", str(source), "-o", str(target),
+                   "--device", args.device, "--iterations", str(args.big_iterations)]
+        if args.big_tile:
+            command += ["--tile", str(args.big_tile)]
+        started = time.perf_counter()
+        child = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                               env={**os.environ, "PYTHONPATH": str(REPO)})
+        seconds = round(time.perf_counter() - started, 1)
+        if child.returncode != 0:
+            raise SystemExit(f"big denoise failed: {child.stderr.strip()}")
+        written = Image.open(target).size
+    # ru_maxrss of the children is in KB on Linux: the largest child, i.e. the engine run.
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    params = {"preset": "auto", "tile": args.big_tile}
+    # The grid the engine plans (free memory read here, moments before the child read it).
+    device = tasks.resolve_device(args.device)
+    net = presets.task_preset("auto", "denoise", device, side * side).net
+    tile = tiles.tile_side_for(net, device, side * side, requested=args.big_tile or None)
+    grid = tiles.plan(side, side, tile) if tile < side else None
+    return {"image": f"synthetic ramp + noise σ=25, {side}x{side}", "iterations_per_tile": args.big_iterations,
+            "tile": tile, "tiles": grid.count if grid else 1,
+            "output_size": list(written), "seconds": seconds,
+            "peak_rss_mb": round(peak / 2**20), "memory_available_mb": round((budget.available_bytes() or 0) / 2**20),
+            "budget_predicted_mb": round(budget.working_bytes("denoise", params, side, side) / 2**20)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -183,6 +228,11 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=None,
                         help="run every DIP entry for exactly this many iterations (no automatic stop)")
     parser.add_argument("--probe-iterations", type=int, default=20)
+    parser.add_argument("--big", type=int, default=0,
+                        help="instead of the rest: peak memory of a tiled denoise of a BIG² image "
+                             "through the CLI (e.g. --big 8000 --big-iterations 1)")
+    parser.add_argument("--big-iterations", type=int, default=1, help="iterations per tile for --big")
+    parser.add_argument("--big-tile", type=int, default=0, help="tile side for --big (0 = from free memory)")
     parser.add_argument("--quick", action="store_true",
                         help="pipeline check: 64² images, 30 iterations, 3-iteration probes")
     args = parser.parse_args()
@@ -201,6 +251,10 @@ def main() -> None:
                     else f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores"),
         "torch": torch.__version__, "results": {},
     }
+    if args.big:
+        report["results"][f"big_denoise_{args.big}"] = bench_big(args)
+        print(json.dumps(report, indent=2))
+        return
     wanted = args.only.split(",")
     if "denoise" in wanted:
         report["results"]["denoise_f16"] = bench_denoise(args)

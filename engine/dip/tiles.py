@@ -18,6 +18,7 @@ Memory: the tile side is the largest that fits the memory free on the run's devi
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -80,7 +81,7 @@ def tile_side_for(config: NetConfig, device: torch.device, image_pixels: int, sc
 
 def _input_multiple(config: NetConfig, scale: int) -> int:
     # (tile · scale) must be a multiple of config.size_multiple.
-    return max(1, config.size_multiple // np.gcd(config.size_multiple, scale))
+    return max(1, config.size_multiple // math.gcd(config.size_multiple, scale))
 
 
 def _smallest_tile(config: NetConfig, scale: int) -> int:
