@@ -249,9 +249,11 @@ def _fit_task(
     preview: ImagePreview | None,
     stats: FitStats | None,
     label: str,
+    stop_region: np.ndarray | None = None,
 ) -> np.ndarray:
     """Run the loop with a preset's settings; ``finish`` turns the net's output into the
-    task's result and is applied alike to the result, previews and a cancel's partial."""
+    task's result and is applied alike to the result, previews and a cancel's partial.
+    ``stop_region`` (bool, the net output's H×W) is where the stopping rule looks."""
     height, width, _ = output_shape
     pixels = height * width
     automatic = iterations is None
@@ -272,6 +274,9 @@ def _fit_task(
             # An explicit iteration count is obeyed exactly.
             stop=settings.stopping_rule(pixels) if automatic else None,
             stats=stats,
+            stop_weight=(None if stop_region is None else
+                         _to_tensor(stop_region[:, :, None].astype(np.float32), device)),
+            **settings.speed_settings(device),
             progress=progress,
             cancel_requested=cancel_requested,
             preview=loop_preview,
@@ -501,7 +506,9 @@ def _inpaint_window_fit(image: np.ndarray, hole: np.ndarray, settings: TaskPrese
     return _fit_task(task="inpaint", objective=objective, output_shape=padded.shape,
                      settings=settings, device=torch_device, iterations=iterations, seed=seed,
                      finish=finish, progress=progress, cancel_requested=cancel_requested,
-                     preview=preview, stats=stats, label="DIP inpaint")
+                     preview=preview, stats=stats, label="DIP inpaint",
+                     # The rule watches the hole: the known pixels settle long before it.
+                     stop_region=np.pad(crop_hole, (window.pad_y, window.pad_x), mode="constant"))
 
 
 def _sr_padded_side(side: int, scale: int, config: NetConfig) -> int:
