@@ -218,8 +218,10 @@ def test_presets_apply_speed_settings_by_device_type() -> None:
 
     setting = replace(presets.FAST["denoise"], cuda_mixed_precision="bf16", cuda_channels_last=True)
     assert setting.speed_settings(torch.device("cuda")) == {"mixed_precision": "bf16", "channels_last": True}
-    assert setting.speed_settings(torch.device("cpu")) == {"mixed_precision": None,
-                                                           "channels_last": setting.cpu_channels_last}
+    assert setting.speed_settings(torch.device("cpu"))["mixed_precision"] == (
+        "bf16" if presets.cpu_has_native_bf16() else None)  # fast denoise: bf16 where native
+    assert presets.FAST["inpaint"].speed_settings(torch.device("cpu")) == {"mixed_precision": None,
+                                                                          "channels_last": False}
     # Unmeasured on a GPU: no preset turns autocast on.
     for table in presets.PRESETS.values():
         assert all(task.cuda_mixed_precision is None for task in table.values())
