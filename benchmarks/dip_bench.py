@@ -196,7 +196,7 @@ def bench_gpu_target(args) -> dict:
     sigma = 25 / 255
     noisy = np.clip(clean + np.random.default_rng(0).normal(0, sigma, clean.shape), 0, 1).astype(np.float32)
 
-    def run(preset: str, overrides: dict) -> tuple[dict, list[tuple[float, float]]]:
+    def run(preset: str, overrides: dict, iterations: int | None = None) -> tuple[dict, list[tuple[float, float]]]:
         original = presets.PRESETS[preset]["denoise"]
         presets.PRESETS[preset]["denoise"] = replace(original, **overrides)
         defaults = loop.fit_generators.__kwdefaults__
@@ -206,7 +206,7 @@ def bench_gpu_target(args) -> dict:
         stats = FitStats()
         started = time.perf_counter()
         try:
-            out = tasks.denoise(noisy, device=args.device, preset=preset, stats=stats,
+            out = tasks.denoise(noisy, device=args.device, preset=preset, stats=stats, iterations=iterations,
                                 preview=lambda so_far: trajectory.append(
                                     (time.perf_counter() - started, psnr(so_far, clean))))
         finally:
@@ -218,9 +218,10 @@ def bench_gpu_target(args) -> dict:
                 "stopped_automatically": stats.stopped_early}, trajectory
 
     result: dict = {"image": f"F16 centre {args.size}x{args.size}, sigma 25", "noisy_psnr": psnr(noisy, clean)}
-    paper, _ = run("paper", {})
+    paper, _ = run("paper", {}, args.paper_iterations)
     result["paper"] = paper
-    for name, (preset, overrides) in GPU_VARIANTS.items():
+    for name in args.gpu_variants.split(","):
+        preset, overrides = GPU_VARIANTS[name]
         entry, trajectory = run(preset, overrides)
         reached = next((t for t, value in trajectory if value >= paper["psnr"]), None)
         entry["seconds_to_paper_psnr"] = None if reached is None else round(reached, 2)
@@ -294,6 +295,10 @@ def main() -> None:
     parser.add_argument("--gpu-target", action="store_true",
                         help="instead of the rest: the issue's GPU target (use --device cuda --size 512): "
                              "paper vs our presets and speed settings, time to reach paper's PSNR")
+    parser.add_argument("--gpu-variants", default=",".join(GPU_VARIANTS),
+                        help=f"--gpu-target entries (default all: {','.join(GPU_VARIANTS)})")
+    parser.add_argument("--paper-iterations", type=int, default=None,
+                        help="--gpu-target: paper's iterations (default: the preset's 3000; fewer = pipeline check)")
     parser.add_argument("--quick", action="store_true",
                         help="pipeline check: 64² images, 30 iterations, 3-iteration probes")
     args = parser.parse_args()
