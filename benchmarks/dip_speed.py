@@ -99,13 +99,18 @@ def main() -> None:
     parser.add_argument("--variants", default="eager,channels_last,bf16,compile,threads1,threads2")
     args = parser.parse_args()
     device = torch.device(args.device)
-    variants = [Variant(name, NETS[args.net], args.size, device) for name in args.variants.split(",")]
+    variants = []
+    for name in args.variants.split(","):
+        started = time.perf_counter()
+        variants.append(Variant(name, NETS[args.net], args.size, device))
+        print(f"{name}: ready in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
     for variant in variants:  # warm-up (allocator, oneDNN primitive caches)
         variant.time(2)
     rounds: dict[str, list[float]] = {v.name: [] for v in variants}
     for _ in range(args.rounds):
         for variant in variants:
             rounds[variant.name].append(variant.time(args.iterations))
+            print(f"{variant.name}: {rounds[variant.name][-1]:.1f} ms/iteration", file=sys.stderr, flush=True)
     baseline = statistics.median(rounds["eager"]) if "eager" in rounds else None
     report = {"benchmark": "dip_speed", "net": args.net, "size": args.size, "device": args.device,
               "torch": torch.__version__, "iterations_per_round": args.iterations, "variants": {}}
