@@ -171,3 +171,13 @@ def test_cli_denoise_with_a_forced_tile(tmp_path: Path) -> None:
     assert "tile 6/6" in result.stderr
     out = read_image(tmp_path / "out.png").pixels
     assert out.shape == (96, 140, 3) and not np.array_equal(out, pixels / 255.0)
+
+
+def test_time_estimate_counts_one_run_per_tile(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.dip import presets
+
+    monkeypatch.setenv(budget.BUDGET_ENV, str(64 * 1024))  # tiles of the maximum side, 1024
+    one_tile = presets.estimate_seconds("denoise", "fast", "cpu", 100, 1024, 1024)
+    grid = tiles.plan(3000, 2000, budget.DIP_MAX_TILE)
+    assert presets.estimate_seconds("denoise", "fast", "cpu", 100, 3000, 2000) == pytest.approx(
+        grid.count * one_tile, rel=0.01)

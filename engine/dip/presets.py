@@ -264,6 +264,8 @@ def estimate_seconds(task: Task, preset: str, device: str, iterations: int | Non
 
     The net input is taken as the image padded to the net's size rule (for super-resolution
     pass the output size). With ``iterations`` None the preset's expected count is used.
+    An image larger than a tile (`tiles.tile_side_for`, from the free memory) costs one run
+    per tile (for super-resolution the tiles are approximated at output resolution).
     """
     try:
         from .tasks import resolve_device
@@ -271,10 +273,17 @@ def estimate_seconds(task: Task, preset: str, device: str, iterations: int | Non
         torch_device = resolve_device(device)
     except Exception:  # noqa: BLE001 - an estimate is never worth an error
         return None
+    from . import tiles
+
     settings = task_preset(preset, task, torch_device, height * width)
+    side = tiles.tile_side_for(settings.net, torch_device, height * width)
+    count_of_tiles = 1
+    if height > side or width > side:
+        grid = tiles.plan(height, width, side)
+        count_of_tiles, height, width = grid.count, grid.tile_height, grid.tile_width
     pixels = settings.net.padded_side(height) * settings.net.padded_side(width)
     per_iteration = milliseconds_per_iteration(settings.net, pixels, torch_device)
     if per_iteration is None:
         return None
     count = iterations if iterations is not None else settings.expected_iterations(pixels, torch_device)
-    return round(per_iteration * count / 1000.0, 1)
+    return round(count_of_tiles * per_iteration * count / 1000.0, 1)
