@@ -6,8 +6,8 @@ overlapping square tiles, each tile is restored on its own by the task's untiled
 one loop in `loop.fit`, same preset, same seed), and the results are cross-faded.
 
 Layout and blending are the ONNX tiler's (`engine.onnx.tiling`): equal tiles spread evenly so
-neighbours overlap by at least ``overlap`` px; inside each overlap a band ``overlap`` px wide
-is cross-faded with sin²/cos² weights that sum to exactly 1 (a partition of unity), so a
+neighbours overlap by at least two bands; inside each overlap a band ``overlap`` px wide, in
+its middle (away from the tile edges, where a fit saw only mirrored context), is cross-faded with sin²/cos² weights that sum to exactly 1 (a partition of unity), so a
 pixel's value is a weighted mean of at most four tile results and flat output stays flat.
 Unlike a trained net, each DIP tile is a separate fit, so tile starts need no alignment to
 the net's sampling grid; only the tile's own side must meet the net's size rule
@@ -123,8 +123,11 @@ def plan(height: int, width: int, tile: int, overlap: int | None = None) -> Tile
     if tile < 4 * overlap + 2:
         raise ValueError(f"a {tile}-px tile is too small for {overlap}-px fade bands (needs ≥ {4 * overlap + 2})")
     tile_height, tile_width = min(tile, height), min(tile, width)
-    return TileGrid(tile_height, tile_width, plan_axis(height, tile_height, overlap),
-                    plan_axis(width, tile_width, overlap), overlap)
+    # Neighbours overlap by at least two bands, so the band (centred in the overlap) stays
+    # half a band or more from either tile's edge, where a fit saw only mirrored context.
+    spacing = 2 * overlap
+    return TileGrid(tile_height, tile_width, plan_axis(height, tile_height, spacing),
+                    plan_axis(width, tile_width, spacing), overlap)
 
 
 def blend_weights(grid: TileGrid, scale: int = 1) -> tuple[list[np.ndarray], list[np.ndarray]]:
