@@ -3,6 +3,8 @@
     python benchmarks/dip_bench.py [--device cpu|cuda] [--size 256] [--sr-size 256]
         [--only denoise,inpaint,sr] [--presets paper,fast,quality,auto] [--full-cpu]
         [--quick] > benchmarks/results/<name>.json
+    python benchmarks/dip_bench.py --big 8000 --big-iterations 1   # peak memory, tiled
+    python benchmarks/dip_bench.py --device cuda --size 512 --gpu-target  # the GPU target
 
 Images come from the DIP paper's own set (../shared/data/dip):
 - denoising: F16 with Gaussian noise σ = 25 (fixed seed), centre crop ``--size``² ;
@@ -44,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 DATA = REPO.parent / "shared" / "data" / "dip"
 
-from engine.dip import presets, tasks  # noqa: E402
+from engine.dip import presets, tasks, tiles  # noqa: E402
 from engine.dip.loop import FitStats  # noqa: E402
 
 PAPER_SIZED = ("paper", "quality")  # presets whose nets are projected, not run, on a CPU
@@ -170,6 +172,108 @@ def bench_sr(args) -> dict:
     return result
 
 
+# Speed settings tried against the paper preset by --gpu-target (TaskPreset fields per variant).
+GPU_VARIANTS: dict[str, tuple[str, dict]] = {
+    "quality": ("quality", {}),
+    "quality_channels_last": ("quality", {"cuda_channels_last": True}),
+    "quality_bf16_channels_last": ("quality", {"cuda_channels_last": True, "cuda_mixed_precision": "bf16"}),
+    "fast": ("fast", {}),
+    "fast_bf16_channels_last": ("fast", {"cuda_channels_last": True, "cuda_mixed_precision": "bf16"}),
+}
+
+
+def bench_gpu_target(args) -> dict:
+    """The issue's GPU target in one run: F16 σ=25 ``--size``² (512² for the target) with
+    ``paper`` (3000 iterations) and with our presets and speed settings (automatic stop).
+    Each entry: final PSNR and seconds, and the seconds until its averaged output first
+    reached paper's final PSNR (from previews every 0.25 s; null if never), and the speed-up
+    over paper's full run. Target: some entry reaches it ≥ 10× faster."""
+    from dataclasses import replace
+
+    from engine.dip import loop
+
+    clean = centre_crop(load_rgb(DATA / "denoising" / "F16_GT.png"), args.size)
+    sigma = 25 / 255
+    noisy = np.clip(clean + np.random.default_rng(0).normal(0, sigma, clean.shape), 0, 1).astype(np.float32)
+
+    def run(preset: str, overrides: dict, iterations: int | None = None) -> tuple[dict, list[tuple[float, float]]]:
+        original = presets.PRESETS[preset]["denoise"]
+        presets.PRESETS[preset]["denoise"] = replace(original, **overrides)
+        defaults = loop.fit_generators.__kwdefaults__
+        saved = defaults["preview_interval_s"]
+        defaults["preview_interval_s"] = 0.25
+        trajectory: list[tuple[float, float]] = []
+        stats = FitStats()
+        started = time.perf_counter()
+        try:
+            out = tasks.denoise(noisy, device=args.device, preset=preset, stats=stats, iterations=iterations,
+                                preview=lambda so_far: trajectory.append(
+                                    (time.perf_counter() - started, psnr(so_far, clean))))
+        finally:
+            presets.PRESETS[preset]["denoise"] = original
+            defaults["preview_interval_s"] = saved
+        seconds = time.perf_counter() - started
+        trajectory.append((seconds, psnr(out, clean)))
+        return {"psnr": psnr(out, clean), "seconds": round(seconds, 2), "iterations": stats.iterations_run,
+                "stopped_automatically": stats.stopped_early}, trajectory
+
+    result: dict = {"image": f"F16 centre {args.size}x{args.size}, sigma 25", "noisy_psnr": psnr(noisy, clean)}
+    paper, _ = run("paper", {}, args.paper_iterations)
+    result["paper"] = paper
+    for name in args.gpu_variants.split(","):
+        preset, overrides = GPU_VARIANTS[name]
+        entry, trajectory = run(preset, overrides)
+        reached = next((t for t, value in trajectory if value >= paper["psnr"]), None)
+        entry["seconds_to_paper_psnr"] = None if reached is None else round(reached, 2)
+        entry["speedup_vs_paper"] = None if reached is None else round(paper["seconds"] / reached, 1)
+        result[name] = entry
+    return result
+
+
+def bench_big(args) -> dict:
+    """Peak memory of a tiled DIP denoise of a ``--big``² image, through the CLI in a child
+    process (so every full-size copy the engine makes is counted), with ``--big-iterations``
+    iterations per tile: it measures memory and the tile mechanics, not quality."""
+    import resource
+    import tempfile
+
+    from engine import budget
+
+    side = args.big
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0.2, 0.8, side, dtype=np.float32)
+    clean = np.stack([ramp[:, None] * np.ones(side, np.float32)[None, :]] * 3, axis=2)
+    noisy = np.clip(clean + rng.normal(0, 25 / 255, clean.shape).astype(np.float32), 0, 1)
+    with tempfile.TemporaryDirectory() as folder:
+        source, target = Path(folder) / "big.png", Path(folder) / "big-out.tif"
+        Image.fromarray((noisy * 255 + 0.5).astype(np.uint8)).save(source, compress_level=1)
+        del clean, noisy
+        command = [sys.executable, "-m", "engine", "denoise", str(source), "-o", str(target),
+                   "--device", args.device, "--iterations", str(args.big_iterations)]
+        if args.big_tile:
+            command += ["--tile", str(args.big_tile)]
+        started = time.perf_counter()
+        child = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                               env={**os.environ, "PYTHONPATH": str(REPO)})
+        seconds = round(time.perf_counter() - started, 1)
+        if child.returncode != 0:
+            raise SystemExit(f"big denoise failed: {child.stderr.strip()}")
+        written = Image.open(target).size
+    # ru_maxrss of the children is in KB on Linux: the largest child, i.e. the engine run.
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    params = {"preset": "auto", "tile": args.big_tile}
+    # The grid the engine plans (free memory read here, moments before the child read it).
+    device = tasks.resolve_device(args.device)
+    net = presets.task_preset("auto", "denoise", device, side * side).net
+    tile = tiles.tile_side_for(net, device, side * side, requested=args.big_tile or None)
+    grid = tiles.plan(side, side, tile) if tile < side else None
+    return {"image": f"synthetic ramp + noise σ=25, {side}x{side}", "iterations_per_tile": args.big_iterations,
+            "tile": tile, "tiles": grid.count if grid else 1,
+            "output_size": list(written), "seconds": seconds,
+            "peak_rss_mb": round(peak / 2**20), "memory_available_mb": round((budget.available_bytes() or 0) / 2**20),
+            "budget_predicted_mb": round(budget.working_bytes("denoise", params, side, side) / 2**20)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -183,6 +287,18 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=None,
                         help="run every DIP entry for exactly this many iterations (no automatic stop)")
     parser.add_argument("--probe-iterations", type=int, default=20)
+    parser.add_argument("--big", type=int, default=0,
+                        help="instead of the rest: peak memory of a tiled denoise of a BIG² image "
+                             "through the CLI (e.g. --big 8000 --big-iterations 1)")
+    parser.add_argument("--big-iterations", type=int, default=1, help="iterations per tile for --big")
+    parser.add_argument("--big-tile", type=int, default=0, help="tile side for --big (0 = from free memory)")
+    parser.add_argument("--gpu-target", action="store_true",
+                        help="instead of the rest: the issue's GPU target (use --device cuda --size 512): "
+                             "paper vs our presets and speed settings, time to reach paper's PSNR")
+    parser.add_argument("--gpu-variants", default=",".join(GPU_VARIANTS),
+                        help=f"--gpu-target entries (default all: {','.join(GPU_VARIANTS)})")
+    parser.add_argument("--paper-iterations", type=int, default=None,
+                        help="--gpu-target: paper's iterations (default: the preset's 3000; fewer = pipeline check)")
     parser.add_argument("--quick", action="store_true",
                         help="pipeline check: 64² images, 30 iterations, 3-iteration probes")
     args = parser.parse_args()
@@ -201,6 +317,14 @@ def main() -> None:
                     else f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores"),
         "torch": torch.__version__, "results": {},
     }
+    if args.gpu_target:
+        report["results"][f"gpu_target_denoise_{args.size}"] = bench_gpu_target(args)
+        print(json.dumps(report, indent=2))
+        return
+    if args.big:
+        report["results"][f"big_denoise_{args.big}"] = bench_big(args)
+        print(json.dumps(report, indent=2))
+        return
     wanted = args.only.split(",")
     if "denoise" in wanted:
         report["results"]["denoise_f16"] = bench_denoise(args)

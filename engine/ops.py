@@ -125,7 +125,7 @@ def join_alpha(colour: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
 
 
 def _dip_kwargs(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
-    return {
+    kwargs = {
         "iterations": params["iterations"] or None,  # 0 means "choose for me" (automatic stop)
         "seed": params["seed"],
         "device": params["device"],
@@ -133,6 +133,9 @@ def _dip_kwargs(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
         "progress": ctx.progress,
         "cancel_requested": ctx.cancel_requested,
     }
+    if "tile" in params:  # single-image DIP ops (Double-DIP fits the image whole)
+        kwargs["tile"] = params["tile"] or None  # 0 means "the largest that fits in memory"
+    return kwargs
 
 
 def _run_dip(task: Callable[..., np.ndarray], args: tuple, params: dict[str, Any], ctx: JobContext,
@@ -292,6 +295,9 @@ _DIP_PARAMS = (
     Param("preset", str, "auto", "speed/quality: fast, quality (paper-sized nets), paper "
           "(the paper's exact settings, no automatic stop) or auto (fast on CPU, quality on GPU)",
           choices=("auto", "fast", "quality", "paper")),
+    Param("tile", int, 0, "images larger than this many px a side are restored in overlapping "
+          "tiles; 0 = the largest tile that fits in the free memory (at most 1024)",
+          minimum=0, maximum=65535),
 )
 
 # Double-DIP runs a fixed iteration count (no automatic stop) and has no paper/quality
@@ -348,7 +354,7 @@ def _upscale(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
 
     big = tasks.super_resolve(np.clip(colour, 0.0, 1.0), scale, iterations=params["iterations"] or None,
                               seed=params["seed"], device=params["device"], preset=params["preset"],
-                              progress=ctx.progress, cancel_requested=ctx.cancel_requested, preview=preview)
+                              tile=params["tile"] or None, progress=ctx.progress, cancel_requested=ctx.cancel_requested, preview=preview)
     return [ResultLayer("image", title, join_alpha(np.asarray(big, np.float32), big_alpha))]
 
 
@@ -401,6 +407,8 @@ _UPSCALE_PARAMS = (
     Param("iterations", int, 0, "dip only: optimisation steps; 0 = automatic", minimum=0, maximum=100000),
     Param("seed", int, 0, "dip only: random seed", minimum=0, maximum=2**31 - 1),
     Param("preset", str, "auto", "dip only: speed/quality preset", choices=("auto", "fast", "quality", "paper")),
+    Param("tile", int, 0, "dip only: tile side in input px for large images; 0 = from the free memory",
+          minimum=0, maximum=65535),
 )
 
 OPS: dict[str, OpSpec] = {

@@ -344,6 +344,12 @@ def test_preset_iteration_rules() -> None:
     assert presets.choose_preset("auto", cuda, 512 * 512) == "quality"
     assert presets.choose_preset("auto", cuda, 4096 * 4096) == "fast"
     assert presets.choose_preset("paper", cpu, 64) == "paper"
+    # Inpainting (no noise floor) also stops once the average has settled below a threshold,
+    # which shrinks as 1/sqrt(side) like JPEG's.
+    inpaint = presets.FAST["inpaint"]
+    assert inpaint.stop is presets.INPAINT_STOP and presets.QUALITY["inpaint"].stop is presets.INPAINT_STOP
+    at_64, at_256 = inpaint.stopping_rule(64 * 64), inpaint.stopping_rule(256 * 256)
+    assert at_64.settled_below == pytest.approx(2.3e-3) and at_256.settled_below == pytest.approx(1.15e-3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,6 +372,24 @@ def test_automatic_stop_lands_near_the_psnr_peak(f16: np.ndarray, monkeypatch: p
     assert stats.stopped_early
     assert result >= max(seen) - 0.5
     assert result >= _psnr(noisy, clean) + 5.0
+
+
+@pytest.mark.slow
+def test_inpaint_stops_by_itself_near_the_hole_psnr_peak(kate: np.ndarray, kate_text_hole: np.ndarray,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    clean = np.ascontiguousarray(kate[56:120, 180:244])
+    hole = kate_text_hole[56:120, 180:244]
+    damaged = np.where(hole[:, :, None], 0.0, clean).astype(np.float32)
+    seen: list[float] = []
+    monkeypatch.setitem(loop.fit_generators.__kwdefaults__, "preview_interval_s", 0.0)
+    stats = loop.FitStats()
+    filled = tasks.inpaint(damaged, hole, device="cpu", preset="fast", stats=stats,
+                           preview=lambda so_far: seen.append(_psnr(so_far[hole], clean[hole])))
+    result = _psnr(filled[hole], clean[hole])
+    print(f"inpaint auto stop at {stats.iterations_run}: {result:.2f} dB in the hole, best average seen "
+          f"{max(seen):.2f} dB at {int(np.argmax(seen)) + 1}")
+    assert stats.stopped_early and stats.iterations_run < presets.FAST["inpaint"].iterations(64 * 64, torch.device("cpu"))
+    assert result >= max(seen) - 0.3
 
 
 # ---------------------------------------------------------------------------------------------

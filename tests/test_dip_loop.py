@@ -150,8 +150,79 @@ def test_a_settled_threshold_stops_at_the_first_check_below_it() -> None:
     assert stats.result_iteration == stats.iterations_run - 10 and stats.result_iteration >= 30
 
 
+def test_a_stop_weight_restricts_the_change_to_a_region() -> None:
+    # Only the left half is fitted; the unconstrained right half settles differently.
+    target = torch.linspace(0.2, 0.8, SIZE[1]).expand(1, 3, *SIZE).clone()
+    left = torch.zeros(1, 1, *SIZE)
+    left[..., : SIZE[1] // 2] = 1.0
+    rule = StoppingRule(check_every=10, patience=1000, settled_below=0.02, min_iterations=30)
+
+    def stop_iteration(weight: torch.Tensor | None) -> int:
+        stats = FitStats()
+        fit(lambda out: ((out - target).square() * left).mean(), TINY, (*SIZE, 3), iterations=5000,
+            device="cpu", stop=rule, stats=stats, stop_weight=weight)
+        return stats.result_iteration
+
+    assert stop_iteration(torch.ones(1, 1, *SIZE)) == stop_iteration(None)
+    assert stop_iteration(left) != stop_iteration(1.0 - left)
+
+
 @pytest.mark.parametrize("bad", [dict(check_every=0), dict(patience=0), dict(min_relative_drop=1.0),
                                  dict(min_iterations=-1), dict(settled_below=0.0)])
 def test_bad_stopping_rules_are_refused(bad: dict) -> None:
     with pytest.raises(ValueError):
         StoppingRule(**bad)
+
+
+# --- speed settings (the CUDA path's autocast / channels_last, exercised on the CPU) ---------
+
+
+def _noisy_smooth_image(side: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    ramp = np.linspace(0.2, 0.8, side, dtype=np.float32)
+    clean = np.stack([ramp[:, None] * np.ones(side, np.float32), np.outer(ramp, ramp),
+                      np.ones((side, side), np.float32) * 0.5], axis=2)
+    noisy = np.clip(clean + np.random.default_rng(0).normal(0, 0.1, clean.shape), 0, 1).astype(np.float32)
+    return clean, noisy
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(1.0 / np.mean((a.astype(np.float64) - b) ** 2)))
+
+
+@pytest.mark.parametrize("settings", [{"mixed_precision": "bf16"}, {"channels_last": True},
+                                      {"mixed_precision": "bf16", "channels_last": True}])
+def test_bf16_autocast_and_channels_last_still_denoise_deterministically(settings: dict) -> None:
+    clean, noisy = _noisy_smooth_image()
+    target = torch.from_numpy(noisy.transpose(2, 0, 1))[None]
+    small = NetConfig(channels_down=(16, 16, 16), channels_up=(16, 16, 16), channels_skip=(4, 4, 4))
+
+    def run() -> np.ndarray:
+        return fit(lambda out: (out - target).square().mean(), small, noisy.shape, iterations=150,
+                   device="cpu", seed=1, **settings)
+
+    out = run()
+    assert out.dtype == np.float32 and out.shape == noisy.shape
+    assert _psnr(out, clean) > _psnr(noisy, clean) + 2.0
+    assert np.array_equal(out, run())
+
+
+def test_fp16_is_refused_without_a_grad_scaler() -> None:
+    with pytest.raises(ValueError, match="bf16"):
+        fit(lambda out: out.mean(), TINY, (*SIZE, 3), iterations=1, device="cpu", mixed_precision="fp16")
+
+
+def test_presets_apply_speed_settings_by_device_type() -> None:
+    from dataclasses import replace
+
+    from engine.dip import presets
+
+    setting = replace(presets.FAST["denoise"], cuda_mixed_precision="bf16", cuda_channels_last=True)
+    assert setting.speed_settings(torch.device("cuda")) == {"mixed_precision": "bf16", "channels_last": True}
+    on_cpu = replace(setting, cpu_mixed_precision="bf16").speed_settings(torch.device("cpu"))
+    assert on_cpu["mixed_precision"] == ("bf16" if presets.cpu_has_native_bf16() else None)
+    assert presets.FAST["inpaint"].speed_settings(torch.device("cpu")) == {"mixed_precision": None,
+                                                                          "channels_last": False}
+    # Unmeasured on a GPU, and it upset the automatic stop on the CPU: no preset turns it on.
+    for table in presets.PRESETS.values():
+        assert all(task.cuda_mixed_precision is None and task.cpu_mixed_precision is None
+                   for task in table.values())

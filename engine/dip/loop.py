@@ -27,6 +27,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -42,6 +43,7 @@ Objective = Callable[[torch.Tensor], torch.Tensor]
 # torch.nn.Module: its own parameters (e.g. an airlight colour) are optimised with the nets.
 MultiObjective = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 ProgressCallback = Callable[[float, str], None]
+MixedPrecision = Literal["bf16"]
 CancelCallback = Callable[[], bool]
 # Gets the averaged outputs so far (name → H×W×C float32 in [0, 1]) for a live preview.
 PreviewCallback = Callable[[dict[str, np.ndarray]], None]
@@ -89,7 +91,8 @@ class StoppingRule:
 
     Every ``check_every`` iterations the loop measures how far the averaged outputs moved
     since the previous check, relative to their size: ‖A_t − A_{t−k}‖ / ‖A_t‖ over all
-    generators (one reduction on the device). While the image forms this change falls
+    generators (one reduction on the device; optionally over a region only, the loop's
+    ``stop_weight``). While the image forms this change falls
     steeply; once the net has fitted the image and turns to fitting noise the average keeps
     drifting at a constant pace and the change levels off — where the averaged output's PSNR
     peaks. The change is noisy at ±3 % from check to check and falls only slowly near the
@@ -133,6 +136,8 @@ class FitStats:
     # Iteration whose averaged output was returned (= iterations_run without early stopping).
     result_iteration: int = 0
     seconds: float = 0.0
+    # Tiles fitted (`tiles.fit_tiles` adds the tiles' iterations and seconds up).
+    tiles: int = 1
 
 
 class _LaggedRead:
@@ -166,8 +171,10 @@ class _LaggedRead:
 class _StopMonitor:
     """Device-side state of a `StoppingRule` for one run."""
 
-    def __init__(self, rule: StoppingRule, averaged: dict[str, torch.Tensor]) -> None:
+    def __init__(self, rule: StoppingRule, averaged: dict[str, torch.Tensor],
+                 weight: torch.Tensor | None = None) -> None:
         self.rule = rule
+        self.weight = weight
         self.last = {name: a.clone() for name, a in averaged.items()}
         self.kept = {name: a.clone() for name, a in averaged.items()}
         any_tensor = next(iter(averaged.values()))
@@ -180,8 +187,9 @@ class _StopMonitor:
     def check(self, averaged: dict[str, torch.Tensor], iteration: int) -> bool:
         """Update the state with this check; True when the run should stop (decided on the
         previous check's state, read back now)."""
-        moved = sum((averaged[n] - self.last[n]).square().sum() for n in averaged)
-        size = sum(a.square().sum() for a in averaged.values())
+        w = self.weight if self.weight is not None else 1.0
+        moved = sum(((averaged[n] - self.last[n]).square() * w).sum() for n in averaged)
+        size = sum((a.square() * w).sum() for a in averaged.values())
         change = torch.sqrt(moved / size.clamp_min(1e-12))
         for name, a in averaged.items():
             self.last[name].copy_(a)
@@ -295,6 +303,9 @@ def fit_generators(
     report_interval_s: float = 0.5,
     stop: StoppingRule | None = None,
     stats: FitStats | None = None,
+    mixed_precision: MixedPrecision | None = None,
+    channels_last: bool = False,
+    stop_weight: torch.Tensor | None = None,
 ) -> dict[str, np.ndarray]:
     """Fit fresh skip nets (one per generator) jointly to ``objective``; return their
     averaged outputs (name → H×W×C float32 in [0, 1]).
@@ -316,6 +327,12 @@ def fit_generators(
     With ``stop`` (a `StoppingRule`), ``iterations`` is the maximum and the run may end
     earlier, returning the averaged outputs of the check where they stopped settling.
     ``stats`` (a `FitStats`), if given, is filled in with how the run ended.
+    ``stop_weight`` (1×1×H×W, on ``device``) restricts the rule's change measure to where it
+    is non-zero (inpainting: the hole, where the result is; the known pixels settle early).
+    ``mixed_precision="bf16"`` runs the nets' forward passes under autocast in bfloat16 (on
+    any device; the objective, the gradients' optimiser state and the averages stay float32);
+    ``channels_last`` stores the nets and their inputs in NHWC memory format. Both are speed
+    settings whose effect on PSNR is per device and net (see `presets.TaskPreset`).
     """
     height, width = size
     device = torch.device(device)
@@ -325,6 +342,9 @@ def fit_generators(
         raise ValueError("ema must be in [0, 1)")
     if seed < 0:
         raise ValueError("seed must be non-negative")
+    if mixed_precision not in (None, "bf16"):
+        # fp16 would need a GradScaler, whose step reads an inf flag back every iteration.
+        raise ValueError(f"mixed_precision must be None or 'bf16', got {mixed_precision!r}")
     if not generators or len({g.name for g in generators}) != len(generators):
         raise ValueError("generators must be non-empty with distinct names")
     for generator in generators:
@@ -369,11 +389,14 @@ def fit_generators(
             torch.default_generator.manual_seed(init_seed)
             for generator in generators:
                 nets[generator.name] = build_net(generator.net, generator.channels).to(device).train()
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            nets = {name: net.to(memory_format=memory_format) for name, net in nets.items()}
 
         input_generator = torch.Generator().manual_seed(input_seed)
         inputs = {
             g.name: torch.rand((1, g.net.input_channels, height, width), generator=input_generator)
-            .mul_(INPUT_NOISE_SCALE).to(device)
+            .mul_(INPUT_NOISE_SCALE).to(device).contiguous(memory_format=memory_format)
             for g in generators
         }
         perturbed = {name: torch.empty_like(x) for name, x in inputs.items()}
@@ -385,6 +408,8 @@ def fit_generators(
             objective.to(device)
             parameters += [p for p in objective.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(parameters, lr=lr)
+        autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if mixed_precision == "bf16"
+                    else contextlib.nullcontext())
         last_loss: torch.Tensor | None = None
         now = time.monotonic()
         last_report = last_cancel_check = last_preview = now
@@ -400,10 +425,11 @@ def fit_generators(
                     buffer = perturbed[name]
                     buffer.normal_(0.0, reg_noise_std, generator=perturb_generator).add_(net_input)
                     net_input = buffer
-                if transform is not None:
-                    outputs[name] = _invert(transform, net(_apply(transform, net_input)))
-                else:
-                    outputs[name] = net(net_input)
+                with autocast:
+                    output = net(_apply(transform, net_input)) if transform is not None else net(net_input)
+                # The objective and the average see float32 whatever the nets computed in.
+                output = output.float()
+                outputs[name] = _invert(transform, output) if transform is not None else output
             loss = objective(outputs)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -423,7 +449,7 @@ def fit_generators(
 
             if stop is not None and iteration % stop.check_every == 0:
                 if monitor is None:
-                    monitor = _StopMonitor(stop, averaged)
+                    monitor = _StopMonitor(stop, averaged, stop_weight)
                 elif monitor.check(averaged, iteration):
                     stopped_at = iteration
                     break

@@ -82,6 +82,27 @@ class NetConfig:
         multiple = self.size_multiple
         return max(self.min_side, -(-side // multiple) * multiple)
 
+    def activation_floats_per_pixel(self) -> float:
+        """Activations a training step keeps per input pixel (floats), counted from the
+        channel counts: each conv block's padded input, conv, BatchNorm and activation
+        outputs, the upsampling and concatenation, at each level's resolution (1/4 per
+        level). A rough count, meant for ratios between nets (memory planning)."""
+        total = float(self.input_channels)
+        c_in = self.input_channels
+        for level in range(self.depth):
+            here, below = 4.0**-level, 4.0 ** -(level + 1)
+            c_skip, c_down, c_up = (self.channels_skip[level], self.channels_down[level],
+                                    self.channels_up[level])
+            c_deeper = c_down if level == self.depth - 1 else self.channels_up[level + 1]
+            total += here * (c_in + 3 * c_skip) if c_skip else 0.0  # skip block
+            total += here * c_in + below * 7 * c_down  # the two down blocks
+            total += here * 3 * c_deeper  # ×2 upsampling and its intermediates
+            total += here * 3 * (c_skip + c_deeper) + here * 3 * c_up  # concat, BN, up block
+            if self.extra_1x1_up:
+                total += here * 4 * c_up
+            c_in = c_down
+        return total
+
     def parameter_count(self, out_channels: int = 3) -> int:
         return sum(p.numel() for p in build_net(self, out_channels).parameters())
 

@@ -18,7 +18,7 @@ from typing import Literal
 
 import torch
 
-from .loop import StoppingRule
+from .loop import MixedPrecision, StoppingRule
 from .nets import LIGHT_DENOISE, LIGHT_INPAINT, PAPER_DENOISE, PAPER_INPAINT, NetConfig
 
 Task = Literal["denoise", "inpaint", "super_resolve", "dejpeg"]
@@ -31,6 +31,14 @@ PRESET_NAMES: tuple[PresetName, ...] = ("auto", "fast", "quality", "paper")
 # but timely result rather than an hours-long run.
 CPU_PIXEL_ITERATION_BUDGET = 256 * 256 * 3000
 MIN_ITERATIONS = 300
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 convolutions natively on this CPU."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,24 @@ class TaskPreset:
     stop: StoppingRule | None
     expected_per_side: float | None = None
     cpu_budget: bool = True
+    # Speed settings (the loop's ``mixed_precision`` / ``channels_last``), applied by device
+    # type. The CUDA ones are off: their PSNR cost is unmeasured (no GPU in the sessions so
+    # far); `benchmarks/dip_bench.py --device cuda --gpu-target` measures them side by side.
+    cuda_mixed_precision: MixedPrecision | None = None
+    cuda_channels_last: bool = False
+    # On a CPU bf16 is used only where the CPU computes it natively (AVX512-BF16 / AMX);
+    # elsewhere it is emulated and slower. channels_last was 1.2–1.5× slower on the CPU.
+    cpu_mixed_precision: MixedPrecision | None = None
+    cpu_channels_last: bool = False
+
+    def speed_settings(self, device: torch.device) -> dict:
+        """The loop's speed keywords for a run on ``device``."""
+        if device.type == "cuda":
+            return {"mixed_precision": self.cuda_mixed_precision, "channels_last": self.cuda_channels_last}
+        native_bf16 = cpu_has_native_bf16()
+        return {"mixed_precision": self.cpu_mixed_precision if native_bf16 else None,
+                "channels_last": self.cpu_channels_last}
+
 
     def stopping_rule(self, pixels: int) -> StoppingRule | None:
         """``stop`` for a net input of ``pixels``: a ``settled_below`` threshold is given for a
@@ -107,6 +133,20 @@ AUTO_STOP = StoppingRule(check_every=25, patience=8, min_relative_drop=0.01, min
 # 64² centre 25.81 vs 25.86 dB, 64² sky 31.95 vs 31.99 dB, 128² centre 26.52 vs 26.52 dB.
 SETTLED_REFERENCE_SIDE = 64
 JPEG_STOP = replace(AUTO_STOP, settled_below=2.5e-3)
+# Inpainting has no noise floor either (the known pixels are clean): the change falls
+# smoothly past the hole's PSNR peak and the plateau test rarely fires, so runs used to go to
+# their maximum, 0.4 dB past the peak on kate's text mask. Inpainting measures the change
+# inside the hole only (tasks pass the loop a ``stop_weight``: the known pixels settle long
+# before the hole) and stops below 2.3e-3 at 64² (scaled by 1/sqrt(side) like JPEG's).
+# Measured with the light net (`benchmarks/inpaint_stop_study.py`; hole PSNR at the stop vs
+# the best averaged output): kate text mask, 96² window: 27.01 dB at 1300 its vs 27.06 best
+# (the maximum, 2112 its, ended at 26.62); 128²: 27.85 at 1500 vs 27.92 (27.48 by 1875).
+# Vase (a compact hole, 64² window at 96² and 128²) keeps improving slowly up to its
+# 1408-iteration maximum: stop 1350 / 1400, 16.22 / 15.84 dB vs 16.24 / 15.84 at the
+# maximum; its best overall is a smooth early fill (16.37 / 16.06 at 150–200 its) that no
+# settle test can see. A higher threshold suits kate a little better (2.6e-3: −0.03 dB) but
+# stops vase 0.2–0.4 dB short; the whole-window change could not serve both at any threshold.
+INPAINT_STOP = replace(AUTO_STOP, settled_below=2.3e-3)
 
 # Fast nets: the light nets (paper topology, narrow full- and half-resolution levels) at the
 # paper's lr. Measured on F16 σ=25 128² (2-core CPU): lr 0.03 peaked later and lower than
@@ -124,7 +164,7 @@ QUALITY: dict[Task, TaskPreset] = {
     "denoise": TaskPreset(PAPER_DENOISE, 0.01, 1.0 / 30.0, 0.99, 12.0, MIN_ITERATIONS, 6000,
                           AUTO_STOP, expected_per_side=8.0),
     "inpaint": TaskPreset(PAPER_INPAINT, 0.01, 0.03, 0.99, 20.0, MIN_ITERATIONS, 10000,
-                          AUTO_STOP, expected_per_side=12.0),
+                          INPAINT_STOP, expected_per_side=12.0),
     "super_resolve": TaskPreset(PAPER_DENOISE, 0.01, 0.03, 0.99, 24.0, MIN_ITERATIONS, 4000,
                                 AUTO_STOP, expected_per_side=24.0),
     "dejpeg": TaskPreset(PAPER_DENOISE, 0.01, 1.0 / 30.0, 0.99, 12.0, MIN_ITERATIONS, 6000,
@@ -132,15 +172,17 @@ QUALITY: dict[Task, TaskPreset] = {
 }
 
 FAST: dict[Task, TaskPreset] = {
+    # Not bf16 on the CPU: with native AVX512-BF16 (AMD EPYC here) it is 1.22× / ~1.5×
+    # faster per iteration at 128² / 256² (`benchmarks/dip_speed.py`, interleaved) and F16
+    # σ=25 128² stopped at the same 30.39 dB, but at 64² the automatic stop returned 28.74 dB
+    # (fp32: 29.52), 1 dB below the bf16 run's own best average (29.73 at 659 its): bf16's
+    # rounding keeps the average moving, so the rule's plateau comes late.
     "denoise": TaskPreset(FAST_DENOISE, 0.01, 1.0 / 30.0, 0.99, 22.0, MIN_ITERATIONS, 6000,
                           AUTO_STOP, expected_per_side=14.0),
-    # Inpainting has no noise floor either, but its peak moves with the hole: on kate (64²
-    # window) a 12² block peaked at 486 its, the text mask at 1139. The plateau rule rarely
-    # fires, so the maximum usually ends the run: block 28.04 dB in the hole vs 28.38 best,
-    # text 29.73 vs 29.90. JPEG's threshold would stop both near 475 its: block 28.35, text
-    # 29.13 (0.77 dB short), so it is not used here.
+    # Inpainting stops once the hole has settled (INPAINT_STOP). JPEG's whole-window
+    # threshold stopped kate's text mask (64² window) near 475 its, 0.77 dB short of its peak.
     "inpaint": TaskPreset(FAST_INPAINT, 0.01, 0.03, 0.99, 22.0, MIN_ITERATIONS, 10000,
-                          AUTO_STOP, expected_per_side=20.0),
+                          INPAINT_STOP, expected_per_side=13.0),
     # Super-resolution has no noise to over-fit and improves for longer (zebra ×2, 32² → 64²:
     # still improving at the 2048-iteration maximum, +1.36 dB over bicubic), so it gets a
     # larger budget; the maximum usually ends the run.
@@ -222,6 +264,8 @@ def estimate_seconds(task: Task, preset: str, device: str, iterations: int | Non
 
     The net input is taken as the image padded to the net's size rule (for super-resolution
     pass the output size). With ``iterations`` None the preset's expected count is used.
+    An image larger than a tile (`tiles.tile_side_for`, from the free memory) costs one run
+    per tile (for super-resolution the tiles are approximated at output resolution).
     """
     try:
         from .tasks import resolve_device
@@ -229,10 +273,17 @@ def estimate_seconds(task: Task, preset: str, device: str, iterations: int | Non
         torch_device = resolve_device(device)
     except Exception:  # noqa: BLE001 - an estimate is never worth an error
         return None
+    from . import tiles
+
     settings = task_preset(preset, task, torch_device, height * width)
+    side = tiles.tile_side_for(settings.net, torch_device, height * width)
+    count_of_tiles = 1
+    if height > side or width > side:
+        grid = tiles.plan(height, width, side)
+        count_of_tiles, height, width = grid.count, grid.tile_height, grid.tile_width
     pixels = settings.net.padded_side(height) * settings.net.padded_side(width)
     per_iteration = milliseconds_per_iteration(settings.net, pixels, torch_device)
     if per_iteration is None:
         return None
     count = iterations if iterations is not None else settings.expected_iterations(pixels, torch_device)
-    return round(per_iteration * count / 1000.0, 1)
+    return round(count_of_tiles * per_iteration * count / 1000.0, 1)

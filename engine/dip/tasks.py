@@ -5,8 +5,13 @@ Public API for the op layer: `denoise`, `inpaint`, `super_resolve`, `dejpeg`,
 caller) with values in [0, 1]. Every task takes the same keywords: ``iterations`` (None =
 the preset decides, with automatic stopping unless the preset is ``paper``; a number = exactly
 that many), ``seed``, ``device``, ``preset`` (see `presets`), ``progress``,
-``cancel_requested`` and ``preview`` (gets the result so far, shaped like the return value).
-On cancel, `Cancelled.partial` holds the result so far, shaped like the return value.
+``cancel_requested`` and ``preview`` (gets the result so far, shaped like the return value),
+``stats`` and ``tile``. An image larger than the largest tile that fits in the device's free
+memory (at most 1024²; ``tile`` = a side in input px overrides) is restored in overlapping
+tiles, each fitted by the same loop and cross-faded without seams (see `tiles`); inpainting
+tiles only when its hole window is that large, and fits only the tiles with holes.
+On cancel, `Cancelled.partial` holds the result so far, shaped like the return value (tiled:
+the finished tiles over the input, or over its bicubic enlargement for super-resolution).
 """
 from __future__ import annotations
 
@@ -17,10 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engine.errors import BadInput
+from engine.errors import BadInput, Cancelled
 
-from engine.errors import Cancelled
-
+from . import tiles
 from .loop import CancelCallback, FitStats, Objective, ProgressCallback, fit
 from .nets import NetConfig
 from .presets import PRESET_NAMES, Task, TaskPreset, task_preset
@@ -34,6 +38,9 @@ SR_SCALES = (2, 4, 8)
 # the box's larger side (big holes need more surrounding texture to be filled plausibly).
 INPAINT_MIN_MARGIN = 16
 INPAINT_MARGIN_FRACTION = 0.5
+# A hole window larger than a tile is filled tile by tile only when every tile keeps most of
+# its pixels: a tile inside a large solid hole would have nothing to learn from.
+INPAINT_MAX_TILE_HOLE_FRACTION = 0.5
 
 # Gets the result so far, shaped and post-processed like the task's return value.
 ImagePreview = Callable[[np.ndarray], None]
@@ -242,9 +249,11 @@ def _fit_task(
     preview: ImagePreview | None,
     stats: FitStats | None,
     label: str,
+    stop_region: np.ndarray | None = None,
 ) -> np.ndarray:
     """Run the loop with a preset's settings; ``finish`` turns the net's output into the
-    task's result and is applied alike to the result, previews and a cancel's partial."""
+    task's result and is applied alike to the result, previews and a cancel's partial.
+    ``stop_region`` (bool, the net output's H×W) is where the stopping rule looks."""
     height, width, _ = output_shape
     pixels = height * width
     automatic = iterations is None
@@ -265,6 +274,9 @@ def _fit_task(
             # An explicit iteration count is obeyed exactly.
             stop=settings.stopping_rule(pixels) if automatic else None,
             stats=stats,
+            stop_weight=(None if stop_region is None else
+                         _to_tensor(stop_region[:, :, None].astype(np.float32), device)),
+            **settings.speed_settings(device),
             progress=progress,
             cancel_requested=cancel_requested,
             preview=loop_preview,
@@ -281,18 +293,30 @@ def _fit_task(
         ) from None
 
 
-def _denoise_like(task: Task, label: str, image: np.ndarray, iterations: int | None, seed: int,
-                  device: str, preset: str, progress: ProgressCallback | None,
-                  cancel_requested: CancelCallback | None, preview: ImagePreview | None,
-                  stats: FitStats | None) -> np.ndarray:
-    image = _checked_image(image)
-    iterations = _checked_iterations(iterations)
-    seed = _checked_seed(seed)
-    preset = _checked_preset(preset)
-    torch_device = resolve_device(device)
-    settings = task_preset(preset, task, torch_device, image.shape[0] * image.shape[1])
-    config = settings.net
+def _checked_tile(tile: int | None) -> int | None:
+    """None or 0 = choose from the memory available; else a tile side in px."""
+    if tile is None or (isinstance(tile, (int, np.integer)) and not isinstance(tile, bool) and tile == 0):
+        return None
+    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 1:
+        raise BadInput(f"tile must be a positive integer (or 0 = automatic), got {tile!r}")
+    return int(tile)
 
+
+def _tile_grid(config: NetConfig, device: torch.device, height: int, width: int, tile: int | None,
+               scale: int = 1) -> tiles.TileGrid | None:
+    """The tiles a run over a height×width input uses, or None when it fits in one."""
+    side = tiles.tile_side_for(config, device, height * width * scale * scale, scale, tile)
+    if height <= side and width <= side:
+        return None
+    return tiles.plan(height, width, side)
+
+
+def _denoise_window(task: Task, label: str, image: np.ndarray, settings: TaskPreset,
+                    device: torch.device, iterations: int | None, seed: int,
+                    progress: ProgressCallback | None, cancel_requested: CancelCallback | None,
+                    preview: ImagePreview | None, stats: FitStats | None) -> np.ndarray:
+    """Denoise-like fit of one window (the image, or one tile of it)."""
+    config = settings.net
     height, width, channels = image.shape
     pad_y, pad_x = _padding(height, config), _padding(width, config)
     padded = np.pad(image, (pad_y, pad_x, (0, 0)), mode="reflect")
@@ -303,11 +327,37 @@ def _denoise_like(task: Task, label: str, image: np.ndarray, iterations: int | N
     def finish(output: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(output[pad_y[0] : pad_y[0] + height, pad_x[0] : pad_x[0] + width])
 
-    objective = _weighted_mse(_to_tensor(padded, torch_device), _to_tensor(known[:, :, None], torch_device))
+    objective = _weighted_mse(_to_tensor(padded, device), _to_tensor(known[:, :, None], device))
     return _fit_task(task=task, objective=objective, output_shape=padded.shape, settings=settings,
-                     device=torch_device, iterations=iterations, seed=seed, finish=finish,
+                     device=device, iterations=iterations, seed=seed, finish=finish,
                      progress=progress, cancel_requested=cancel_requested, preview=preview,
                      stats=stats, label=label)
+
+
+def _denoise_like(task: Task, label: str, image: np.ndarray, iterations: int | None, seed: int,
+                  device: str, preset: str, progress: ProgressCallback | None,
+                  cancel_requested: CancelCallback | None, preview: ImagePreview | None,
+                  stats: FitStats | None, tile: int | None) -> np.ndarray:
+    image = _checked_image(image)
+    iterations = _checked_iterations(iterations)
+    seed = _checked_seed(seed)
+    preset = _checked_preset(preset)
+    tile = _checked_tile(tile)
+    torch_device = resolve_device(device)
+    height, width = image.shape[:2]
+    # One preset (one net) for every tile, chosen for the whole image.
+    settings = task_preset(preset, task, torch_device, height * width)
+    grid = _tile_grid(settings.net, torch_device, height, width, tile)
+    if grid is None:
+        return _denoise_window(task, label, image, settings, torch_device, iterations, seed,
+                               progress, cancel_requested, preview, stats)
+
+    def fit_window(crop, origin, tile_progress, tile_cancel, tile_preview, tile_stats):
+        return _denoise_window(task, label, crop, settings, torch_device, iterations, seed,
+                               tile_progress, tile_cancel, tile_preview, tile_stats)
+
+    return tiles.fit_tiles(image, fit_window, grid, progress=progress, cancel_requested=cancel_requested,
+                           preview=preview, stats=stats, label=label)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,6 +375,7 @@ def denoise(
     cancel_requested: CancelCallback | None = None,
     preview: ImagePreview | None = None,
     stats: FitStats | None = None,
+    tile: int | None = None,
 ) -> np.ndarray:
     """Denoise ``image`` (float32 H×W×C in [0, 1]); the noise level need not be known.
 
@@ -333,7 +384,7 @@ def denoise(
     is outside the loss) and cropped back. Returns float32 H×W×C in [0, 1].
     """
     return _denoise_like("denoise", "DIP denoise", image, iterations, seed, device, preset,
-                         progress, cancel_requested, preview, stats)
+                         progress, cancel_requested, preview, stats, tile)
 
 
 def dejpeg(
@@ -347,6 +398,7 @@ def dejpeg(
     cancel_requested: CancelCallback | None = None,
     preview: ImagePreview | None = None,
     stats: FitStats | None = None,
+    tile: int | None = None,
 ) -> np.ndarray:
     """Remove JPEG artefacts blindly (quality factor unknown): the paper's blind restoration.
 
@@ -355,7 +407,7 @@ def dejpeg(
     ``iterations``) before it gets to them. Returns float32 H×W×C in [0, 1].
     """
     return _denoise_like("dejpeg", "DIP JPEG artefact removal", image, iterations, seed, device,
-                         preset, progress, cancel_requested, preview, stats)
+                         preset, progress, cancel_requested, preview, stats, tile)
 
 
 def inpaint(
@@ -370,6 +422,7 @@ def inpaint(
     cancel_requested: CancelCallback | None = None,
     preview: ImagePreview | None = None,
     stats: FitStats | None = None,
+    tile: int | None = None,
 ) -> np.ndarray:
     """Fill the ``hole`` pixels (bool H×W, True = fill) of ``image`` (float32 H×W×C in [0, 1]).
 
@@ -384,6 +437,7 @@ def inpaint(
     iterations = _checked_iterations(iterations)
     seed = _checked_seed(seed)
     preset = _checked_preset(preset)
+    tile = _checked_tile(tile)
     torch_device = resolve_device(device)
     # The window is at most the image; its exact size depends on the net, so decide on the
     # hole's box with margins (what the window is grown from).
@@ -391,8 +445,47 @@ def inpaint(
     box_pixels = (int(box_rows[-1] - box_rows[0]) + 1 + 2 * INPAINT_MIN_MARGIN) * (
         int(box_cols[-1] - box_cols[0]) + 1 + 2 * INPAINT_MIN_MARGIN)
     settings = task_preset(preset, "inpaint", torch_device, box_pixels)
-    config = settings.net
+    window = _inpaint_window(hole, settings.net)
+    height, width = image.shape[:2]
+    side = tiles.tile_side_for(settings.net, torch_device, height * width, 1, tile)
+    if window.y1 - window.y0 <= side and window.x1 - window.x0 <= side:
+        return _inpaint_window_fit(image, hole, settings, torch_device, iterations, seed, progress,
+                                   cancel_requested, preview, stats)
 
+    # Scattered holes over a large area (text, scratches, missing pixels): tiles, each filling
+    # its own holes from its own surroundings; tiles without a hole are left alone.
+    grid = tiles.plan(height, width, side)
+    for y, x in grid.boxes():
+        tile_hole = hole[y:y + grid.tile_height, x:x + grid.tile_width]
+        if tile_hole.any() and tile_hole.mean() > INPAINT_MAX_TILE_HOLE_FRACTION:
+            raise BadInput(
+                f"the hole is too large to fill in the memory available (about {tile_hole.mean():.0%} "
+                f"of a {grid.tile_width}×{grid.tile_height} px tile is missing): select a smaller "
+                "area, or close other programs, and try again")
+
+    def fit_window(crop, origin, tile_progress, tile_cancel, tile_preview, tile_stats):
+        y, x = origin
+        crop_hole = hole[y:y + grid.tile_height, x:x + grid.tile_width]
+        return _inpaint_window_fit(crop, crop_hole, settings, torch_device, iterations, seed,
+                                   tile_progress, tile_cancel, tile_preview, tile_stats)
+
+    def skip(y: int, x: int) -> bool:
+        return not hole[y:y + grid.tile_height, x:x + grid.tile_width].any()
+
+    result = tiles.fit_tiles(image, fit_window, grid, skip=skip, progress=progress,
+                             cancel_requested=cancel_requested, preview=preview, stats=stats,
+                             label="DIP inpaint")
+    # The blend weights sum to 1 only up to rounding: known pixels come back bit for bit.
+    result[~hole] = image[~hole]
+    return result
+
+
+def _inpaint_window_fit(image: np.ndarray, hole: np.ndarray, settings: TaskPreset,
+                        torch_device: torch.device, iterations: int | None, seed: int,
+                        progress: ProgressCallback | None, cancel_requested: CancelCallback | None,
+                        preview: ImagePreview | None, stats: FitStats | None) -> np.ndarray:
+    """Inpaint ``image`` (the image, or one tile of it) on the window around ``hole``."""
+    config = settings.net
     window = _inpaint_window(hole, config)
     crop = image[window.y0 : window.y1, window.x0 : window.x1]
     crop_hole = hole[window.y0 : window.y1, window.x0 : window.x1]
@@ -413,7 +506,9 @@ def inpaint(
     return _fit_task(task="inpaint", objective=objective, output_shape=padded.shape,
                      settings=settings, device=torch_device, iterations=iterations, seed=seed,
                      finish=finish, progress=progress, cancel_requested=cancel_requested,
-                     preview=preview, stats=stats, label="DIP inpaint")
+                     preview=preview, stats=stats, label="DIP inpaint",
+                     # The rule watches the hole: the known pixels settle long before it.
+                     stop_region=np.pad(crop_hole, (window.pad_y, window.pad_x), mode="constant"))
 
 
 def _sr_padded_side(side: int, scale: int, config: NetConfig) -> int:
@@ -437,6 +532,7 @@ def super_resolve(
     cancel_requested: CancelCallback | None = None,
     preview: ImagePreview | None = None,
     stats: FitStats | None = None,
+    tile: int | None = None,
 ) -> np.ndarray:
     """Upscale ``image`` (float32 h×w×C in [0, 1]) by ``scale`` (2, 4 or 8) with the paper's
     super-resolution prior: the net makes the high-resolution image, and the loss is the
@@ -452,10 +548,34 @@ def super_resolve(
     seed = _checked_seed(seed)
     preset = _checked_preset(preset)
     torch_device = resolve_device(device)
-    output_pixels = image.shape[0] * image.shape[1] * scale * scale
-    settings = task_preset(preset, "super_resolve", torch_device, output_pixels)
-    config = settings.net
+    tile = _checked_tile(tile)
+    height, width = image.shape[:2]
+    settings = task_preset(preset, "super_resolve", torch_device, height * width * scale * scale)
+    grid = _tile_grid(settings.net, torch_device, height, width, tile, scale)
+    if grid is None:
+        return _super_resolve_window(image, scale, settings, torch_device, iterations, seed, progress,
+                                     cancel_requested, preview, stats)
 
+    def fit_window(crop, origin, tile_progress, tile_cancel, tile_preview, tile_stats):
+        return _super_resolve_window(crop, scale, settings, torch_device, iterations, seed,
+                                     tile_progress, tile_cancel, tile_preview, tile_stats)
+
+    from engine.onnx.tiling import resize_alpha  # Pillow only
+
+    # Where no tile is fitted yet (previews, a cancel's partial result): bicubic.
+    bicubic = np.concatenate([resize_alpha(image[:, :, c:c + 1], scale) for c in range(image.shape[2])],
+                             axis=2)
+    return tiles.fit_tiles(image, fit_window, grid, scale=scale, base=bicubic, progress=progress,
+                           cancel_requested=cancel_requested, preview=preview, stats=stats,
+                           label=f"DIP super-resolution ×{scale}")
+
+
+def _super_resolve_window(image: np.ndarray, scale: int, settings: TaskPreset, torch_device: torch.device,
+                          iterations: int | None, seed: int, progress: ProgressCallback | None,
+                          cancel_requested: CancelCallback | None, preview: ImagePreview | None,
+                          stats: FitStats | None) -> np.ndarray:
+    """Super-resolve one window (the image, or one tile of it)."""
+    config = settings.net
     height, width, channels = image.shape
     padded_h, padded_w = _sr_padded_side(height, scale, config), _sr_padded_side(width, scale, config)
     pad_y = ((padded_h - height) // 2, padded_h - height - (padded_h - height) // 2)
