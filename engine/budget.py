@@ -87,12 +87,24 @@ def work_area(op: str, height: int, width: int, mask: np.ndarray | None) -> tupl
     return min(height, box_h + 2 * margin), min(width, box_w + 2 * margin)
 
 
+def _output_scale(op: str, params: dict[str, Any]) -> int:
+    """How many times larger than the input each output side is (Upscale with DIP fits the
+    enlarged image: its net and full-size copies are scale² bigger per input pixel)."""
+    return int(params.get("scale") or 1) if op == "upscale" else 1
+
+
 def _net_bytes_per_pixel(op: str, params: dict[str, Any]) -> float | None:
+    """Fit memory per *input* pixel of ``op``'s net, or None if not measured."""
+    scale = _output_scale(op, params)
+    if op == "upscale":
+        if params.get("method") != "dip":
+            return None  # the ONNX nets: not measured here
+        op = "denoise"  # super-resolution runs the denoise nets on the enlarged image
     per_pixel = _BYTES_PER_PIXEL.get(op)
     if per_pixel is None:
         return None
     paper_sized = params.get("preset") in ("quality", "paper")
-    return per_pixel * (_PAPER_NET_FACTOR.get(op, 1.0) if paper_sized else 1.0)
+    return per_pixel * (_PAPER_NET_FACTOR.get(op, 1.0) if paper_sized else 1.0) * scale**2
 
 
 def _tiled_need(net_bytes_per_pixel: float, height: int, width: int, image_pixels: int, tile: int) -> int:
@@ -114,9 +126,10 @@ def working_bytes(op: str, params: dict[str, Any], height: int, width: int,
     if per_pixel is None:
         return None
     work_h, work_w = work or (height, width)
+    image_pixels = height * width * _output_scale(op, params) ** 2  # the copies are output-sized
     tile = (_requested_tile(params) if params.get("tile")
-            else max(DIP_MIN_TILE, dip_tile_side(available_bytes(), per_pixel, height * width)))
-    return _tiled_need(per_pixel, work_h, work_w, height * width, tile)
+            else max(DIP_MIN_TILE, dip_tile_side(available_bytes(), per_pixel, image_pixels)))
+    return _tiled_need(per_pixel, work_h, work_w, image_pixels, tile)
 
 
 def _gigabytes(size: int) -> str:
@@ -132,10 +145,13 @@ def check(op: str, params: dict[str, Any], image_shape: tuple[int, ...], mask: n
         return
     height, width = image_shape[0], image_shape[1]
     work_h, work_w = work_area(op, height, width, mask)
-    need = _tiled_need(per_pixel, work_h, work_w, height * width, _requested_tile(params))
+    image_pixels = height * width * _output_scale(op, params) ** 2
+    # The smallest tile (in input px; Upscale's smallest enlarged tile is 64² too).
+    smallest = _requested_tile(params) // _output_scale(op, params)
+    need = _tiled_need(per_pixel, work_h, work_w, image_pixels, smallest)
     if need <= budget:
         return
-    area = "the selected area and its surroundings" if op == "inpaint" else "the image"
+    area = {"inpaint": "the selected area and its surroundings", "upscale": "the enlarged image"}.get(op, "the image")
     raise BadInput(f"{op} on {area} ({work_w}×{work_h} pixels) needs about {_gigabytes(need)} of memory, "
                    f"this machine has {_gigabytes(budget)} free: select a smaller area (or crop / "
                    f"scale the image down), or close other programs, and try again")

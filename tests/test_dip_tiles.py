@@ -154,6 +154,14 @@ def test_budget_counts_one_tile_and_refuses_only_what_no_tile_fits(monkeypatch: 
     monkeypatch.setenv(budget.BUDGET_ENV, "2000")
     with pytest.raises(BadInput, match="needs about 4.2 GB"):
         budget.check("denoise", {"preset": "auto"}, (8000, 8000, 3), None)  # the image copies alone
+    # Upscale with DIP fits the enlarged image (scale² per input pixel); with rdn: not measured.
+    monkeypatch.setenv(budget.BUDGET_ENV, str(24 * 1024))
+    assert budget.working_bytes("upscale", {"method": "rdn", "scale": 4}, 2000, 2000) is None
+    upscale = budget.working_bytes("upscale", {"method": "dip", "scale": 4, "preset": "auto"}, 2000, 2000)
+    assert upscale > budget.working_bytes("denoise", {"preset": "auto"}, 2000, 2000)
+    monkeypatch.setenv(budget.BUDGET_ENV, "2000")
+    with pytest.raises(BadInput, match="enlarged image"):
+        budget.check("upscale", {"method": "dip", "scale": 4, "preset": "auto"}, (2000, 2000, 3), None)
     # The paper nets' memory factor in the (torch-free) budget matches the nets' activation counts.
     for op, net in (("denoise", nets.PAPER_DENOISE), ("inpaint", nets.PAPER_INPAINT)):
         ratio = net.activation_floats_per_pixel() / nets.LIGHT_DENOISE.activation_floats_per_pixel()
