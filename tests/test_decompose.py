@@ -113,6 +113,33 @@ def test_watermark_moves_the_mark_into_its_own_layer() -> None:
     assert _psnr(result.composite(), marked) > 25
 
 
+def test_automatic_runs_stop_once_settled_and_explicit_counts_are_exact(monkeypatch) -> None:
+    # A generous threshold makes the layers count as settled as soon as the rule may stop
+    # (after the priors' schedules): the run must end there, well before its maximum.
+    hazy = _crop("dip/denoising/F16_GT.png", 32) * 0.6 + 0.35
+    cpu, pixels = torch.device("cpu"), 32 * 32
+    monkeypatch.setitem(doubledip.SETTLED_BELOW, "dehaze", 0.05)
+    rule = doubledip.stopping_rule("dehaze", cpu, pixels)
+    most = doubledip.max_iterations("dehaze", cpu, pixels)
+    assert 0 < rule.min_iterations < most
+    stopped = doubledip.decompose(hazy, "dehaze", device="cpu", nets=SMALL_NETS)
+    assert rule.min_iterations <= stopped.iterations <= rule.min_iterations + 2 * rule.check_every < most
+    assert _psnr(stopped.composite(), hazy) > 20
+    # An explicit count is obeyed exactly, settled or not.
+    assert doubledip.decompose(hazy, "dehaze", iterations=60, device="cpu", nets=SMALL_NETS).iterations == 60
+
+
+def test_cpu_iteration_caps_keep_a_256_run_within_the_time_budget() -> None:
+    cpu, pixels = torch.device("cpu"), 256 * 256
+    for mode in doubledip.MODES:
+        expected = doubledip.expected_iterations(mode, cpu, pixels)
+        assert expected <= doubledip.max_iterations(mode, cpu, pixels)
+        seconds = doubledip.CPU_SECONDS_PER_ITERATION_MEGAPIXEL[mode] * pixels / 1e6
+        assert doubledip.max_iterations(mode, cpu, pixels) * seconds <= doubledip.CPU_SECONDS_BUDGET + 1
+    # A GPU is not capped by the CPU budget.
+    assert doubledip.max_iterations("segment", torch.device("cuda"), pixels) > doubledip.max_iterations("segment", cpu, pixels)
+
+
 def test_bad_hints_and_modes_are_refused_before_work() -> None:
     image = np.full((32, 32, 3), 0.5, np.float32)
     with pytest.raises(BadInput, match="needs a hint"):
