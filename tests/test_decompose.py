@@ -293,8 +293,11 @@ def test_decompose_has_a_cpu_time_estimate_per_mode() -> None:
     # The dialog's label: measured per mode, growing with the layer; none where not measured.
     from engine.ops import estimate_seconds
 
-    small = estimate_seconds("decompose", {"mode": "dehaze", "device": "cpu", "preset": "fast"}, 64, 64)
-    big = estimate_seconds("decompose", {"mode": "dehaze", "device": "cpu", "preset": "fast"}, 256, 256)
-    slow_mode = estimate_seconds("decompose", {"mode": "transparency", "device": "cpu", "preset": "fast"}, 256, 256)
-    assert 0 < small < big < slow_mode
-    assert estimate_seconds("decompose", {"mode": "dehaze", "device": "cpu", "preset": "paper"}, 256, 256) is None
+    def estimate(mode: str, side: int, iterations: int = 0, preset: str = "fast") -> float | None:
+        params = {"mode": mode, "device": "cpu", "preset": preset, "iterations": iterations}
+        return estimate_seconds("decompose", params, side, side)
+
+    assert 0 < estimate("dehaze", 64) < estimate("dehaze", 256)
+    # Per iteration, three nets (transparency) cost more than two (dehaze).
+    assert estimate("transparency", 128, iterations=100) > estimate("dehaze", 128, iterations=100)
+    assert estimate("dehaze", 256, preset="paper") is None
