@@ -71,6 +71,26 @@ def test_segment_with_a_rough_hint_finds_the_object() -> None:
     assert _psnr(result.composite(), image) > 24
 
 
+def test_segment_gives_the_background_what_it_already_explains() -> None:
+    # The mask overshoots the object by 8 columns; the background layer (as a DIP paints it)
+    # matches the image there but not behind the object: the overshoot goes to the background.
+    rng = np.random.default_rng(0)
+    image = rng.random((64, 64, 3), dtype=np.float32)
+    truth = np.zeros((64, 64), bool)
+    truth[16:48, 16:40] = True
+    mask = np.zeros((64, 64, 1), np.float32)
+    mask[16:48, 16:48] = 1.0
+    background = np.clip(image + rng.normal(0, 0.01, image.shape), 0, 1).astype(np.float32)
+    background[truth] = 0.5
+    layers = {"foreground": image.copy(), "background": background, "mask": mask}
+    refined = doubledip._background_explained_removed(image, layers)
+    found = refined["mask"][..., 0] > 0.5
+    assert (found & truth).sum() / (found | truth).sum() > 0.9  # the mask alone: 0.75
+    assert found[truth].all()
+    composite = refined["mask"] * refined["foreground"] + (1 - refined["mask"]) * refined["background"]
+    assert _psnr(composite, image) > _psnr(mask * image + (1 - mask) * background, image) - 0.01
+
+
 def test_transparency_separates_a_50_50_mix_better_than_the_mix() -> None:
     a, b = _crop("dip/denoising/F16_GT.png", top=100, left=150), _crop("dip/inpainting/kate.png", top=50, left=50)
     mix = 0.5 * a + 0.5 * b

