@@ -84,7 +84,7 @@ SCHEDULE_END = 0.5
 
 # Loss weights (the reconstruction MSE is ~1e-3 once fitted; these keep each prior below it
 # at the end of a run but strong enough to steer the early iterations).
-EXCLUSION_WEIGHT = {"segment": 0.02, "transparency": 1.0, "dehaze": 0.0, "watermark": 0.05}
+EXCLUSION_WEIGHT = {"segment": 0.02, "transparency": 0.2, "dehaze": 0.0, "watermark": 0.05}
 HINT_FIT_WEIGHT = 0.5  # segment: F (B) must reproduce the image on the sure foreground (background)
 HINT_MASK_WEIGHT = 0.05  # segment: m follows the hint early on (decays to a tenth)
 BINARY_WEIGHT = 0.02  # segment: m(1−m), ramped in over the schedule
