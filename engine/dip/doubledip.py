@@ -58,7 +58,7 @@ OUTPUT_EMA = 0.99
 # complete before it can stop. On the CPU both are capped by a time budget per mode: 270 s
 # at the measured cost per iteration (`CPU_SECONDS_PER_ITERATION_MEGAPIXEL`), so a 256² run
 # of the light nets stays within 5 minutes on the 2-core dev machine (one thread).
-# Where the rule stopped at 128² (seed 0): segment 550 (475 with seed 1), transparency ~375,
+# Where the rule stopped at 128² (seeds 0, 1): segment 550 / 475, transparency 400–525,
 # dehaze ~1075, watermark ~350.
 EXPECTED_ITERATIONS_PER_SIDE = {"segment": 5.0, "transparency": 3.0, "dehaze": 8.0, "watermark": 3.0}
 MAX_ITERATIONS_PER_SIDE = 10.0
