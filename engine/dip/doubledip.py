@@ -60,7 +60,7 @@ OUTPUT_EMA = 0.99
 # of the light nets stays within 5 minutes on the 2-core dev machine (one thread).
 # Where the rule stopped at 128² (seeds 0, 1): segment 550 / 475, transparency 400–525,
 # dehaze ~1075, watermark ~350.
-EXPECTED_ITERATIONS_PER_SIDE = {"segment": 5.0, "transparency": 3.0, "dehaze": 8.0, "watermark": 3.0}
+EXPECTED_ITERATIONS_PER_SIDE = {"segment": 5.0, "transparency": 3.5, "dehaze": 8.0, "watermark": 3.0}
 MAX_ITERATIONS_PER_SIDE = 10.0
 MIN_DEFAULT_ITERATIONS = 300
 MAX_DEFAULT_ITERATIONS = 3000
