@@ -300,12 +300,11 @@ _DIP_PARAMS = (
           minimum=0, maximum=65535),
 )
 
-# Double-DIP runs a fixed iteration count (no automatic stop) and has no paper/quality
-# difference beyond the nets, so its iterations and preset say so.
+# Double-DIP stops by itself like the DIP ops (0 iterations) and has no paper/quality
+# difference beyond the nets, so its preset says so.
 _DECOMPOSE_PARAMS = (
     Param("mode", str, "segment", "which layers to split into", choices=DECOMPOSE_MODES),
-    Param("iterations", int, 0, "optimisation steps; 0 = chosen from the image size and device",
-          minimum=0, maximum=100000),
+    _DIP_PARAMS[0],
     _DIP_PARAMS[1],
     _DIP_PARAMS[2],
     Param("preset", str, "auto", "nets: fast (light), quality or paper (the paper's) or auto (the paper's "

@@ -71,6 +71,26 @@ def test_segment_with_a_rough_hint_finds_the_object() -> None:
     assert _psnr(result.composite(), image) > 24
 
 
+def test_segment_gives_the_background_what_it_already_explains() -> None:
+    # The mask overshoots the object by 8 columns; the background layer (as a DIP paints it)
+    # matches the image there but not behind the object: the overshoot goes to the background.
+    rng = np.random.default_rng(0)
+    image = rng.random((64, 64, 3), dtype=np.float32)
+    truth = np.zeros((64, 64), bool)
+    truth[16:48, 16:40] = True
+    mask = np.zeros((64, 64, 1), np.float32)
+    mask[16:48, 16:48] = 1.0
+    background = np.clip(image + rng.normal(0, 0.01, image.shape), 0, 1).astype(np.float32)
+    background[truth] = 0.5
+    layers = {"foreground": image.copy(), "background": background, "mask": mask}
+    refined = doubledip._background_explained_removed(image, layers)
+    found = refined["mask"][..., 0] > 0.5
+    assert (found & truth).sum() / (found | truth).sum() > 0.9  # the mask alone: 0.75
+    assert found[truth].all()
+    composite = refined["mask"] * refined["foreground"] + (1 - refined["mask"]) * refined["background"]
+    assert _psnr(composite, image) > _psnr(mask * image + (1 - mask) * background, image) - 0.01
+
+
 def test_transparency_separates_a_50_50_mix_better_than_the_mix() -> None:
     a, b = _crop("dip/denoising/F16_GT.png", top=100, left=150), _crop("dip/inpainting/kate.png", top=50, left=50)
     mix = 0.5 * a + 0.5 * b
@@ -111,6 +131,33 @@ def test_watermark_moves_the_mark_into_its_own_layer() -> None:
     assert _psnr(result.layers["clean"][box], clean[box]) > _psnr(marked[box], clean[box]) + 3
     assert (result.layers["mask"][~box] == 0).all()  # the mark lives in the box only
     assert _psnr(result.composite(), marked) > 25
+
+
+def test_automatic_runs_stop_once_settled_and_explicit_counts_are_exact(monkeypatch) -> None:
+    # A generous threshold makes the layers count as settled as soon as the rule may stop
+    # (after the priors' schedules): the run must end there, well before its maximum.
+    hazy = _crop("dip/denoising/F16_GT.png", 32) * 0.6 + 0.35
+    cpu, pixels = torch.device("cpu"), 32 * 32
+    monkeypatch.setitem(doubledip.SETTLED_BELOW, "dehaze", 0.05)
+    rule = doubledip.stopping_rule("dehaze", cpu, pixels)
+    most = doubledip.max_iterations("dehaze", cpu, pixels)
+    assert 0 < rule.min_iterations < most
+    stopped = doubledip.decompose(hazy, "dehaze", device="cpu", nets=SMALL_NETS)
+    assert rule.min_iterations <= stopped.iterations <= rule.min_iterations + 2 * rule.check_every < most
+    assert _psnr(stopped.composite(), hazy) > 20
+    # An explicit count is obeyed exactly, settled or not.
+    assert doubledip.decompose(hazy, "dehaze", iterations=60, device="cpu", nets=SMALL_NETS).iterations == 60
+
+
+def test_cpu_iteration_caps_keep_a_256_run_within_the_time_budget() -> None:
+    cpu, pixels = torch.device("cpu"), 256 * 256
+    for mode in doubledip.MODES:
+        expected = doubledip.expected_iterations(mode, cpu, pixels)
+        assert expected <= doubledip.max_iterations(mode, cpu, pixels)
+        seconds = doubledip.CPU_SECONDS_PER_ITERATION_MEGAPIXEL[mode] * pixels / 1e6
+        assert doubledip.max_iterations(mode, cpu, pixels) * seconds <= doubledip.CPU_SECONDS_BUDGET + 1
+    # A GPU is not capped by the CPU budget.
+    assert doubledip.max_iterations("segment", torch.device("cuda"), pixels) > doubledip.max_iterations("segment", cpu, pixels)
 
 
 def test_bad_hints_and_modes_are_refused_before_work() -> None:
@@ -266,8 +313,11 @@ def test_decompose_has_a_cpu_time_estimate_per_mode() -> None:
     # The dialog's label: measured per mode, growing with the layer; none where not measured.
     from engine.ops import estimate_seconds
 
-    small = estimate_seconds("decompose", {"mode": "dehaze", "device": "cpu", "preset": "fast"}, 64, 64)
-    big = estimate_seconds("decompose", {"mode": "dehaze", "device": "cpu", "preset": "fast"}, 256, 256)
-    slow_mode = estimate_seconds("decompose", {"mode": "transparency", "device": "cpu", "preset": "fast"}, 256, 256)
-    assert 0 < small < big < slow_mode
-    assert estimate_seconds("decompose", {"mode": "dehaze", "device": "cpu", "preset": "paper"}, 256, 256) is None
+    def estimate(mode: str, side: int, iterations: int = 0, preset: str = "fast") -> float | None:
+        params = {"mode": mode, "device": "cpu", "preset": preset, "iterations": iterations}
+        return estimate_seconds("decompose", params, side, side)
+
+    assert 0 < estimate("dehaze", 64) < estimate("dehaze", 256)
+    # Per iteration, three nets (transparency) cost more than two (dehaze).
+    assert estimate("transparency", 128, iterations=100) > estimate("dehaze", 128, iterations=100)
+    assert estimate("dehaze", 256, preset="paper") is None
