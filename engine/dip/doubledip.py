@@ -508,9 +508,9 @@ def _two_mixture_layers(cropped: dict[str, np.ndarray], first: np.ndarray,
     two mixes determine both layers exactly (A − B = (I₁ − I₂)/(w₁ − w₂), B = I₁ − w₁(A − B)),
     so the DIP is used for what the mixes do not say — the weights — and the layers are
     solved from the inputs: the DIP's own layers are smoothed by its prior and the average.
-    Measured at 128² (benchmark, 50/50 + 70/30): the DIP's layers 23.8 / 21.9 dB, solved ones
-    see README. The reflection is the layer whose share changes more relative to itself
-    between the shots (log ratio of its mean weights)."""
+    Measured at 128² (benchmark, 50/50 + 70/30): the DIP's layers 23.8 / 21.9 dB, the solved
+    ones 31.5 / 30.2 dB (README). The reflection is the layer whose share changes more
+    relative to itself between the shots (log ratio of its mean weights)."""
     w1, w2 = cropped["weight"][:, :, :1], cropped["weight"][:, :, 1:]
     gap = w1 - w2
     safe_gap = np.where(np.abs(gap) < 1e-3, np.where(gap < 0, -1e-3, 1e-3), gap)
