@@ -516,3 +516,19 @@ def test_two_layers_are_refused_before_the_engine_starts_unless_they_fit(tmp_pat
     with pytest.raises(FilterError, match=message):
         filters.run_filter(host, _spec("decompose"), values, str(tmp_path))
     assert not host.groups
+
+
+def test_two_layers_are_refused_by_an_engine_that_would_ignore_the_second(tmp_path, monkeypatch):
+    real_start = EngineProcess.start
+
+    def start_as_older_engine(self, *args, **kwargs):
+        real_start(self, *args, **kwargs)
+        self.hello["features"] = [f for f in self.hello["features"] if f != "second-image"]
+
+    monkeypatch.setattr(EngineProcess, "start", start_as_older_engine)
+    monkeypatch.setattr(EngineProcess, "run", lambda *a, **k: pytest.fail("a request was sent"))
+    host = TwoLayerHost(_two_shots())
+    values = {"mode": "transparency", "iterations": 5, "seed": 0, "device": "cpu", "preset": "fast"}
+    with pytest.raises(FilterError, match="install.py"):
+        filters.run_filter(host, _spec("decompose"), values, str(tmp_path))
+    assert not host.groups

@@ -403,6 +403,10 @@ SECOND_SIZE_MESSAGE = ("The two selected layers must be the same size (%dx%d and
                        "scale one of them to the other's size, then run the filter again.")
 
 
+OLD_ENGINE_SECOND_MESSAGE = ("This engine cannot use a second layer yet: run install.py of this "
+                             "plug-in version again, or select one layer.")
+
+
 def filter_sources(host, spec, values):
     """(source, second or None): the layer the filter works on, and for the modes in
     spec.second_layer_for a second selected layer of the same size (the upper one is the
@@ -634,6 +638,9 @@ def run_filter(host, spec, values, plugin_dir, log_dir=None):
 
         try:
             engine.start(on_idle=clock.tick)
+            if second is not None and "second-image" not in (engine.hello or {}).get("features", ()):
+                # An older engine would ignore the second layer and split the first alone.
+                raise FilterError(OLD_ENGINE_SECOND_MESSAGE, "setup")
             clock.first = None  # estimate from the job's own frames, not the start-up
             info, results = engine.run(spec.op, engine_params(spec, values), buffers, clock, clock.tick,
                                        interval, on_preview if interval else None)
