@@ -68,6 +68,11 @@ def _add_op_parser(sub: argparse._SubParsersAction, spec: OpSpec) -> None:
         parser.add_argument("--hint", dest="mask", type=Path, default=None,
                             help="optional hint mask of the same size (white = marked), e.g. the rough "
                                  "foreground to segment or a box around a watermark")
+    if spec.second_image:
+        parser.add_argument("--second", type=Path, default=None,
+                            help="a second image of the same size (decompose --mode transparency: "
+                                 "another mix of the same two layers, e.g. a second shot with the "
+                                 "polariser turned)")
     for param in spec.params:
         parser.add_argument(f"--{param.name.replace('_', '-')}", dest=param.name, type=param.kind,
                             default=param.default, choices=param.choices,
@@ -134,9 +139,11 @@ def _run_file_op(args: argparse.Namespace) -> int:
     loaded = read_image(args.input)
     mask_path = getattr(args, "mask", None)
     mask = read_mask(mask_path, loaded.pixels.shape[:2]) if mask_path is not None else None
+    second_path = getattr(args, "second", None)
+    second = read_image(second_path).pixels if second_path is not None else None
     params = {p.name: getattr(args, p.name) for p in spec.params}
     bar = None if args.quiet else ProgressBar()
-    layers = run_op(spec.name, loaded.pixels, mask, params, JobContext(bar))
+    layers = run_op(spec.name, loaded.pixels, mask, params, JobContext(bar), second=second)
     if spec.layered:
         manifest = _write_layer_stack(args.output, layers, loaded.sample_type, spec.name, params)
         if not args.quiet:

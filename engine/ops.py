@@ -105,6 +105,9 @@ class OpSpec:
     layered: bool = False
     min_side: int = 8
     estimate: OpEstimator | None = None
+    # The op takes an optional second image of the same size (the protocol's ``second``
+    # buffer, the CLI's --second); its runner then gets it as the ``second`` keyword.
+    second_image: bool = False
 
     def validate(self, raw: dict[str, Any] | None) -> dict[str, Any]:
         raw = dict(raw or {})
@@ -258,10 +261,13 @@ def decomposition_layers(result: Any, alpha: np.ndarray | None) -> list[ResultLa
 
 
 def _decompose(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
-               ctx: JobContext) -> list[ResultLayer]:
+               ctx: JobContext, second: np.ndarray | None = None) -> list[ResultLayer]:
     from .dip import doubledip
 
     colour, alpha = split_alpha(image)
+    if second is not None:
+        # The second mix's alpha is not used: the layers keep the first image's.
+        second = np.clip(split_alpha(second)[0], 0.0, 1.0)
     hint = None if mask is None else mask > 0.5
     mode = params["mode"]
     preview: Callable[[dict[str, np.ndarray]], None] | None = None
@@ -277,7 +283,7 @@ def _decompose(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any
         preview = show_layers
 
     try:
-        result = doubledip.decompose(np.clip(colour, 0.0, 1.0), mode, hint,
+        result = doubledip.decompose(np.clip(colour, 0.0, 1.0), mode, hint, second=second,
                                      preview=preview, **_dip_kwargs(params, ctx))
     except Cancelled as cancelled:
         if isinstance(cancelled.partial, doubledip.Decomposition):  # the stack so far, as a result
@@ -425,9 +431,10 @@ OPS: dict[str, OpSpec] = {
         OpSpec("sharpen", "Remove blur (defocus, soft lens, resize) with a trained U-Net", _sharpen,
                (_NET_DEVICE,), estimate=_sharpen_estimate),
         OpSpec("decompose", "Double-DIP: split the image into layers (segment, transparency, dehaze, "
-               "watermark); the mask is the hint", _decompose,
+               "watermark); the mask is the hint; transparency also takes a second mix of the "
+               "same two layers", _decompose,
                _DECOMPOSE_PARAMS,
-               mask_optional=True, layered=True, estimate=_decompose_estimate),
+               mask_optional=True, layered=True, estimate=_decompose_estimate, second_image=True),
     )
 }
 
@@ -446,8 +453,9 @@ def estimate_seconds(name: str, params: dict[str, Any] | None, height: int, widt
 
 
 def run_op(name: str, image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any] | None,
-           ctx: JobContext | None = None) -> list[ResultLayer]:
-    """Validate everything an op needs, then run it."""
+           ctx: JobContext | None = None, second: np.ndarray | None = None) -> list[ResultLayer]:
+    """Validate everything an op needs, then run it. ``second``: the optional second image
+    of ops with `OpSpec.second_image` (same size as ``image``)."""
     spec = get_op(name)
     values = spec.validate(params)
     if image.ndim != 3 or image.shape[2] not in (1, 2, 3, 4):
@@ -468,7 +476,17 @@ def run_op(name: str, image: np.ndarray, mask: np.ndarray | None, params: dict[s
         if mask.shape != (height, width):
             raise BadInput(f"mask is {mask.shape[1]}×{mask.shape[0]} but the image is {width}×{height}")
         mask = np.clip(mask.astype(np.float32), 0.0, 1.0)
+    extra: dict[str, np.ndarray] = {}
+    if second is not None:
+        if not spec.second_image:
+            raise BadInput(f"{name} takes no second image")
+        if second.ndim != 3 or second.shape[:2] != (height, width):
+            raise BadInput(f"the second image is {second.shape[1]}×{second.shape[0]} but the image is "
+                           f"{width}×{height}; both must be the same size")
+        if not np.all(np.isfinite(second)):
+            raise BadInput("the second image contains NaN or infinite values")
+        extra["second"] = second.astype(np.float32, copy=False)
     from . import budget
 
     budget.check(name, values, image.shape, mask)  # refuse before a backend loads
-    return spec.run(image.astype(np.float32, copy=False), mask, values, ctx or JobContext())
+    return spec.run(image.astype(np.float32, copy=False), mask, values, ctx or JobContext(), **extra)

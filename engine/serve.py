@@ -28,7 +28,7 @@ PROGRESS_INTERVAL_S = 0.25
 MIN_PREVIEW_INTERVAL_S = 1.0
 # What this engine understands beyond protocol 1's request/cancel (listed in the hello, so
 # a plug-in can tell an older engine from a newer one and only ask for what it knows).
-FEATURES = ("op-params", "estimate", "preview", "partial-result", "memory-budget")
+FEATURES = ("op-params", "estimate", "preview", "partial-result", "memory-budget", "second-image")
 _SAMPLE_TYPES = {np.dtype("u1"): "u8", np.dtype("<u2"): "u16", np.dtype("<f4"): "f32"}
 
 
@@ -75,7 +75,8 @@ class _Session:
             self.peer_gone.set()  # nobody reads our answers any more
 
 
-def _decode_request(message: Message) -> tuple[str, dict, np.ndarray, np.ndarray | None, Buffer]:
+def _decode_request(message: Message) -> tuple[str, dict, np.ndarray, np.ndarray | None, np.ndarray | None,
+                                                Buffer]:
     op = message.header.get("op")
     if not isinstance(op, str) or op not in OPS:
         raise BadInput(f"unknown operation {op!r}; this engine knows {', '.join(OPS)}")
@@ -91,7 +92,11 @@ def _decode_request(message: Message) -> tuple[str, dict, np.ndarray, np.ndarray
         if mask_buffer.pixels.shape[2] != 1:
             raise BadInput("the mask buffer must have one channel")
         mask = to_float(mask_buffer.pixels)[:, :, 0]  # selection strength 0…1
-    return op, params, to_float(source.pixels), mask, source
+    second_buffer = message.buffer("second")
+    if second_buffer is not None and not OPS[op].second_image:
+        raise BadInput(f"{op} takes no 'second' buffer")
+    second = None if second_buffer is None else to_float(second_buffer.pixels)
+    return op, params, to_float(source.pixels), mask, second, source
 
 
 def _result_offsets(source: Buffer, pixels: np.ndarray) -> tuple[int, int]:
@@ -169,12 +174,12 @@ def _handle(session: _Session, message: Message) -> None:
     try:
         if message.type != "request":
             raise BadInput(f"unexpected message type {message.type!r}")
-        op, params, image, mask, source = _decode_request(message)
+        op, params, image, mask, second, source = _decode_request(message)
         log.info("request %s: %s %s on %s×%s×%s %s", request_id, op, params, *source.pixels.shape,
                  _SAMPLE_TYPES[source.pixels.dtype])
         preview = _preview_sender(session, request_id, source, message.header.get("preview_interval_s"))
         ctx = JobContext(progress, lambda: session.is_cancelled(request_id), preview)  # type: ignore[arg-type]
-        layers = run_op(op, image, mask, params, ctx)
+        layers = run_op(op, image, mask, params, ctx, second=second)
         elapsed = time.monotonic() - started
         log.info("request %s done in %.1f s", request_id, elapsed)
         session.send({"type": "result", "id": request_id, "info": {"seconds": round(elapsed, 3)}},
@@ -236,6 +241,7 @@ def serve(stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> int:
     session = _Session(stdin, stdout)
     session.send({"type": "hello", "protocol": PROTOCOL_VERSION, "engine": __version__,
                   "ops": list(OPS), "op_params": op_params(),
+                  "op_second_image": [name for name, spec in OPS.items() if spec.second_image],
                   "features": list(FEATURES), "python": sys.executable, "log": str(log_path) if log_path else None})
     threading.Thread(target=session.read_forever, name="stdin-reader", daemon=True).start()
     while True:

@@ -447,3 +447,88 @@ def test_dialog_estimator_gives_up_once_when_the_engine_cannot_start(tmp_path, m
     assert estimator.failed and estimator.engine is None
     monkeypatch.delenv("NEURAL_RESTORE_ENGINE_PYTHON")
     assert estimator.text({"device": "cpu"}) == filters.ESTIMATE_UNAVAILABLE  # no retry per click
+
+
+class TwoLayerHost(MemoryHost):
+    """A host with several selected layers (GIMP 3's drawables), the first on top."""
+
+    def __init__(self, layers):
+        MemoryHost.__init__(self, layers[0])
+        self.layers = layers
+        self.groups = []
+
+    def source(self):
+        if len(self.layers) != 1:
+            filters.refuse_item("count", count=len(self.layers))
+        return self.sources()[0]
+
+    def sources(self):
+        infos = []
+        for index, pixels in enumerate(self.layers):
+            h, w, c = pixels.shape
+            info = SourceInfo(w, h, 0, 0, c, "u8", "Shot %d" % index)
+            info.item = pixels
+            infos.append(info)
+        return infos
+
+    def read_pixels(self, source):
+        return source.item.tobytes()
+
+    def add_layer_group(self, source, group_name, stack):
+        self.groups.append((group_name, stack))
+
+
+def _two_shots(size=32):
+    yy, xx = np.mgrid[:size, :size] / size
+    bands = 0.5 + 0.4 * np.sin(12 * (xx + yy))
+    discs = np.where((yy - 0.4) ** 2 + (xx - 0.6) ** 2 < 0.06, 0.9, 0.1)
+    return [((w * bands + (1 - w) * discs)[..., None].repeat(3, 2) * 255).astype(np.uint8) for w in (0.5, 0.7)]
+
+
+def test_transparency_with_two_layers_sends_the_second_as_a_second_mix(tmp_path, monkeypatch):
+    sent = []
+    real_run = EngineProcess.run
+
+    def recording_run(self, op, params, buffers, *args, **kwargs):
+        sent.append([b.name for b in buffers])
+        return real_run(self, op, params, buffers, *args, **kwargs)
+
+    monkeypatch.setattr(EngineProcess, "run", recording_run)
+    host = TwoLayerHost(_two_shots())
+    values = {"mode": "transparency", "iterations": 5, "seed": 0, "device": "cpu", "preset": "fast"}
+    filters.run_filter(host, _spec("decompose"), values, str(tmp_path))
+    assert sent == [["image", "second"]]
+    (name, stack), = host.groups
+    assert name == "Transparency"
+    assert [layer.title for layer, _ in stack] == ["Reflection", "Transmission"]
+
+
+@pytest.mark.parametrize("layers, mode, message", [
+    ([np.zeros((32, 32, 3), np.uint8), np.zeros((32, 40, 3), np.uint8)], "transparency", "same size"),
+    ([np.zeros((32, 32, 3), np.uint8)] * 3, "transparency", "3 are selected"),
+    ([np.zeros((32, 32, 3), np.uint8)] * 2, "dehaze", "exactly one layer"),
+])
+def test_two_layers_are_refused_before_the_engine_starts_unless_they_fit(tmp_path, monkeypatch, layers, mode,
+                                                                        message):
+    monkeypatch.setattr(EngineProcess, "start", lambda *a, **k: pytest.fail("the engine was started"))
+    host = TwoLayerHost(layers)
+    values = {"mode": mode, "iterations": 5, "seed": 0, "device": "cpu", "preset": "fast"}
+    with pytest.raises(FilterError, match=message):
+        filters.run_filter(host, _spec("decompose"), values, str(tmp_path))
+    assert not host.groups
+
+
+def test_two_layers_are_refused_by_an_engine_that_would_ignore_the_second(tmp_path, monkeypatch):
+    real_start = EngineProcess.start
+
+    def start_as_older_engine(self, *args, **kwargs):
+        real_start(self, *args, **kwargs)
+        self.hello["features"] = [f for f in self.hello["features"] if f != "second-image"]
+
+    monkeypatch.setattr(EngineProcess, "start", start_as_older_engine)
+    monkeypatch.setattr(EngineProcess, "run", lambda *a, **k: pytest.fail("a request was sent"))
+    host = TwoLayerHost(_two_shots())
+    values = {"mode": "transparency", "iterations": 5, "seed": 0, "device": "cpu", "preset": "fast"}
+    with pytest.raises(FilterError, match="install.py"):
+        filters.run_filter(host, _spec("decompose"), values, str(tmp_path))
+    assert not host.groups

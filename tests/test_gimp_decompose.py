@@ -50,3 +50,51 @@ def test_dehaze_builds_a_layer_group_that_reproduces_the_source(gimp) -> None:
     assert gimp.to_host(f"{EXCHANGE}/hazy-after.raw").read_bytes() == hazy.tobytes()
     composite = _read(gimp, "composite.raw", 3)
     assert _psnr(composite, hazy) > 20, _psnr(composite, hazy)
+
+
+def test_transparency_with_two_selected_layers_separates_them_jointly(gimp) -> None:
+    # Two shots of the same two layers, the second with a weaker "reflection" (discs).
+    yy, xx = np.mgrid[:SIZE, :SIZE] / SIZE
+    bands = 0.5 + 0.4 * np.sin(12 * (xx + yy))
+    discs = np.where((yy - 0.4) ** 2 + (xx - 0.6) ** 2 < 0.06, 0.9, 0.1)
+    shots = [((w * bands + (1 - w) * discs)[..., None].repeat(3, 2) * 255).astype(np.uint8) for w in (0.5, 0.7)]
+    _write(gimp, "shot1.raw", shots[0].tobytes())
+    _write(gimp, "shot2.raw", shots[1].tobytes())
+    facts = run_in_gimp(gimp, """
+        image, first = make_image("shot1.raw", "R'G'B' u8", Gimp.ImageType.RGB_IMAGE, (64, 64), (6, 5))
+        second = Gimp.Layer.new(image, "Second shot", {size}, {size}, Gimp.ImageType.RGB_IMAGE, 100.0,
+                                Gimp.LayerMode.NORMAL)
+        image.insert_layer(second, None, 1)  # below the first
+        second.get_buffer().set(Gegl.Rectangle.new(0, 0, {size}, {size}), "R'G'B' u8", read_raw("shot2.raw"))
+        second.get_buffer().flush()
+
+        def run_with(drawables, mode):
+            procedure = Gimp.get_pdb().lookup_procedure("plug-in-neural-restore-decompose")
+            config = procedure.create_config()
+            config.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
+            config.set_property("image", image)
+            config.set_core_object_array("drawables", drawables)
+            for key, value in dict(mode=mode, iterations=40, seed=0, device="cpu").items():
+                config.set_property(key, value)
+            result = procedure.run(config)
+            message = result.index(1) if result.length() > 1 else Gimp.get_pdb().get_last_error()
+            return result.index(0).value_nick, message
+
+        # Listed lower layer first: the upper one is still the first shot.
+        facts["status"], facts["message"] = run_with([second, first], "transparency")
+        top = image.get_layers()
+        facts["top"] = [l.get_name() for l in top]
+        facts["children"] = [(c.get_name(), c.get_mask() is not None) for c in top[0].get_children()]
+        dump_layer(first, "shot1-after.raw", "R'G'B' u8")
+        dump_layer(second, "shot2-after.raw", "R'G'B' u8")
+        facts["other_status"], facts["other_message"] = run_with([first, second], "dehaze")
+        facts["top_after_refusal"] = [l.get_name() for l in image.get_layers()]
+        image.delete()
+    """.replace("{size}", str(SIZE)))
+    assert facts["status"] == "success", facts["message"]
+    assert facts["top"] == ["Transparency", "Source", "Second shot"]
+    assert facts["children"] == [["Reflection", True], ["Transmission", False]]
+    assert gimp.to_host(f"{EXCHANGE}/shot1-after.raw").read_bytes() == shots[0].tobytes()
+    assert gimp.to_host(f"{EXCHANGE}/shot2-after.raw").read_bytes() == shots[1].tobytes()
+    assert facts["other_status"] != "success" and "exactly one layer" in facts["other_message"]
+    assert facts["top_after_refusal"] == facts["top"]

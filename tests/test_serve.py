@@ -310,3 +310,22 @@ def test_serve_runs_without_a_writable_log_folder(config, monkeypatch):
         assert engine.hello["log"] is None
         _, results = engine.run("denoise", {"iterations": 2}, [buf])
     assert results
+
+
+def test_decompose_takes_a_second_mix_buffer(config):
+    yy, xx = np.mgrid[:32, :32] / 32
+    bands = 0.5 + 0.4 * np.sin(12 * (xx + yy))
+    discs = np.where((yy - 0.4) ** 2 + (xx - 0.6) ** 2 < 0.06, 0.9, 0.1)
+    first, second = ((w * bands + (1 - w) * discs)[..., None].repeat(3, 2) * 255 for w in (0.5, 0.7))
+    buffers = [WireBuffer("image", 32, 32, 3, "u8", first.astype(np.uint8).tobytes(), 2, 3),
+               WireBuffer("second", 32, 32, 3, "u8", second.astype(np.uint8).tobytes())]
+    with EngineProcess(config) as engine:
+        assert "second-image" in engine.hello["features"]
+        assert "decompose" in engine.hello["op_second_image"]
+        params = {"mode": "transparency", "iterations": 10, "device": "cpu"}
+        info, results = engine.run("decompose", params, buffers, lambda f, t: None)
+        assert [r.title for r in results] == ["Reflection", "Transmission", "Reflection weight"]
+        assert all((r.width, r.height, r.x, r.y) == (32, 32, 2, 3) for r in results)
+        small = WireBuffer("second", 16, 32, 3, "u8", bytes(32 * 16 * 3))
+        with pytest.raises(EngineFailure, match="same size"):
+            engine.run("decompose", params, [buffers[0], small], lambda f, t: None)

@@ -50,7 +50,10 @@ class NeuralRestore(Gimp.PlugIn):
         spec = filters.filter_by_procedure(name)
         procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, self.run, None)
         procedure.set_image_types("RGB*, GRAY*")
-        procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
+        sensitivity = Gimp.ProcedureSensitivityMask.DRAWABLE
+        if spec.second_layer_for:  # e.g. Decompose's transparency with a second shot
+            sensitivity |= Gimp.ProcedureSensitivityMask.DRAWABLES
+        procedure.set_sensitivity_mask(sensitivity)
         procedure.set_menu_label(spec.menu_label)
         procedure.add_menu_path(filters.MENU_PATH)
         procedure.set_documentation(spec.blurb, spec.blurb, name)

@@ -32,6 +32,10 @@ Host adapter interface (duck-typed):
                                         None)]; each layer gets its title, opacity, visibility,
                                         a perceptual composite space and the mask as its layer
                                         mask; one undo step
+Optional (two-layer input; hosts without it always work on one layer):
+  host.sources()                     -> [SourceInfo] of every selected drawable, each checked
+                                        as source() checks its one (refuse_item), upper layer
+                                        first; read_pixels accepts each of them
 Optional (live preview; hosts without them get none):
   host.preview_interval_s            -> seconds between previews, or None for no preview
   host.show_preview(source, layer_name, buffers)
@@ -113,11 +117,13 @@ class FilterSpec(object):
     scale_param: the setting that enlarges the result (results are that many times larger).
     selection_hint: the selection, when there is one, is sent as the op's mask (a hint);
     selection_required_for: values of "mode" for which that hint is required.
+    second_layer_for: values of "mode" for which a second selected layer (same size) is sent
+    as the op's ``second`` image; any other run needs exactly one selected layer.
     """
 
     def __init__(self, key, op, menu_label, blurb, layer_name, params, needs_selection=False,
                  output="layers", selection_bounds=False, context=0, mask_result=False,
-                 scale_param=None, selection_hint=False, selection_required_for=()):
+                 scale_param=None, selection_hint=False, selection_required_for=(), second_layer_for=()):
         self.key = key
         self.op = op
         self.menu_label = menu_label
@@ -132,6 +138,7 @@ class FilterSpec(object):
         self.scale_param = scale_param
         self.selection_hint = selection_hint
         self.selection_required_for = tuple(selection_required_for)
+        self.second_layer_for = tuple(second_layer_for)
 
     def result_scale(self, values):
         return int(values.get(self.scale_param, 1)) if self.scale_param else 1
@@ -238,9 +245,11 @@ FILTERS = (
     FilterSpec("decompose", "decompose", "Decompose into _Layers...",
                "Split the layer into layers with Double-DIP (foreground/background, transparent "
                "layers, haze, watermark); they appear in a new layer group above the source, "
-               "whose composite reproduces it.",
+               "whose composite reproduces it. Transparency with two layers selected (two shots "
+               "of the same scene, the reflection stronger in one) separates both jointly.",
                "Decompose", (DECOMPOSE_MODE_PARAM,) + DIP_PARAMS, output="layer-group",
-               selection_hint=True, selection_required_for=("watermark",)),
+               selection_hint=True, selection_required_for=("watermark",),
+               second_layer_for=("transparency",)),
 )
 WATERMARK_SELECTION_MESSAGE = ("Watermark mode needs a selection around the watermark: select "
                                "it loosely (for example with the Rectangle Select tool), then "
@@ -256,6 +265,8 @@ TOO_SMALL_MESSAGE = ("The layer is %dx%d pixels; Neural Restore needs a layer at
 # What the active item can be instead of one pixel layer; hosts call refuse_item(kind, ...).
 ITEM_MESSAGES = {
     "count": "Select exactly one layer in the Layers dialog (%(count)d are selected).",
+    "pair-count": ("Select one layer, or two layers (two shots of the same scene) for "
+                   "Transparency, in the Layers dialog (%(count)d are selected)."),
     "mask": ("The active item is a layer mask (%(name)s): click the layer's own thumbnail in the "
              "Layers dialog, then run the filter again."),
     "channel": ("The active item is the channel '%(name)s': Neural Restore works on a pixel layer, "
@@ -388,6 +399,31 @@ def describe_estimate(spec, reply, device_label):
     return text
 
 
+SECOND_SIZE_MESSAGE = ("The two selected layers must be the same size (%dx%d and %dx%d): crop or "
+                       "scale one of them to the other's size, then run the filter again.")
+
+
+OLD_ENGINE_SECOND_MESSAGE = ("This engine cannot use a second layer yet: run install.py of this "
+                             "plug-in version again, or select one layer.")
+
+
+def filter_sources(host, spec, values):
+    """(source, second or None): the layer the filter works on, and for the modes in
+    spec.second_layer_for a second selected layer of the same size (the upper one is the
+    source). Every other run needs exactly one layer (host.source() refuses more)."""
+    if values.get("mode") not in spec.second_layer_for or not hasattr(host, "sources"):
+        return host.source(), None
+    selected = host.sources()
+    if len(selected) == 1:
+        return selected[0], None
+    if len(selected) != 2:
+        refuse_item("pair-count", count=len(selected))
+    source, second = selected
+    if (second.width, second.height) != (source.width, source.height):
+        raise FilterError(SECOND_SIZE_MESSAGE % (source.width, source.height, second.width, second.height))
+    return source, second
+
+
 def work_size(spec, host, source):
     """(width, height) the op works on: the selection's box for inpaint, else the layer."""
     if spec.needs_selection:
@@ -431,7 +467,7 @@ class DialogEstimator(object):
 
     def _reply(self, values):
         if self.size is None:
-            self.size = work_size(self.spec, self.host, self.host.source())
+            self.size = work_size(self.spec, self.host, filter_sources(self.host, self.spec, values)[0])
         if self.engine is None:
             self.engine = EngineProcess(load_config(self.plugin_dir), timeout=self.timeout)
             self.engine.start()
@@ -547,7 +583,7 @@ def run_filter(host, spec, values, plugin_dir, log_dir=None):
     Raises FilterError (kind bad-input / engine / cancelled / setup) with a message for the
     user; in every failure case the image is left as it was.
     """
-    source = host.source()
+    source, second = filter_sources(host, spec, values)
     if min(source.width, source.height) < MIN_SIDE:
         raise FilterError(TOO_SMALL_MESSAGE % (source.width, source.height, MIN_SIDE, MIN_SIDE))
     mask_buffer = None
@@ -574,6 +610,9 @@ def run_filter(host, spec, values, plugin_dir, log_dir=None):
     image_buffer = WireBuffer("image", sent[2] - sent[0], sent[3] - sent[1], source.channels, source.dtype,
                               pixels, sent[0], sent[1])
     buffers = [image_buffer] + ([mask_buffer] if mask_buffer is not None else [])
+    if second is not None:
+        buffers.append(WireBuffer("second", second.width, second.height, second.channels, second.dtype,
+                                  host.read_pixels(second), second.x, second.y))
     factor = spec.result_scale(values)
     try:
         config = load_config(plugin_dir)
@@ -599,6 +638,9 @@ def run_filter(host, spec, values, plugin_dir, log_dir=None):
 
         try:
             engine.start(on_idle=clock.tick)
+            if second is not None and "second-image" not in (engine.hello or {}).get("features", ()):
+                # An older engine would ignore the second layer and split the first alone.
+                raise FilterError(OLD_ENGINE_SECOND_MESSAGE, "setup")
             clock.first = None  # estimate from the job's own frames, not the start-up
             info, results = engine.run(spec.op, engine_params(spec, values), buffers, clock, clock.tick,
                                        interval, on_preview if interval else None)

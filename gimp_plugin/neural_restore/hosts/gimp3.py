@@ -93,7 +93,20 @@ class Gimp3Host(object):
     def source(self):
         if len(self.drawables) != 1:
             refuse_item("count", count=len(self.drawables))
-        drawable = self.drawables[0]
+        return self._checked(self.drawables[0])
+
+    def sources(self):
+        """Every selected drawable, checked; of two in one layer group the upper first (GIMP
+        may list a selection in another order). The first is the one results go above."""
+        drawables = list(self.drawables)
+        if len(drawables) == 2 and drawables[0].get_parent() == drawables[1].get_parent():
+            drawables.sort(key=self.image.get_item_position)
+        infos = [self._checked(drawable) for drawable in drawables]
+        if infos:
+            self._drawable = infos[0].item
+        return infos
+
+    def _checked(self, drawable):
         # Specific messages: each of these is a different click away from a usable layer.
         if isinstance(drawable, Gimp.LayerMask):
             refuse_item("mask", drawable.get_name())
@@ -109,13 +122,16 @@ class Gimp3Host(object):
         has_alpha = drawable.has_alpha()
         channels = (1 if drawable.is_gray() else 3) + (1 if has_alpha else 0)
         x, y = drawable.get_offsets()[-2:]
-        return SourceInfo(drawable.get_width(), drawable.get_height(), x, y, channels,
+        info = SourceInfo(drawable.get_width(), drawable.get_height(), x, y, channels,
                           _wire_dtype(self.image), drawable.get_name())
+        info.item = drawable  # which drawable read_pixels reads for this source
+        return info
 
     def read_pixels(self, source):
         rect = Gegl.Rectangle.new(0, 0, source.width, source.height)
-        data = self._drawable.get_buffer().get(rect, 1.0, _babl_format(source.channels, source.dtype),
-                                               Gegl.AbyssPolicy.CLAMP)
+        drawable = getattr(source, "item", None) or self._drawable
+        data = drawable.get_buffer().get(rect, 1.0, _babl_format(source.channels, source.dtype),
+                                         Gegl.AbyssPolicy.CLAMP)
         return bytes(data)
 
     def selection_bounds(self):
