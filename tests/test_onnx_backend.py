@@ -391,13 +391,33 @@ def test_training_smoke_unet_with_patchgan(tmp_path: Path, tiny_images: Path) ->
     from onnx_export import train
 
     ckpt = tmp_path / "sharpen.pt"
-    assert train.main(["--model", "unet", "--data", str(tiny_images), "--out", str(ckpt), "--steps", "2",
-                       "--batch", "2", "--patch", "16", "--base", "4", "--depth", "2", "--max-channels", "8",
-                       "--gan-weight", "0.01", "--val-every", "2", "--threads", "1"]) == 0
+    net = ["--batch", "2", "--patch", "16", "--base", "4", "--depth", "2", "--max-channels", "8", "--threads", "1"]
+    assert train.main(["--model", "unet", "--data", str(tiny_images), "--out", str(ckpt), "--steps", "2", *net,
+                       "--gan-weight", "0.01", "--val-every", "2", "--noise-prob", "0.1"]) == 0
     state = torch.load(ckpt, weights_only=True)
     assert state["disc"] is not None and state["step"] == 2
     card = json.loads(ckpt.with_suffix(".json").read_text())
     assert card["task"] == "sharpen" and card["architecture"]["size_multiple"] == 4
+    assert "noise σ ≤ 0.02 (p 0.1); JPEG q 70–95 (p 0.3)" in card["training"]["degradation"]
+    # A run started from a full checkpoint's weights keeps how those weights were made.
+    tuned = tmp_path / "tuned.pt"
+    assert train.main(["--model", "unet", "--data", str(tiny_images), "--out", str(tuned), "--steps", "1", *net,
+                       "--init-from", str(ckpt)]) == 0
+    commands = json.loads(tuned.with_suffix(".json").read_text())["commands"]
+    assert commands[0] == card["commands"][0] and commands[1] == f"# then, initialised from {ckpt}:"
+    assert "--init-from" in commands[2] and len(commands) == 3
+
+
+def test_sharpen_mix_probabilities_touch_training_only(tiny_images: Path) -> None:
+    img = _test_image(32, 40)
+    blur_only = np.clip(degrade.random_blur(img, np.random.default_rng(3)), 0.0, 1.0)
+    np.testing.assert_array_equal(degrade.sharpen_degradation(img, np.random.default_rng(3), 0.0, 0.0), blur_only)
+    noisy = degrade.sharpen_degradation(img, np.random.default_rng(3), 1.0, 0.0)
+    assert np.std(noisy - blur_only) > 1e-3
+    default = PatchData([tiny_images], "sharpen", patch=16)
+    clean = PatchData([tiny_images], "sharpen", patch=16, noise_probability=0.0, jpeg_probability=0.0)
+    for (_, a, _), (_, b, _) in zip(default.validation(8), clean.validation(8), strict=True):
+        np.testing.assert_array_equal(a, b)  # validation keeps the default mix
 
 
 def test_patch_data_shapes(tiny_images: Path) -> None:
