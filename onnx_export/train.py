@@ -3,7 +3,8 @@
     python -m onnx_export.train --model rdn --scale 2 --data DIR [DIR...] --out ckpt/rdn_x2.pt \
         --steps 200000 --batch 16 --patch 48 [--resume] [--C 4 --D 8 --G 32 --G0 64]
     python -m onnx_export.train --model unet --data DIR... --out ckpt/sharpen.pt --steps N \
-        --batch 8 --patch 96 [--base 32 --depth 4] [--gan-weight 0.005]
+        --batch 8 --patch 96 [--base 32 --depth 4] [--gan-weight 0.005] [--noise-prob 0.5 --jpeg-prob 0.3]
+    ... [--init-from CHECKPOINT]   start from another checkpoint's weights (its commands go in the card)
 
 ``--steps`` is the total: with ``--resume`` an existing checkpoint is continued up to it (the
 architecture then comes from the checkpoint; architecture flags, if given, must agree).
