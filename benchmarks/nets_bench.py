@@ -2,6 +2,7 @@
 speed, and (with --big) peak memory and seams of a 6000×4000 ×2 upscale.
 
     python benchmarks/nets_bench.py [--models DIR] [--max-images N] [--only upscale,sharpen,speed]
+                                    [--speed-sizes 256,512] [--speed-repeats 9]
                                     [--big [--big-size 6000x4000]] > benchmarks/results/nets.json
 
 Images (never the training images): the held-out validation split of the training folders
@@ -15,8 +16,11 @@ is reported separately.
 - sharpen: centred 192² crops; Gaussian σ = 1.6 blur and ×2 resize blur (bicubic down and
   up). PSNR (RGB) of the blurred input, of the net, and of the best unsharp mask *tuned per
   image against the truth* (an oracle: radius × amount grid) — a strong classical baseline.
-- speed: the same architecture (card params) in torch eager and in ONNX Runtime, CPU, same
-  thread count, median of several runs on one input size.
+- speed: the same net (the checkpoint's weights, output checked against ONNX) in torch eager
+  and in ONNX Runtime, CPU, same thread count (1 and all usable cores), interleaved rounds,
+  at each --speed-sizes side; once with glibc's default allocator (torch eager then
+  page-faults its activations in on every run) and once with malloc keeping freed memory
+  (torch at its best), each in its own process.
 - big (--big, a subprocess so its peak RSS is its own): ``run_op("upscale")`` on a smooth
   photo-like RGB image of --big-size plus the u8 conversion the plug-in's result takes;
   reports peak RSS (ru_maxrss), time, and the largest difference between the tiled result
@@ -158,33 +162,63 @@ def bench_sharpen(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
 
 # -- speed: ONNX Runtime vs torch eager --------------------------------------------------------
 
-def bench_speed(models: Path, side: int, repeats: int) -> dict[str, Any]:
+# glibc hands big freed blocks straight back to the OS, so by default every torch eager run
+# page-faults its activations in again (ONNX Runtime keeps its own arena). These two tunables
+# keep freed memory in the heap: torch eager at its best. Both settings are reported.
+HEAP_KEEPING_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "4000000000", "MALLOC_TRIM_THRESHOLD_": "4000000000"}
+
+
+def speed_child(models: Path, sizes: list[int], repeats: int) -> dict[str, Any]:
+    """Torch eager vs ONNX Runtime on one CPU process: the same net (the checkpoint's weights
+    when onnx_export/checkpoints has them, checked against the ONNX output), same threads,
+    timed in interleaved rounds (order alternating) so load on a shared machine hits both."""
     import torch
 
     from engine.system import available_cpu_threads
     from onnx_export.models import build_model
 
-    report: dict[str, Any] = {"input": f"1×3×{side}×{side}", "repeats": repeats}
-
-    def median_seconds(fn) -> float:
-        fn()  # warm-up: allocator, kernel choice
-        return float(np.median([timed(fn)[1] for _ in range(repeats)]))
-
-    # Both runtimes with the same thread count: 1, and all usable cores (what the engine uses).
+    report: dict[str, Any] = {}
     for threads in sorted({1, available_cpu_threads()}):
         torch.set_num_threads(threads)
-        for name in ("rdn_x2", "rdn_x4", "sharpen"):
-            model = runner.load_model(models / f"{name}.onnx", "cpu", threads=threads)
-            arch = model.card["architecture"]
-            net = build_model(arch["kind"], arch["params"]).eval()  # same shapes and ops; weights do not matter
+        for side in sizes:
             x = np.random.default_rng(0).random((1, 3, side, side), dtype=np.float32)
             tensor = torch.from_numpy(x)
-            with torch.inference_mode():
-                torch_s = median_seconds(lambda: net(tensor))
-            ort_s = median_seconds(lambda: model.infer(x))
-            report[f"{name}/threads_{threads}"] = {"torch_eager_s": round(torch_s, 4),
-                                                   "onnxruntime_s": round(ort_s, 4),
-                                                   "speedup": round(torch_s / ort_s, 2)}
+            for name in ("rdn_x2", "rdn_x4", "sharpen"):
+                model = runner.load_model(models / f"{name}.onnx", "cpu", threads=threads)
+                arch = model.card["architecture"]
+                net = build_model(arch["kind"], arch["params"]).eval()
+                checkpoint = REPO / "onnx_export" / "checkpoints" / f"{name}.pt"
+                if checkpoint.is_file():
+                    net.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["model"])
+                runs = {"torch": lambda: net(tensor), "ort": lambda: model.infer(x)}
+                times: dict[str, list[float]] = {"torch": [], "ort": []}
+                with torch.inference_mode():
+                    outputs = {k: np.asarray(fn()) for k, fn in runs.items()}  # warm-up
+                    for i in range(repeats):
+                        for k in (("torch", "ort") if i % 2 else ("ort", "torch")):
+                            times[k].append(timed(runs[k])[1])
+                torch_s, ort_s = float(np.median(times["torch"])), float(np.median(times["ort"]))
+                report[f"{name}/{side}px/threads_{threads}"] = {
+                    "torch_eager_s": round(torch_s, 4), "onnxruntime_s": round(ort_s, 4),
+                    "speedup": round(torch_s / ort_s, 2),
+                    "torch_weights": "checkpoint" if checkpoint.is_file() else "random (same shapes)",
+                    "max_abs_diff_torch_vs_onnx": float(np.abs(outputs["torch"] - outputs["ort"]).max()),
+                }
+    return report
+
+
+def bench_speed(models: Path, sizes: list[int], repeats: int) -> dict[str, Any]:
+    """``speed_child`` in a fresh process per allocator setting (glibc reads them at start)."""
+    report: dict[str, Any] = {"inputs": [f"1×3×{s}×{s}" for s in sizes], "repeats": repeats,
+                              "timing": "median of interleaved rounds, after one warm-up run each"}
+    for label, extra in (("default_malloc", {}), ("heap_keeping_malloc", HEAP_KEEPING_MALLOC)):
+        done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--speed-child", "--models", str(models),
+                               "--speed-sizes", ",".join(map(str, sizes)), "--speed-repeats", str(repeats)],
+                              capture_output=True, text=True, env={**os.environ, **extra})
+        if done.returncode != 0:
+            report[label] = {"error": done.stderr.strip().splitlines()[-1:]}
+            continue
+        report[label] = {"env": extra, **json.loads(done.stdout)}
     return report
 
 
@@ -252,12 +286,17 @@ def main() -> int:
     parser.add_argument("--models", type=Path, default=None, help="model folder (default: the engine's)")
     parser.add_argument("--max-images", type=int, default=None, help="at most N images per set (quick runs)")
     parser.add_argument("--only", default="upscale,sharpen,speed")
-    parser.add_argument("--speed-size", type=int, default=256)
-    parser.add_argument("--speed-repeats", type=int, default=5)
+    parser.add_argument("--speed-sizes", default="256,512", help="square input sides, comma-separated")
+    parser.add_argument("--speed-repeats", type=int, default=9)
+    parser.add_argument("--speed-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--big", action="store_true", help="also the 6000×4000 ×2 memory/seam run")
     parser.add_argument("--big-size", default="6000x4000")
     args = parser.parse_args()
     models = (args.models or runner.models_dir()).resolve()
+    sizes = [int(v) for v in args.speed_sizes.split(",")]
+    if args.speed_child:
+        print(json.dumps(speed_child(models, sizes, args.speed_repeats)))
+        return 0
     only = set(args.only.split(","))
     sets = image_sets(args.max_images)
     report: dict[str, Any] = {
@@ -279,7 +318,7 @@ def main() -> int:
     if "sharpen" in only:
         report["sharpen"] = bench_sharpen(sets, models)
     if "speed" in only:
-        report["speed"] = bench_speed(models, args.speed_size, args.speed_repeats)
+        report["speed"] = bench_speed(models, sizes, args.speed_repeats)
     if args.big:
         width, height = (int(v) for v in args.big_size.lower().split("x"))
         report["big"] = bench_big(models, width, height)

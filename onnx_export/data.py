@@ -10,7 +10,8 @@ Tasks:
 - ``upscale`` (scale s): the whole image is modcropped and downscaled once (antialiased
   bicubic, ``degrade.bicubic_downscale``); a batch is aligned LR patches P×P and HR patches
   sP×sP, with random flips / 90° turns.
-- ``sharpen``: clean P×P crops (flipped / turned), degraded by ``degrade.sharpen_degradation``.
+- ``sharpen``: clean P×P crops (flipped / turned), degraded by ``degrade.sharpen_degradation``
+  (noise/JPEG probabilities adjustable for training; validation always uses the defaults).
 
 Validation images are the same every time: upscale uses the standard protocol (whole image,
 or a centred crop of at most ``val_max_side``), sharpen degrades each with an rng seeded by
@@ -90,11 +91,15 @@ class Sample:
 
 class PatchData:
     def __init__(self, dirs: list[str | Path], task: str, patch: int, scale: int = 1,
-                 val_fraction: float = 0.1, val_max_side: int = 256, cache: bool = True) -> None:
+                 val_fraction: float = 0.1, val_max_side: int = 256, cache: bool = True,
+                 noise_probability: float = degrade.NOISE_PROBABILITY,
+                 jpeg_probability: float = degrade.JPEG_PROBABILITY) -> None:
         if task not in ("upscale", "sharpen"):
             raise ValueError(f"unknown task {task!r}")
         self.task, self.patch, self.scale = task, int(patch), int(scale if task == "upscale" else 1)
         self.val_max_side = val_max_side
+        # Training batches only: validation keeps degrade's default mix (see ``validation``).
+        self.noise_probability, self.jpeg_probability = noise_probability, jpeg_probability
         self.files = list_images(dirs)
         if not self.files:
             raise FileNotFoundError(f"no images in {', '.join(map(str, dirs))}")
@@ -136,7 +141,7 @@ class PatchData:
                 y = int(rng.integers(hr.shape[0] - p + 1))
                 x = int(rng.integers(hr.shape[1] - p + 1))
                 (tgt,) = augment([hr[y:y + p, x:x + p].astype(np.float32) / 255.0], rng)
-                src = degrade.sharpen_degradation(tgt, rng)
+                src = degrade.sharpen_degradation(tgt, rng, self.noise_probability, self.jpeg_probability)
             sources.append(src.transpose(2, 0, 1))
             targets.append(tgt.transpose(2, 0, 1))
         return Sample(np.stack(sources).astype(np.float32), np.stack(targets).astype(np.float32))

@@ -119,12 +119,20 @@ def random_blur(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return resize_blur(img, float(rng.uniform(1.5, 3.0)), filters[int(rng.integers(len(filters)))])
 
 
-def sharpen_degradation(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One random blind degradation for the sharpen net: blur, then maybe noise, maybe JPEG."""
+NOISE_PROBABILITY = 0.5
+JPEG_PROBABILITY = 0.3
+
+
+def sharpen_degradation(img: np.ndarray, rng: np.random.Generator, noise_probability: float = NOISE_PROBABILITY,
+                        jpeg_probability: float = JPEG_PROBABILITY) -> np.ndarray:
+    """One random blind degradation for the sharpen net: blur, then maybe noise, maybe JPEG.
+
+    The probabilities are a training knob (how often the net sees noisy/JPEG'd input);
+    validation always uses the defaults, so scores stay comparable between nets."""
     out = random_blur(img.astype(np.float32, copy=False), rng)
-    if rng.random() < 0.5:
+    if rng.random() < noise_probability:
         out = add_noise(out, float(rng.uniform(0.002, 0.02)), rng)  # light: we sharpen, not denoise
     out = np.clip(out, 0.0, 1.0)
-    if rng.random() < 0.3:
+    if rng.random() < jpeg_probability:
         out = jpeg(out, int(rng.integers(70, 96)))
     return out.astype(np.float32)

@@ -3,7 +3,8 @@
     python -m onnx_export.train --model rdn --scale 2 --data DIR [DIR...] --out ckpt/rdn_x2.pt \
         --steps 200000 --batch 16 --patch 48 [--resume] [--C 4 --D 8 --G 32 --G0 64]
     python -m onnx_export.train --model unet --data DIR... --out ckpt/sharpen.pt --steps N \
-        --batch 8 --patch 96 [--base 32 --depth 4] [--gan-weight 0.005]
+        --batch 8 --patch 96 [--base 32 --depth 4] [--gan-weight 0.005] [--noise-prob 0.5 --jpeg-prob 0.3]
+    ... [--init-from CHECKPOINT]   start from another checkpoint's weights (its commands go in the card)
 
 ``--steps`` is the total: with ``--resume`` an existing checkpoint is continued up to it (the
 architecture then comes from the checkpoint; architecture flags, if given, must agree).
@@ -33,6 +34,7 @@ import torch
 from torch.nn import functional as F
 
 from .data import PatchData, psnr
+from . import degrade
 from .degrade import bicubic_upscale
 from .models import TASKS, PatchDiscriminator, build_model, model_params, runtime_facts
 
@@ -68,6 +70,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--val-max-side", type=int, default=256, help="validation crops (net input px)")
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--gan-weight", type=float, default=0.0, help="unet only: adversarial weight")
+    p.add_argument("--noise-prob", type=float, default=degrade.NOISE_PROBABILITY,
+                   help="unet only: share of training inputs with light noise (validation keeps the default)")
+    p.add_argument("--jpeg-prob", type=float, default=degrade.JPEG_PROBABILITY,
+                   help="unet only: share of training inputs JPEG'd (validation keeps the default)")
     p.add_argument("--init-from", type=Path, help="start from another checkpoint's weights where the "
                    "shapes match (e.g. a ×4 RDN from the ×2 one: only the upsampling head differs)")
     # architecture (None = the checkpoint's on resume, else DEFAULT_ARCH)
@@ -86,6 +92,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--gan-weight must be ≥ 0")
     if args.model == "rdn" and args.gan_weight:
         p.error("--gan-weight is for --model unet")
+    if not (0.0 <= args.noise_prob <= 1.0 and 0.0 <= args.jpeg_prob <= 1.0):
+        p.error("--noise-prob and --jpeg-prob are probabilities in [0, 1]")
     return args
 
 
@@ -173,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.patch % multiple:
         raise SystemExit(f"--patch must be a multiple of {multiple} for this net")
     data = PatchData(args.data, task, args.patch, scale=params.get("scale", 1),
-                     val_fraction=args.val_fraction, val_max_side=args.val_max_side)
+                     val_fraction=args.val_fraction, val_max_side=args.val_max_side,
+                     noise_probability=args.noise_prob, jpeg_probability=args.jpeg_prob)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999))
     disc = disc_opt = None
     if args.gan_weight > 0 or (state is not None and state.get("disc") is not None):
@@ -197,8 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_rng_state(state["torch_rng"])
         print(f"resumed {args.out} at step {step}", flush=True)
     elif args.init_from is not None:
-        source = torch.load(args.init_from, map_location="cpu", weights_only=True)
-        source = source.get("model", source)
+        checkpoint = torch.load(args.init_from, map_location="cpu", weights_only=True)
+        source = checkpoint.get("model", checkpoint)
+        # A full checkpoint knows how its weights were made: keep that chain in this card.
+        commands = [*checkpoint.get("commands", []), f"# then, initialised from {args.init_from}:"]
         own = model.state_dict()
         taken = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
         model.load_state_dict(taken, strict=False)
@@ -269,7 +280,7 @@ def model_card(args: argparse.Namespace, params: dict[str, Any], model: torch.nn
             "loss": "L1" + (f" + {args.gan_weight} LSGAN (PatchGAN)" if args.gan_weight else ""),
             "degradation": ("antialiased bicubic downscale (Pillow)" if args.model == "rdn"
                             else "one of Gaussian σ 0.5–3 / defocus disk r 1–4 / resize blur ×1.5–3; "
-                                 "noise σ ≤ 0.02 (p 0.5); JPEG q 70–95 (p 0.3)"),
+                                 f"noise σ ≤ 0.02 (p {args.noise_prob:g}); JPEG q 70–95 (p {args.jpeg_prob:g})"),
             "seed": args.seed, "torch": torch.__version__,
             "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },

@@ -391,13 +391,33 @@ def test_training_smoke_unet_with_patchgan(tmp_path: Path, tiny_images: Path) ->
     from onnx_export import train
 
     ckpt = tmp_path / "sharpen.pt"
-    assert train.main(["--model", "unet", "--data", str(tiny_images), "--out", str(ckpt), "--steps", "2",
-                       "--batch", "2", "--patch", "16", "--base", "4", "--depth", "2", "--max-channels", "8",
-                       "--gan-weight", "0.01", "--val-every", "2", "--threads", "1"]) == 0
+    net = ["--batch", "2", "--patch", "16", "--base", "4", "--depth", "2", "--max-channels", "8", "--threads", "1"]
+    assert train.main(["--model", "unet", "--data", str(tiny_images), "--out", str(ckpt), "--steps", "2", *net,
+                       "--gan-weight", "0.01", "--val-every", "2", "--noise-prob", "0.1"]) == 0
     state = torch.load(ckpt, weights_only=True)
     assert state["disc"] is not None and state["step"] == 2
     card = json.loads(ckpt.with_suffix(".json").read_text())
     assert card["task"] == "sharpen" and card["architecture"]["size_multiple"] == 4
+    assert "noise σ ≤ 0.02 (p 0.1); JPEG q 70–95 (p 0.3)" in card["training"]["degradation"]
+    # A run started from a full checkpoint's weights keeps how those weights were made.
+    tuned = tmp_path / "tuned.pt"
+    assert train.main(["--model", "unet", "--data", str(tiny_images), "--out", str(tuned), "--steps", "1", *net,
+                       "--init-from", str(ckpt)]) == 0
+    commands = json.loads(tuned.with_suffix(".json").read_text())["commands"]
+    assert commands[0] == card["commands"][0] and commands[1] == f"# then, initialised from {ckpt}:"
+    assert "--init-from" in commands[2] and len(commands) == 3
+
+
+def test_sharpen_mix_probabilities_touch_training_only(tiny_images: Path) -> None:
+    img = _test_image(32, 40)
+    blur_only = np.clip(degrade.random_blur(img, np.random.default_rng(3)), 0.0, 1.0)
+    np.testing.assert_array_equal(degrade.sharpen_degradation(img, np.random.default_rng(3), 0.0, 0.0), blur_only)
+    noisy = degrade.sharpen_degradation(img, np.random.default_rng(3), 1.0, 0.0)
+    assert np.std(noisy - blur_only) > 1e-3
+    default = PatchData([tiny_images], "sharpen", patch=16)
+    clean = PatchData([tiny_images], "sharpen", patch=16, noise_probability=0.0, jpeg_probability=0.0)
+    for (_, a, _), (_, b, _) in zip(default.validation(8), clean.validation(8), strict=True):
+        np.testing.assert_array_equal(a, b)  # validation keeps the default mix
 
 
 def test_patch_data_shapes(tiny_images: Path) -> None:
@@ -409,3 +429,42 @@ def test_patch_data_shapes(tiny_images: Path) -> None:
     assert b.source.shape == b.target.shape == (2, 3, 16, 16)
     for _name, src, tgt in sharpen.validation(multiple=8):
         assert src.shape == tgt.shape and src.shape[0] % 8 == 0
+
+
+# -- the shipped nets ----------------------------------------------------------------------------
+
+SHIPPED = REPO / "engine" / "models"
+
+
+@pytest.mark.parametrize("name", ["rdn_x2", "rdn_x4", "sharpen"])
+def test_weight_checkpoints_are_the_shipped_nets(name: str) -> None:
+    """onnx_export/checkpoints/NAME.pt (what --init-from starts a longer run from) holds the
+    weights of the shipped NAME.onnx, not an older or newer net."""
+    from onnx_export.models import build_model
+
+    model = runner.load_model(SHIPPED / f"{name}.onnx", "cpu")
+    arch = model.card["architecture"]
+    net = build_model(arch["kind"], arch["params"]).eval()
+    net.load_state_dict(torch.load(REPO / "onnx_export" / "checkpoints" / f"{name}.pt", weights_only=True)["model"])
+    x = np.random.default_rng(0).random((1, 3, 24, 32), dtype=np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    assert np.abs(model.infer(x) - want).max() < PARITY_TOL
+
+
+def test_shipped_nets_beat_their_baselines(shared_data: Path) -> None:
+    """On a photo no net was trained on (F16, 96² centre): sharpen lifts a σ=1.6 Gaussian blur,
+    ×2 beats bicubic (Y-PSNR, the SR protocol), each by a clear margin."""
+    from PIL import Image
+
+    with Image.open(shared_data / "dip" / "denoising" / "F16_GT.png") as im:
+        photo = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    y, x = (photo.shape[0] - 96) // 2, (photo.shape[1] - 96) // 2
+    truth = photo[y:y + 96, x:x + 96]
+    blurred = np.clip(degrade.gaussian_blur(truth, 1.6), 0.0, 1.0)
+    sharpened = runner.run_model(runner.load_model(SHIPPED / "sharpen.onnx", "cpu"), blurred)
+    assert psnr(sharpened, truth) > psnr(blurred, truth) + 1.5
+    small = degrade.bicubic_downscale(truth, 2)
+    enlarged = runner.run_model(runner.load_model(SHIPPED / "rdn_x2.onnx", "cpu"), small)
+    bicubic = degrade.bicubic_upscale(small, 2)
+    assert psnr(enlarged, truth, shave=2, y_only=True) > psnr(bicubic, truth, shave=2, y_only=True) + 1.0
