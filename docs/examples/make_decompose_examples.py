@@ -26,12 +26,14 @@ REPO = HERE.parents[1]
 DATA = REPO.parent / "shared" / "data" / "doubledip"
 OUT = HERE / "decompose"
 
-# case -> (mode, image, hint image or None). fotolia_watermark.png is the watermark's box.
+# case -> (mode, image, hint image or None, second image or None). fotolia_watermark.png is
+# the watermark's box; input1/input2 are Double-DIP's two mixtures of the same two layers.
 CASES = {
-    "segment-texture": ("segment", "texture12.jpg", None),
-    "transparency": ("transparency", "input1.jpg", None),
-    "dehaze-tiananmen": ("dehaze", "tiananmen.png", None),
-    "watermark": ("watermark", "fotolia.jpg", "fotolia_watermark.png"),
+    "segment-texture": ("segment", "texture12.jpg", None, None),
+    "transparency": ("transparency", "input1.jpg", None, None),
+    "transparency-two-shots": ("transparency", "input1.jpg", None, "input2.jpg"),
+    "dehaze-tiananmen": ("dehaze", "tiananmen.png", None, None),
+    "watermark": ("watermark", "fotolia.jpg", "fotolia_watermark.png", None),
 }
 CAPTION_HEIGHT = 14
 
@@ -56,7 +58,7 @@ def _sheet(tiles: list[tuple[str, Image.Image]], out: Path) -> None:
 
 
 def make_case(name: str, side: int, iterations: int) -> dict[str, object]:
-    mode, image_name, hint_name = CASES[name]
+    mode, image_name, hint_name, second_name = CASES[name]
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
         source = _fit(Image.open(DATA / image_name).convert("RGB"), side, Image.Resampling.LANCZOS)
@@ -66,19 +68,25 @@ def make_case(name: str, side: int, iterations: int) -> dict[str, object]:
             hint = Image.open(DATA / hint_name).convert("L").resize(source.size, Image.Resampling.NEAREST)
             hint.save(work / "hint.png")
             args += ["--hint", str(work / "hint.png")]
+        tiles = [("input", source)]
+        if second_name:
+            second = _fit(Image.open(DATA / second_name).convert("RGB"), side, Image.Resampling.LANCZOS)
+            second.save(work / "second.png")
+            args += ["--second", str(work / "second.png")]
+            tiles.append(("second input", second))
         if iterations:
             args += ["--iterations", str(iterations)]
         started = time.monotonic()
         subprocess.run([sys.executable, "-m", "engine", *args], cwd=REPO, check=True)
         seconds = round(time.monotonic() - started, 1)
         manifest = json.loads((work / "layers" / "manifest.json").read_text())
-        tiles = [("input", source)]
         for layer in manifest["layers"]:
             tiles.append((layer["title"], Image.open(work / "layers" / layer["file"])))
         OUT.mkdir(exist_ok=True)
         _sheet(tiles, OUT / f"{name}.png")
     shown = " ".join(shlex.quote(a) for a in args).replace(str(work) + "/", "")
     return {"mode": mode, "image": f"../shared/data/doubledip/{image_name}", "hint": hint_name,
+            "second": f"../shared/data/doubledip/{second_name}" if second_name else None,
             "size": list(source.size), "command": f"python -m engine {shown}", "seconds": seconds,
             "picture": f"docs/examples/decompose/{name}.png"}
 
