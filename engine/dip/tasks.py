@@ -302,6 +302,13 @@ def _checked_tile(tile: int | None) -> int | None:
     return int(tile)
 
 
+def _checked_run_settings(iterations: int | None, seed: int, preset: str, device: str,
+                          tile: int | None) -> tuple[int | None, int, str, torch.device, int | None]:
+    """The keywords every task takes, checked (BadInput on a bad value), device resolved."""
+    return (_checked_iterations(iterations), _checked_seed(seed), _checked_preset(preset),
+            resolve_device(device), _checked_tile(tile))
+
+
 def _tile_grid(config: NetConfig, device: torch.device, height: int, width: int, tile: int | None,
                scale: int = 1) -> tiles.TileGrid | None:
     """The tiles a run over a height×width input uses, or None when it fits in one."""
@@ -339,11 +346,7 @@ def _denoise_like(task: Task, label: str, image: np.ndarray, iterations: int | N
                   cancel_requested: CancelCallback | None, preview: ImagePreview | None,
                   stats: FitStats | None, tile: int | None) -> np.ndarray:
     image = _checked_image(image)
-    iterations = _checked_iterations(iterations)
-    seed = _checked_seed(seed)
-    preset = _checked_preset(preset)
-    tile = _checked_tile(tile)
-    torch_device = resolve_device(device)
+    iterations, seed, preset, torch_device, tile = _checked_run_settings(iterations, seed, preset, device, tile)
     height, width = image.shape[:2]
     # One preset (one net) for every tile, chosen for the whole image.
     settings = task_preset(preset, task, torch_device, height * width)
@@ -434,11 +437,7 @@ def inpaint(
     """
     image = _checked_image(image)
     hole = _checked_hole(hole, image.shape[:2])
-    iterations = _checked_iterations(iterations)
-    seed = _checked_seed(seed)
-    preset = _checked_preset(preset)
-    tile = _checked_tile(tile)
-    torch_device = resolve_device(device)
+    iterations, seed, preset, torch_device, tile = _checked_run_settings(iterations, seed, preset, device, tile)
     # The window is at most the image; its exact size depends on the net, so decide on the
     # hole's box with margins (what the window is grown from).
     box_rows, box_cols = np.flatnonzero(hole.any(axis=1)), np.flatnonzero(hole.any(axis=0))
@@ -544,11 +543,7 @@ def super_resolve(
     if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale not in SR_SCALES:
         raise BadInput(f"scale must be one of {', '.join(map(str, SR_SCALES))}, got {scale!r}")
     scale = int(scale)
-    iterations = _checked_iterations(iterations)
-    seed = _checked_seed(seed)
-    preset = _checked_preset(preset)
-    torch_device = resolve_device(device)
-    tile = _checked_tile(tile)
+    iterations, seed, preset, torch_device, tile = _checked_run_settings(iterations, seed, preset, device, tile)
     height, width = image.shape[:2]
     settings = task_preset(preset, "super_resolve", torch_device, height * width * scale * scale)
     grid = _tile_grid(settings.net, torch_device, height, width, tile, scale)
