@@ -93,13 +93,15 @@ class PatchData:
     def __init__(self, dirs: list[str | Path], task: str, patch: int, scale: int = 1,
                  val_fraction: float = 0.1, val_max_side: int = 256, cache: bool = True,
                  noise_probability: float = degrade.NOISE_PROBABILITY,
-                 jpeg_probability: float = degrade.JPEG_PROBABILITY) -> None:
+                 jpeg_probability: float = degrade.JPEG_PROBABILITY,
+                 blur_mix: tuple[float, float, float] = degrade.BLUR_MIX) -> None:
         if task not in ("upscale", "sharpen"):
             raise ValueError(f"unknown task {task!r}")
         self.task, self.patch, self.scale = task, int(patch), int(scale if task == "upscale" else 1)
         self.val_max_side = val_max_side
         # Training batches only: validation keeps degrade's default mix (see ``validation``).
         self.noise_probability, self.jpeg_probability = noise_probability, jpeg_probability
+        self.blur_mix = blur_mix
         self.files = list_images(dirs)
         if not self.files:
             raise FileNotFoundError(f"no images in {', '.join(map(str, dirs))}")
@@ -141,7 +143,8 @@ class PatchData:
                 y = int(rng.integers(hr.shape[0] - p + 1))
                 x = int(rng.integers(hr.shape[1] - p + 1))
                 (tgt,) = augment([hr[y:y + p, x:x + p].astype(np.float32) / 255.0], rng)
-                src = degrade.sharpen_degradation(tgt, rng, self.noise_probability, self.jpeg_probability)
+                src = degrade.sharpen_degradation(tgt, rng, self.noise_probability, self.jpeg_probability,
+                                                  self.blur_mix)
             sources.append(src.transpose(2, 0, 1))
             targets.append(tgt.transpose(2, 0, 1))
         return Sample(np.stack(sources).astype(np.float32), np.stack(targets).astype(np.float32))

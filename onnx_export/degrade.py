@@ -109,8 +109,13 @@ def jpeg(img: np.ndarray, quality: int) -> np.ndarray:
     return out[:, :, None] if grey else out
 
 
-def random_blur(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    kind = rng.choice(["gaussian", "defocus", "resize"], p=[0.5, 0.25, 0.25])
+BLUR_KINDS = ("gaussian", "defocus", "resize")
+BLUR_MIX = (0.5, 0.25, 0.25)  # how often each of BLUR_KINDS is drawn
+
+
+def random_blur(img: np.ndarray, rng: np.random.Generator,
+                blur_mix: tuple[float, float, float] = BLUR_MIX) -> np.ndarray:
+    kind = rng.choice(BLUR_KINDS, p=list(blur_mix))
     if kind == "gaussian":
         return gaussian_blur(img, float(rng.uniform(0.5, 3.0)))
     if kind == "defocus":
@@ -124,12 +129,14 @@ JPEG_PROBABILITY = 0.3
 
 
 def sharpen_degradation(img: np.ndarray, rng: np.random.Generator, noise_probability: float = NOISE_PROBABILITY,
-                        jpeg_probability: float = JPEG_PROBABILITY) -> np.ndarray:
+                        jpeg_probability: float = JPEG_PROBABILITY,
+                        blur_mix: tuple[float, float, float] = BLUR_MIX) -> np.ndarray:
     """One random blind degradation for the sharpen net: blur, then maybe noise, maybe JPEG.
 
-    The probabilities are a training knob (how often the net sees noisy/JPEG'd input);
-    validation always uses the defaults, so scores stay comparable between nets."""
-    out = random_blur(img.astype(np.float32, copy=False), rng)
+    The probabilities (and the share of each blur kind, ``blur_mix``, summing to 1) are a
+    training knob (what the net sees most); validation always uses the defaults, so scores
+    stay comparable between nets."""
+    out = random_blur(img.astype(np.float32, copy=False), rng, blur_mix)
     if rng.random() < noise_probability:
         out = add_noise(out, float(rng.uniform(0.002, 0.02)), rng)  # light: we sharpen, not denoise
     out = np.clip(out, 0.0, 1.0)

@@ -74,6 +74,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="unet only: share of training inputs with light noise (validation keeps the default)")
     p.add_argument("--jpeg-prob", type=float, default=degrade.JPEG_PROBABILITY,
                    help="unet only: share of training inputs JPEG'd (validation keeps the default)")
+    p.add_argument("--blur-mix", type=_blur_mix, default=degrade.BLUR_MIX, metavar="G,D,R",
+                   help="unet only: relative shares of Gaussian, defocus and resize blur in training "
+                        "batches (default 2,1,1; validation keeps the default)")
     p.add_argument("--init-from", type=Path, help="start from another checkpoint's weights where the "
                    "shapes match (e.g. a ×4 RDN from the ×2 one: only the upsampling head differs)")
     # architecture (None = the checkpoint's on resume, else DEFAULT_ARCH)
@@ -95,6 +98,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if not (0.0 <= args.noise_prob <= 1.0 and 0.0 <= args.jpeg_prob <= 1.0):
         p.error("--noise-prob and --jpeg-prob are probabilities in [0, 1]")
     return args
+
+
+def _blur_mix(text: str) -> tuple[float, float, float]:
+    """"G,D,R" relative weights → shares summing to 1 (argparse type)."""
+    try:
+        weights = [float(v) for v in text.split(",")]
+    except ValueError:
+        weights = []
+    if len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0:
+        raise argparse.ArgumentTypeError("give three non-negative weights G,D,R, e.g. 2,1,2")
+    total = sum(weights)
+    return (weights[0] / total, weights[1] / total, weights[2] / total)
 
 
 def _arch_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -182,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--patch must be a multiple of {multiple} for this net")
     data = PatchData(args.data, task, args.patch, scale=params.get("scale", 1),
                      val_fraction=args.val_fraction, val_max_side=args.val_max_side,
-                     noise_probability=args.noise_prob, jpeg_probability=args.jpeg_prob)
+                     noise_probability=args.noise_prob, jpeg_probability=args.jpeg_prob,
+                     blur_mix=args.blur_mix)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999))
     disc = disc_opt = None
     if args.gan_weight > 0 or (state is not None and state.get("disc") is not None):
@@ -279,7 +295,8 @@ def model_card(args: argparse.Namespace, params: dict[str, Any], model: torch.nn
             "steps": step, "batch": args.batch, "patch": args.patch, "lr": args.lr,
             "loss": "L1" + (f" + {args.gan_weight} LSGAN (PatchGAN)" if args.gan_weight else ""),
             "degradation": ("antialiased bicubic downscale (Pillow)" if args.model == "rdn"
-                            else "one of Gaussian σ 0.5–3 / defocus disk r 1–4 / resize blur ×1.5–3; "
+                            else "one of Gaussian σ 0.5–3 / defocus disk r 1–4 / resize blur ×1.5–3 "
+                                 f"(shares {', '.join(f'{v:.2f}' for v in args.blur_mix)}); "
                                  f"noise σ ≤ 0.02 (p {args.noise_prob:g}); JPEG q 70–95 (p {args.jpeg_prob:g})"),
             "seed": args.seed, "torch": torch.__version__,
             "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

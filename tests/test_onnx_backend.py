@@ -4,6 +4,8 @@ an independent numpy implementation of ISR's Keras graph), degradations, and a t
 run that writes a checkpoint + model card and resumes."""
 from __future__ import annotations
 
+import argparse
+
 import json
 import os
 import subprocess
@@ -418,6 +420,25 @@ def test_sharpen_mix_probabilities_touch_training_only(tiny_images: Path) -> Non
     clean = PatchData([tiny_images], "sharpen", patch=16, noise_probability=0.0, jpeg_probability=0.0)
     for (_, a, _), (_, b, _) in zip(default.validation(8), clean.validation(8), strict=True):
         np.testing.assert_array_equal(a, b)  # validation keeps the default mix
+
+
+def test_blur_mix_chooses_the_blur_kind() -> None:
+    from onnx_export import train
+
+    img = _test_image(32, 40)
+    # All weight on resize blur: the draw is a resize blur (the same rng stream after the kind).
+    resize_only = degrade.random_blur(img, np.random.default_rng(5), (0.0, 0.0, 1.0))
+    rng = np.random.default_rng(5)
+    rng.choice(degrade.BLUR_KINDS, p=[0.0, 0.0, 1.0])
+    factor = float(rng.uniform(1.5, 3.0))
+    filters = [degrade._RESAMPLE.BICUBIC, degrade._RESAMPLE.BILINEAR, degrade._RESAMPLE.BOX]
+    np.testing.assert_array_equal(resize_only, degrade.resize_blur(img, factor, filters[int(rng.integers(3))]))
+    gaussian_only = degrade.random_blur(img, np.random.default_rng(5), (1.0, 0.0, 0.0))
+    assert not np.array_equal(gaussian_only, resize_only)
+    assert train._blur_mix("2,1,2") == pytest.approx((0.4, 0.2, 0.4))
+    for bad in ("1,2", "1,-1,1", "0,0,0", "a,b,c"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            train._blur_mix(bad)
 
 
 def test_patch_data_shapes(tiny_images: Path) -> None:
