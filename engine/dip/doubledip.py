@@ -13,7 +13,8 @@ Modes (every image model is in the sRGB-encoded values the engine works in):
 * ``segment``: I = m·F + (1−m)·B. A rough foreground hint (the user's selection) or,
   without one, a saliency guess (colour contrast to the border × a centre prior) tells F
   and B which pixels are theirs; a regulariser pushes m to 0 or 1. Last, mask pixels that
-  the background layer already explains go to the background.
+  the background layer already explains go to the background, and the mask's edge snaps to
+  colour edges nearby where the object's and the background's colours differ.
 * ``transparency``: I = w·R + (1−w)·T with a near-constant mixing weight w (its spatial
   variance is penalised). T is the layer with the larger weight. From one mix the split is
   ambiguous (how the smooth shading divides is not in the image); given a ``second`` mix of
