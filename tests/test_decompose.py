@@ -97,7 +97,7 @@ def _two_palette_scene(overlap: bool) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(1)
     yy, xx = np.mgrid[:96, :96] / 96
     truth = ((yy - 0.5) ** 2 / 0.3**2 + (xx - 0.5) ** 2 / 0.25**2) < 1
-    object_palette = np.array([[0.1, 0.1, 0.1], [0.9, 0.9, 0.9], [0.3, 0.6, 0.2]])
+    object_palette = np.array([[0.1, 0.1, 0.1], [0.9, 0.9, 0.9], [0.1, 0.3, 0.1]])
     background_palette = object_palette if overlap else np.array([[0.9, 0.6, 0.5], [0.5, 0.3, 0.2]])
     def painted(palette: np.ndarray) -> np.ndarray:
         return palette[rng.integers(0, len(palette), (96, 96))] + rng.normal(0, 0.03, (96, 96, 3))
@@ -105,10 +105,13 @@ def _two_palette_scene(overlap: bool) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(image, 0, 1).astype(np.float32), truth
 
 
-def test_segment_snaps_the_mask_edge_to_where_the_colours_change() -> None:
+@pytest.mark.parametrize("channels", [3, 1])
+def test_segment_snaps_the_mask_edge_to_where_the_colours_change(channels: int) -> None:
     # A DIP-like mask: right about where the object is, but it bulges 5 px over the
     # background on the right and misses a 3-px strip at the top.
     image, truth = _two_palette_scene(overlap=False)
+    if channels == 1:  # the palettes' greys differ too
+        image = np.ascontiguousarray(image.mean(axis=2, keepdims=True))
     rough = truth.copy()
     rough[:, 48:] |= np.roll(truth, 5, axis=1)[:, 48:]
     rough &= ~np.roll(~truth, 3, axis=0)
