@@ -577,7 +577,8 @@ CPU_SECONDS_PER_ITERATION_MEGAPIXEL = {
 }
 # Seconds per megapixel outside the loop: the priors before it (dark channel and guided
 # filter, saliency, hint erosion) and the final steps (segment's mask refinement). Measured
-# at 256²: at most ~0.4 s (under contention), ~1.5 iterations' worth; kept at twice that.
+# at 256² with four jobs on the 2 cores: 0.22–0.28 s per mode (1.5–2.5 s before the box blurs
+# and dilations ran as row and column passes); kept at ~3× that (0.8 s).
 CPU_SECONDS_OUTSIDE_LOOP_PER_MEGAPIXEL = 12.0
 
 
