@@ -8,7 +8,9 @@ Synthetic cases built from the DIP test images (../shared/data/dip), side SIZE:
   * transparency-pair: the same two images mixed 50/50 and 70/30, given together (the
     two-mixture setting: ``second``); both layers' PSNR by the same metric (target ≥ 25 dB);
   * segment: a textured object (zebra) on another image (kate) with a loose lasso as the
-    hint; IoU of mask > 0.5 with the truth (target ≥ 0.9);
+    hint; IoU of mask > 0.5 with the truth (target ≥ 0.9); beside it what segment's last
+    step (the edge snapped to colour edges) makes of the lasso alone, without the DIP: the
+    two images' colours differ, so colours alone get far on this composite;
   * dehaze: I = J·t + A·(1−t) with t rising from 0.1 (top) to 0.9; dehazed PSNR minus hazy
     PSNR against J (target ≥ 5 dB);
   * watermark: a half-opaque white stripe pattern in a box; PSNR of the clean layer in the box;
@@ -138,7 +140,10 @@ def main() -> None:
         result, seconds = run(composite, "segment", lasso, args)
         found = result.layers["mask"][..., 0] > 0.5
         iou = float((found & truth).sum() / (found | truth).sum())
+        lasso_layers = {"foreground": composite, "background": composite, "mask": lasso[..., None].astype(np.float32)}
+        colour_only = doubledip._mask_snapped_to_colour_edges(composite, lasso_layers)["mask"][..., 0] > 0.5
         report["cases"]["segment"] = {"iou": round(iou, 4), "hint_iou": round(float((lasso & truth).sum() / (lasso | truth).sum()), 4),
+                                      "colour_edges_on_hint_iou": round(float((colour_only & truth).sum() / (colour_only | truth).sum()), 4),
                                       "target_met": iou >= 0.9, "composite_psnr_db": round(psnr(result.composite(), composite), 2),
                                       "seconds": seconds, "iterations": result.iterations}
 
