@@ -26,8 +26,11 @@ Modes (every image model is in the sRGB-encoded values the engine works in):
 * ``dehaze``: I = J·t + A·(1−t), with the airlight colour A a parameter of the objective;
   t starts from the dark-channel-prior estimate (He et al. 2009) and is kept smooth.
 * ``watermark``: I = m·c + (1−m)·C inside the user's box around the watermark, with c one
-  learnt colour (the watermark's), m its shape and opacity, C the clean image; outside the
-  box m = 0. C's gradients inside the box are penalised, so the mark's sharp edges go to m.
+  colour (the watermark's), m its shape and opacity, C the clean image; outside the box
+  m = 0. c and a first opacity map come from the image (`_watermark_prior`: each marked
+  pixel lies on the ray from its clean colour towards c); m follows that map early on and the
+  joint fit corrects it where C, a DIP, explains a pixel better. The clean layer is C under
+  the mark and the image's own pixels elsewhere.
 
 Public API: `decompose`, `MODES`, `Decomposition`, `exclusion_loss`.
 """
@@ -417,6 +420,14 @@ def _densest_colour(points: np.ndarray, weight: np.ndarray, bins: int = 5) -> np
     return (points[near] * weight[near, None]).sum(axis=0) / max(float(weight[near].sum()), 1e-12)
 
 
+def _stroke_width(alpha: np.ndarray, box: np.ndarray) -> float:
+    """The mean width of the marked strokes (alpha above half its 90th percentile in the box):
+    twice their area over their outline's length in pixel edges."""
+    marked = (alpha > 0.5 * np.quantile(alpha[box], 0.9)).astype(np.int8)
+    outline = np.abs(np.diff(marked, axis=0)).sum() + np.abs(np.diff(marked, axis=1)).sum()
+    return 2.0 * float(marked.sum()) / max(float(outline), 1.0)
+
+
 def _watermark_prior(image: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The mark's colour c (C,) and a first estimate of its opacity (H×W, 0 outside the box).
 
@@ -430,15 +441,22 @@ def _watermark_prior(image: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np
     the current m leaves clean."""
     rows, cols = np.flatnonzero(box.any(axis=1)), np.flatnonzero(box.any(axis=0))
     short_side = min(rows[-1] - rows[0], cols[-1] - cols[0]) + 1
-    background = _normalised_blur(image, (~box).astype(np.float32), short_side // 2 + 1)
-    radius = max(2, min(image.shape[:2]) // 32)
-    for _ in range(WATERMARK_PRIOR_ROUNDS):
+    ring = (~box).astype(np.float32)
+    background = _normalised_blur(image, ring, short_side // 2 + 1)
+    # A box spanning the image leaves some pixels with no ring in reach: the ring's mean there.
+    unreached = _box_blur(ring, short_side // 2 + 1) < 1e-6
+    background[unreached] = image[~box].mean(axis=0)
+    for round_number in range(WATERMARK_PRIOR_ROUNDS):
         deviation = image - background
         landing = _ray_to_cube_boundary(background[box], deviation[box])
         colour = _densest_colour(landing, np.square(deviation[box]).sum(axis=1))
         towards = colour - background
         alpha = (deviation * towards).sum(axis=2) / np.maximum(np.square(towards).sum(axis=2), 1e-3)
         alpha = np.clip(alpha, 0.0, 1.0) * box
+        if round_number == 0:
+            # The background's window needs unmarked pixels beside every stroke, and no more
+            # of the photo than that: about a stroke's width.
+            radius = max(2, round(_stroke_width(alpha, box)))
         background = _normalised_blur(image, np.where(box, np.square(1 - alpha), 1.0) + 1e-3, radius)
     return colour.astype(np.float32), alpha.astype(np.float32)
 
