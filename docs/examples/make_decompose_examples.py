@@ -26,14 +26,18 @@ REPO = HERE.parents[1]
 DATA = REPO.parent / "shared" / "data" / "doubledip"
 OUT = HERE / "decompose"
 
-# case -> (mode, image, hint image or None, second image or None). fotolia_watermark.png is
-# the watermark's box; input1/input2 are Double-DIP's two mixtures of the same two layers.
+# case -> (mode, image, hint, second image or None). A hint is an image (white = hinted) or a
+# box (left, top, right, bottom as fractions of the image). fotolia_watermark.png is the
+# watermark's box in fotolia.jpg; the box for fotolia2.jpg (the same mark, centred, over white
+# clouds and a turbine) was read off the picture. input1/input2 are Double-DIP's two mixtures
+# of the same two layers.
 CASES = {
     "segment-texture": ("segment", "texture12.jpg", None, None),
     "transparency": ("transparency", "input1.jpg", None, None),
     "transparency-two-shots": ("transparency", "input1.jpg", None, "input2.jpg"),
     "dehaze-tiananmen": ("dehaze", "tiananmen.png", None, None),
     "watermark": ("watermark", "fotolia.jpg", "fotolia_watermark.png", None),
+    "watermark-fotolia2": ("watermark", "fotolia2.jpg", (0.32, 0.43, 0.69, 0.57), None),
 }
 CAPTION_HEIGHT = 14
 
@@ -64,7 +68,14 @@ def make_case(name: str, side: int, iterations: int) -> dict[str, object]:
         source = _fit(Image.open(DATA / image_name).convert("RGB"), side, Image.Resampling.LANCZOS)
         source.save(work / "input.png")
         args = ["decompose", str(work / "input.png"), "-o", str(work / "layers"), "--mode", mode, "--seed", "0"]
-        if hint_name:
+        if isinstance(hint_name, tuple):
+            hint = Image.new("L", source.size, 0)
+            left, top, right, bottom = hint_name
+            ImageDraw.Draw(hint).rectangle((round(left * source.width), round(top * source.height),
+                                            round(right * source.width), round(bottom * source.height)), fill=255)
+            hint.save(work / "hint.png")
+            args += ["--hint", str(work / "hint.png")]
+        elif hint_name:
             hint = Image.open(DATA / hint_name).convert("L").resize(source.size, Image.Resampling.NEAREST)
             hint.save(work / "hint.png")
             args += ["--hint", str(work / "hint.png")]
@@ -85,7 +96,8 @@ def make_case(name: str, side: int, iterations: int) -> dict[str, object]:
         OUT.mkdir(exist_ok=True)
         _sheet(tiles, OUT / f"{name}.png")
     shown = " ".join(shlex.quote(a) for a in args).replace(str(work) + "/", "")
-    return {"mode": mode, "image": f"../shared/data/doubledip/{image_name}", "hint": hint_name,
+    return {"mode": mode, "image": f"../shared/data/doubledip/{image_name}",
+            "hint": list(hint_name) if isinstance(hint_name, tuple) else hint_name,
             "second": f"../shared/data/doubledip/{second_name}" if second_name else None,
             "size": list(source.size), "command": f"python -m engine {shown}", "seconds": seconds,
             "picture": f"docs/examples/decompose/{name}.png"}
