@@ -182,12 +182,10 @@ def exclusion_loss(a: torch.Tensor, b: torch.Tensor, levels: int = 3) -> torch.T
     return total / (2 * levels)
 
 
-def _total_variation(x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+def _total_variation(x: torch.Tensor) -> torch.Tensor:
     dy = x.diff(dim=2).abs().mean(1, keepdim=True)
     dx = x.diff(dim=3).abs().mean(1, keepdim=True)
-    if weight is None:
-        return dy.mean() + dx.mean()
-    return (dy * weight[:, :, 1:, :]).sum() + (dx * weight[:, :, :, 1:]).sum()
+    return dy.mean() + dx.mean()
 
 
 class _Objective(torch.nn.Module):
