@@ -11,6 +11,8 @@ Synthetic cases built from the DIP test images (../shared/data/dip), side SIZE:
     hint; IoU of mask > 0.5 with the truth (target ≥ 0.9); beside it what segment's last
     step (the edge snapped to colour edges) makes of the lasso alone, without the DIP: the
     two images' colours differ, so colours alone get far on this composite;
+  * segment-same-palette: the zebra inside the same zebra crop turned 90° (one palette: only
+    the stripes' direction tells the parts apart; colours get no vote), same lasso and IoU;
   * dehaze: I = J·t + A·(1−t) with t rising from 0.1 (top) to 0.9; dehazed PSNR minus hazy
     PSNR against J (target ≥ 5 dB);
   * watermark: a half-opaque white stripe pattern in a box; PSNR of the clean layer in the box;
@@ -110,11 +112,12 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=0, help="0 = the engine's automatic count")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", default="transparency,transparency-pair,segment,dehaze,watermark,watermark-text",
+    parser.add_argument("--only", default="transparency,transparency-pair,segment,segment-same-palette,dehaze,watermark,watermark-text",
                         help="comma-separated cases to run (default: all)")
     args = parser.parse_args()
     only = set(args.only.split(","))
-    unknown = only - {"transparency", "transparency-pair", "segment", "dehaze", "watermark", "watermark-text"}
+    unknown = only - {"transparency", "transparency-pair", "segment", "segment-same-palette", "dehaze", "watermark",
+                      "watermark-text"}
     if unknown:
         parser.error(f"unknown case(s): {', '.join(sorted(unknown))}")
     size = args.size
@@ -151,17 +154,24 @@ def main() -> None:
             "composite_psnr_db": round(psnr(result.composite(), first), 2), "seconds": seconds,
             "iterations": result.iterations}
 
-    if "segment" in only:
+    # segment: the zebra inside kate (the parts differ in colour, so colours help);
+    # segment-same-palette: the zebra inside the same zebra crop turned 90° (one palette, only
+    # the texture's direction differs: what the DIPs alone make of it, colours get no vote).
+    for case in ("segment", "segment-same-palette"):
+        if case not in only:
+            continue
         yy, xx = np.mgrid[:size, :size] / size
         truth = ((yy - 0.5) ** 2 / 0.3**2 + (xx - 0.5) ** 2 / 0.22**2 + 0.15 * np.sin(10 * xx)) < 1
-        composite = np.where(truth[..., None], crop("sr/zebra_GT.png", size), b).astype(np.float32)
+        zebra = crop("sr/zebra_GT.png", size)
+        behind = b if case == "segment" else np.ascontiguousarray(np.rot90(zebra))
+        composite = np.where(truth[..., None], zebra, behind).astype(np.float32)
         lasso = ((yy - 0.52) ** 2 / 0.36**2 + (xx - 0.48) ** 2 / 0.3**2) < 1
         result, seconds = run(composite, "segment", lasso, args)
         found = result.layers["mask"][..., 0] > 0.5
         iou = float((found & truth).sum() / (found | truth).sum())
         lasso_layers = {"foreground": composite, "background": composite, "mask": lasso[..., None].astype(np.float32)}
         colour_only = doubledip._mask_snapped_to_colour_edges(composite, lasso_layers)["mask"][..., 0] > 0.5
-        report["cases"]["segment"] = {"iou": round(iou, 4), "hint_iou": round(float((lasso & truth).sum() / (lasso | truth).sum()), 4),
+        report["cases"][case] = {"iou": round(iou, 4), "hint_iou": round(float((lasso & truth).sum() / (lasso | truth).sum()), 4),
                                       "colour_edges_on_hint_iou": round(float((colour_only & truth).sum() / (colour_only | truth).sum()), 4),
                                       "target_met": iou >= 0.9, "composite_psnr_db": round(psnr(result.composite(), composite), 2),
                                       "seconds": seconds, "iterations": result.iterations}
