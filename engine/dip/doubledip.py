@@ -200,7 +200,14 @@ class _Objective(torch.nn.Module):
         self.register_buffer("known", _normalised(known))
         for name, tensor in priors.items():
             self.register_buffer(name, tensor)
-        self.colour = torch.nn.Parameter(colour) if colour is not None else None
+        # Dehaze learns its airlight; the watermark's colour stays the prior's estimate (learnt
+        # jointly it first drifts towards the photo's own colours while C and m are still
+        # unfitted; fotolia: white → green), so it is a fixed buffer, not a parameter.
+        self.colour: torch.Tensor | None
+        if colour is not None and mode == "dehaze":
+            self.colour = torch.nn.Parameter(colour)
+        else:
+            self.register_buffer("colour", colour)
         self.iterations = iterations
         self.step = 0
 
@@ -257,9 +264,7 @@ class _Objective(torch.nn.Module):
     def _watermark(self, out: dict[str, torch.Tensor], progress: float) -> torch.Tensor:
         assert self.colour is not None
         clean, m = out["clean"], out["mask"] * self.box
-        # The colour stays the prior's estimate: learnt jointly it first drifts towards the
-        # photo's own colours while C and m are still unfitted (fotolia: white → green).
-        mark = self.colour.detach().clamp(0.0, 1.0)
+        mark = self.colour.clamp(0.0, 1.0)
         loss = _weighted_mse(m * mark + (1 - m) * clean, self.target, self.known)
         prior_weight = MASK_PRIOR_WEIGHT * max(0.1, 1.0 - progress / SCHEDULE_END)
         loss = loss + prior_weight * ((m - self.mask_prior).square() * self.box_weight).sum()
