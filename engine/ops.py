@@ -138,6 +138,8 @@ def _dip_kwargs(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     }
     if "tile" in params:  # single-image DIP ops (Double-DIP fits the image whole)
         kwargs["tile"] = params["tile"] or None  # 0 means "the largest that fits in memory"
+    if "fits" in params:  # likewise: Double-DIP has no averaged fits
+        kwargs["fits"] = params["fits"] or None  # 0 means "the preset's"
     return kwargs
 
 
@@ -203,7 +205,7 @@ def _dip_estimate(task: str) -> OpEstimator:
         from .dip import presets
 
         return presets.estimate_seconds(task, params["preset"], params["device"],
-                                       params["iterations"] or None, height, width)
+                                       params["iterations"] or None, height, width, params["fits"] or None)
 
     return estimate
 
@@ -292,6 +294,11 @@ def _decompose(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any
     return decomposition_layers(result, alpha)
 
 
+# Shared by the single-image DIP ops and Upscale's dip method.
+_FITS_PARAM = Param("fits", int, 0, "independent fits averaged, each a whole run (another seed, the image "
+                    "mirrored or turned): cleaner, and that many times slower; 0 = the preset's (4 for "
+                    "quality on a CPU, else 1)", minimum=0, maximum=16)
+
 _DIP_PARAMS = (
     Param("iterations", int, 0, "optimisation steps; 0 = automatic (stops when the result has "
           "settled)", minimum=0, maximum=100000),
@@ -304,6 +311,7 @@ _DIP_PARAMS = (
     Param("tile", int, 0, "images larger than this many px a side are restored in overlapping "
           "tiles; 0 = the largest tile that fits in the free memory (at most 1024)",
           minimum=0, maximum=65535),
+    _FITS_PARAM,
 )
 
 # Double-DIP stops by itself like the DIP ops (0 iterations) and has no paper/quality
@@ -359,7 +367,8 @@ def _upscale(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
 
     big = tasks.super_resolve(np.clip(colour, 0.0, 1.0), scale, iterations=params["iterations"] or None,
                               seed=params["seed"], device=params["device"], preset=params["preset"],
-                              tile=params["tile"] or None, progress=ctx.progress, cancel_requested=ctx.cancel_requested, preview=preview)
+                              tile=params["tile"] or None, fits=params["fits"] or None, progress=ctx.progress,
+                              cancel_requested=ctx.cancel_requested, preview=preview)
     return [ResultLayer("image", title, join_alpha(np.asarray(big, np.float32), big_alpha))]
 
 
@@ -396,7 +405,8 @@ def _upscale_estimate(params: dict[str, Any], height: int, width: int) -> float 
 
         scale = params["scale"]
         return presets.estimate_seconds("super_resolve", params["preset"], params["device"],
-                                        params["iterations"] or None, height * scale, width * scale)
+                                        params["iterations"] or None, height * scale, width * scale,
+                                        params["fits"] or None)
     return _net_seconds(f"rdn_x{params['scale']}", params["device"], height, width)
 
 
@@ -414,6 +424,7 @@ _UPSCALE_PARAMS = (
     Param("preset", str, "auto", "dip only: speed/quality preset", choices=("auto", "fast", "quality", "paper")),
     Param("tile", int, 0, "dip only: tile side in input px for large images; 0 = from the free memory",
           minimum=0, maximum=65535),
+    _FITS_PARAM,
 )
 
 OPS: dict[str, OpSpec] = {

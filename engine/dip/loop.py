@@ -138,6 +138,11 @@ class FitStats:
     seconds: float = 0.0
     # Tiles fitted (`tiles.fit_tiles` adds the tiles' iterations and seconds up).
     tiles: int = 1
+    # Independent fits averaged (`tasks._averaged_fits` adds their iterations and seconds up).
+    fits: int = 1
+    # Set to a list to collect each fit's own (result upright, before averaging; seconds):
+    # benchmarks score the mean of the first k fits from one run.
+    fit_results: list | None = None
 
 
 class _LaggedRead:

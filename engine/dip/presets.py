@@ -75,6 +75,11 @@ class TaskPreset:
     # elsewhere it is emulated and slower. channels_last was 1.2–1.5× slower on the CPU.
     cpu_mixed_precision: MixedPrecision | None = None
     cpu_channels_last: bool = False
+    # Independent fits averaged into the result (each a whole run with its own seed, on the
+    # image mirrored/transposed: `tasks` does it). Their errors are partly independent, so
+    # the average is cleaner: F16 σ=25 128², light net, 30.39 dB for one fit, 30.82 for two,
+    # 31.04 for four (CBM3D 30.57).
+    fits: int = 1
 
     def speed_settings(self, device: torch.device) -> dict:
         """The loop's speed keywords for a run on ``device``."""
@@ -205,6 +210,13 @@ FAST: dict[Task, TaskPreset] = {
                          JPEG_STOP, expected_per_side=10.0),
 }
 
+# Quality on a CPU: the paper nets would take hours there (~2 s/iteration at 256²), so it is
+# the fast settings with four fits averaged: 4× fast's time, and above CBM3D on F16 where one
+# fit is below it (numbers at `TaskPreset.fits`; README "Presets").
+CPU_QUALITY_FITS = 4
+QUALITY_CPU: dict[Task, TaskPreset] = {task: replace(settings, fits=CPU_QUALITY_FITS)
+                                       for task, settings in FAST.items()}
+
 PRESETS: dict[str, dict[Task, TaskPreset]] = {"paper": PAPER, "quality": QUALITY, "fast": FAST}
 
 
@@ -224,10 +236,17 @@ def choose_preset(preset: str, device: torch.device, pixels: int) -> str:
     return preset
 
 
+def preset_table(preset: str, device: torch.device) -> dict[Task, TaskPreset]:
+    """The settings of a resolved preset on ``device`` (``quality`` differs by device type)."""
+    if preset == "quality" and device.type != "cuda":
+        return QUALITY_CPU
+    return PRESETS[preset]
+
+
 def task_preset(preset: str, task: Task, device: torch.device, pixels: int) -> TaskPreset:
     """The settings ``task`` runs with; ``pixels`` is the net input's size (roughly: the
     image's, or for inpainting the hole's window) and only matters to ``auto``."""
-    return PRESETS[choose_preset(preset, device, pixels)][task]
+    return preset_table(choose_preset(preset, device, pixels), device)[task]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,13 +290,14 @@ def milliseconds_per_iteration(net: NetConfig, pixels: int, device: torch.device
 
 
 def estimate_seconds(task: Task, preset: str, device: str, iterations: int | None,
-                     height: int, width: int) -> float | None:
+                     height: int, width: int, fits: int | None = None) -> float | None:
     """Expected seconds of a run on an image of ``height``×``width`` (None if unknown).
 
     The net input is taken as the image padded to the net's size rule (for super-resolution
     pass the output size). With ``iterations`` None the preset's expected count is used.
     An image larger than a tile (`tiles.tile_side_for`, from the free memory) costs one run
-    per tile (for super-resolution the tiles are approximated at output resolution).
+    per tile (for super-resolution the tiles are approximated at output resolution), and
+    each of ``fits`` (None = the preset's) costs a whole run.
     """
     try:
         from .tasks import resolve_device
@@ -298,4 +318,5 @@ def estimate_seconds(task: Task, preset: str, device: str, iterations: int | Non
     if per_iteration is None:
         return None
     count = iterations if iterations is not None else settings.expected_iterations(pixels, torch_device)
-    return round(count_of_tiles * per_iteration * count / 1000.0, 1)
+    fits = settings.fits if fits is None else fits
+    return round(fits * count_of_tiles * per_iteration * count / 1000.0, 1)

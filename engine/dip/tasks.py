@@ -6,7 +6,8 @@ caller) with values in [0, 1]. Every task takes the same keywords: ``iterations`
 the preset decides, with automatic stopping unless the preset is ``paper``; a number = exactly
 that many), ``seed``, ``device``, ``preset`` (see `presets`), ``progress``,
 ``cancel_requested`` and ``preview`` (gets the result so far, shaped like the return value),
-``stats`` and ``tile``. An image larger than the largest tile that fits in the device's free
+``stats``, ``tile`` and ``fits`` (None = the preset's: several independent fits averaged,
+see `_averaged_fits`). An image larger than the largest tile that fits in the device's free
 memory (at most 1024²; ``tile`` = a side in input px overrides) is restored in overlapping
 tiles, each fitted by the same loop and cross-faded without seams (see `tiles`); inpainting
 tiles only when its hole window is that large, and fits only the tiles with holes.
@@ -293,6 +294,93 @@ def _fit_task(
         ) from None
 
 
+MAX_FITS = 16
+
+
+def _checked_fits(fits: int | None) -> int | None:
+    """None or 0 = the preset's; else how many fits to average (1–16)."""
+    if fits is None or (isinstance(fits, (int, np.integer)) and not isinstance(fits, bool) and fits == 0):
+        return None
+    if isinstance(fits, bool) or not isinstance(fits, (int, np.integer)) or not 1 <= fits <= MAX_FITS:
+        raise BadInput(f"fits must be an integer from 1 to {MAX_FITS} (or 0 = the preset's), got {fits!r}")
+    return int(fits)
+
+
+def grid_symmetry(array: np.ndarray, index: int, inverse: bool = False) -> np.ndarray:
+    """``array`` (H×W or H×W×C) under the pixel grid's symmetry ``index`` % 8 (bit 2:
+    transpose, bit 1: flip rows, bit 0: flip columns; 0 = identity), or its inverse."""
+    transpose, flip_rows, flip_columns = bool(index & 4), bool(index & 2), bool(index & 1)
+    axes = (1, 0) + tuple(range(2, array.ndim))
+    if transpose and not inverse:
+        array = array.transpose(axes)
+    if flip_rows:
+        array = array[::-1]
+    if flip_columns:
+        array = array[:, ::-1]
+    if transpose and inverse:
+        array = array.transpose(axes)
+    return array
+
+
+# Fits a task's images (already under one grid symmetry) with one seed and returns the result
+# in the same orientation: (inputs, seed, progress, cancel_requested, preview, stats) -> result.
+SingleFit = Callable[[tuple[np.ndarray, ...], int, "ProgressCallback | None", "CancelCallback | None",
+                      "ImagePreview | None", FitStats], np.ndarray]
+
+
+def _averaged_fits(fit_one: SingleFit, inputs: tuple[np.ndarray, ...], fits: int, seed: int, *,
+                   label: str, progress: ProgressCallback | None,
+                   cancel_requested: CancelCallback | None, preview: ImagePreview | None,
+                   stats: FitStats | None) -> np.ndarray:
+    """The mean of ``fits`` independent runs of ``fit_one``. Run k uses seed ``seed`` + k and
+    sees the inputs under grid symmetry k (`grid_symmetry`), so the nets' errors — the noise
+    they start to fit, their padding and upsampling grid — differ from run to run and partly
+    cancel in the mean. Run 0 is the single-fit run exactly. Progress and previews cover all
+    runs (a preview shows the mean so far); a cancel returns the mean of the finished runs
+    (or the first run's partial result); ``stats`` adds the runs up."""
+    total = FitStats(iterations_run=0, stopped_early=True, result_iteration=0, seconds=0.0, tiles=0)
+    summed: np.ndarray | None = None
+    for index in range(fits):
+        oriented = tuple(np.ascontiguousarray(grid_symmetry(array, index)) for array in inputs)
+        done = index
+
+        def fit_progress(fraction: float, text: str, done: int = done) -> None:
+            if progress is not None:
+                detail = text.split(": ", 1)[-1]  # the task's own text after its label
+                progress(min(1.0, (done + fraction) / fits), f"{label}: fit {done + 1}/{fits}, {detail}")
+
+        def fit_preview(so_far: np.ndarray, done: int = done) -> None:
+            assert preview is not None
+            upright = grid_symmetry(so_far, done, inverse=True)
+            preview(upright if summed is None else (summed + upright) / (done + 1))
+
+        fit_stats = FitStats()
+        try:
+            result = fit_one(oriented, seed + index, fit_progress if fits > 1 else progress,
+                             cancel_requested,
+                             None if preview is None else (fit_preview if fits > 1 else preview), fit_stats)
+        except Cancelled as cancelled:
+            if summed is not None:
+                raise Cancelled(cancelled.message, summed / done) from None
+            partial = cancelled.partial
+            raise Cancelled(cancelled.message, np.ascontiguousarray(grid_symmetry(partial, index, inverse=True))
+                            if isinstance(partial, np.ndarray) else None) from None
+        upright = np.asarray(grid_symmetry(result, index, inverse=True), dtype=np.float32)
+        if stats is not None and stats.fit_results is not None:
+            stats.fit_results.append((upright.copy(), fit_stats.seconds))
+        summed = upright.copy() if summed is None else summed + upright
+        total.tiles += fit_stats.tiles
+        total.stopped_early = total.stopped_early and fit_stats.stopped_early
+        total.iterations_run += fit_stats.iterations_run
+        total.result_iteration += fit_stats.result_iteration
+        total.seconds += fit_stats.seconds
+    if stats is not None:
+        stats.__dict__.update({key: value for key, value in total.__dict__.items() if key != "fit_results"},
+                              fits=fits)
+    assert summed is not None
+    return np.ascontiguousarray(summed / fits, dtype=np.float32)
+
+
 def _checked_tile(tile: int | None) -> int | None:
     """None or 0 = choose from the memory available; else a tile side in px."""
     if tile is None or (isinstance(tile, (int, np.integer)) and not isinstance(tile, bool) and tile == 0):
@@ -344,23 +432,30 @@ def _denoise_window(task: Task, label: str, image: np.ndarray, settings: TaskPre
 def _denoise_like(task: Task, label: str, image: np.ndarray, iterations: int | None, seed: int,
                   device: str, preset: str, progress: ProgressCallback | None,
                   cancel_requested: CancelCallback | None, preview: ImagePreview | None,
-                  stats: FitStats | None, tile: int | None) -> np.ndarray:
+                  stats: FitStats | None, tile: int | None, fits: int | None) -> np.ndarray:
     image = _checked_image(image)
     iterations, seed, preset, torch_device, tile = _checked_run_settings(iterations, seed, preset, device, tile)
+    fits = _checked_fits(fits)
     height, width = image.shape[:2]
-    # One preset (one net) for every tile, chosen for the whole image.
+    # One preset (one net) for every tile and fit, chosen for the whole image.
     settings = task_preset(preset, task, torch_device, height * width)
-    grid = _tile_grid(settings.net, torch_device, height, width, tile)
-    if grid is None:
-        return _denoise_window(task, label, image, settings, torch_device, iterations, seed,
-                               progress, cancel_requested, preview, stats)
 
-    def fit_window(crop, origin, tile_progress, tile_cancel, tile_preview, tile_stats):
-        return _denoise_window(task, label, crop, settings, torch_device, iterations, seed,
-                               tile_progress, tile_cancel, tile_preview, tile_stats)
+    def fit_image(inputs, fit_seed, fit_progress, fit_cancel, fit_preview, fit_stats):
+        (oriented,) = inputs
+        grid = _tile_grid(settings.net, torch_device, *oriented.shape[:2], tile)
+        if grid is None:
+            return _denoise_window(task, label, oriented, settings, torch_device, iterations, fit_seed,
+                                   fit_progress, fit_cancel, fit_preview, fit_stats)
 
-    return tiles.fit_tiles(image, fit_window, grid, progress=progress, cancel_requested=cancel_requested,
-                           preview=preview, stats=stats, label=label)
+        def fit_window(crop, origin, tile_progress, tile_cancel, tile_preview, tile_stats):
+            return _denoise_window(task, label, crop, settings, torch_device, iterations, fit_seed,
+                                   tile_progress, tile_cancel, tile_preview, tile_stats)
+
+        return tiles.fit_tiles(oriented, fit_window, grid, progress=fit_progress, cancel_requested=fit_cancel,
+                               preview=fit_preview, stats=fit_stats, label=label)
+
+    return _averaged_fits(fit_image, (image,), fits or settings.fits, seed, label=label, progress=progress,
+                          cancel_requested=cancel_requested, preview=preview, stats=stats)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,6 +474,7 @@ def denoise(
     preview: ImagePreview | None = None,
     stats: FitStats | None = None,
     tile: int | None = None,
+    fits: int | None = None,
 ) -> np.ndarray:
     """Denoise ``image`` (float32 H×W×C in [0, 1]); the noise level need not be known.
 
@@ -387,7 +483,7 @@ def denoise(
     is outside the loss) and cropped back. Returns float32 H×W×C in [0, 1].
     """
     return _denoise_like("denoise", "DIP denoise", image, iterations, seed, device, preset,
-                         progress, cancel_requested, preview, stats, tile)
+                         progress, cancel_requested, preview, stats, tile, fits)
 
 
 def dejpeg(
@@ -402,6 +498,7 @@ def dejpeg(
     preview: ImagePreview | None = None,
     stats: FitStats | None = None,
     tile: int | None = None,
+    fits: int | None = None,
 ) -> np.ndarray:
     """Remove JPEG artefacts blindly (quality factor unknown): the paper's blind restoration.
 
@@ -410,7 +507,7 @@ def dejpeg(
     ``iterations``) before it gets to them. Returns float32 H×W×C in [0, 1].
     """
     return _denoise_like("dejpeg", "DIP JPEG artefact removal", image, iterations, seed, device,
-                         preset, progress, cancel_requested, preview, stats, tile)
+                         preset, progress, cancel_requested, preview, stats, tile, fits)
 
 
 def inpaint(
@@ -426,6 +523,7 @@ def inpaint(
     preview: ImagePreview | None = None,
     stats: FitStats | None = None,
     tile: int | None = None,
+    fits: int | None = None,
 ) -> np.ndarray:
     """Fill the ``hole`` pixels (bool H×W, True = fill) of ``image`` (float32 H×W×C in [0, 1]).
 
@@ -438,12 +536,31 @@ def inpaint(
     image = _checked_image(image)
     hole = _checked_hole(hole, image.shape[:2])
     iterations, seed, preset, torch_device, tile = _checked_run_settings(iterations, seed, preset, device, tile)
+    fits = _checked_fits(fits)
     # The window is at most the image; its exact size depends on the net, so decide on the
     # hole's box with margins (what the window is grown from).
     box_rows, box_cols = np.flatnonzero(hole.any(axis=1)), np.flatnonzero(hole.any(axis=0))
     box_pixels = (int(box_rows[-1] - box_rows[0]) + 1 + 2 * INPAINT_MIN_MARGIN) * (
         int(box_cols[-1] - box_cols[0]) + 1 + 2 * INPAINT_MIN_MARGIN)
     settings = task_preset(preset, "inpaint", torch_device, box_pixels)
+
+    def fit_image(inputs, fit_seed, fit_progress, fit_cancel, fit_preview, fit_stats):
+        oriented, oriented_hole = inputs
+        return _inpaint_image(oriented, oriented_hole, settings, torch_device, iterations, fit_seed, tile,
+                              fit_progress, fit_cancel, fit_preview, fit_stats)
+
+    result = _averaged_fits(fit_image, (image, hole), fits or settings.fits, seed, label="DIP inpaint",
+                            progress=progress, cancel_requested=cancel_requested, preview=preview, stats=stats)
+    # A mean of several fits is not bit-exact where they all kept the input.
+    result[~hole] = image[~hole]
+    return result
+
+
+def _inpaint_image(image: np.ndarray, hole: np.ndarray, settings: TaskPreset, torch_device: torch.device,
+                   iterations: int | None, seed: int, tile: int | None,
+                   progress: ProgressCallback | None, cancel_requested: CancelCallback | None,
+                   preview: ImagePreview | None, stats: FitStats | None) -> np.ndarray:
+    """One inpainting fit of the whole image: one window around the hole, or tiles."""
     window = _inpaint_window(hole, settings.net)
     height, width = image.shape[:2]
     side = tiles.tile_side_for(settings.net, torch_device, height * width, 1, tile)
@@ -532,6 +649,7 @@ def super_resolve(
     preview: ImagePreview | None = None,
     stats: FitStats | None = None,
     tile: int | None = None,
+    fits: int | None = None,
 ) -> np.ndarray:
     """Upscale ``image`` (float32 h×w×C in [0, 1]) by ``scale`` (2, 4 or 8) with the paper's
     super-resolution prior: the net makes the high-resolution image, and the loss is the
@@ -544,25 +662,32 @@ def super_resolve(
         raise BadInput(f"scale must be one of {', '.join(map(str, SR_SCALES))}, got {scale!r}")
     scale = int(scale)
     iterations, seed, preset, torch_device, tile = _checked_run_settings(iterations, seed, preset, device, tile)
+    fits = _checked_fits(fits)
     height, width = image.shape[:2]
     settings = task_preset(preset, "super_resolve", torch_device, height * width * scale * scale)
-    grid = _tile_grid(settings.net, torch_device, height, width, tile, scale)
-    if grid is None:
-        return _super_resolve_window(image, scale, settings, torch_device, iterations, seed, progress,
-                                     cancel_requested, preview, stats)
+    label = f"DIP super-resolution ×{scale}"
 
-    def fit_window(crop, origin, tile_progress, tile_cancel, tile_preview, tile_stats):
-        return _super_resolve_window(crop, scale, settings, torch_device, iterations, seed,
-                                     tile_progress, tile_cancel, tile_preview, tile_stats)
+    def fit_image(inputs, fit_seed, fit_progress, fit_cancel, fit_preview, fit_stats):
+        (oriented,) = inputs
+        grid = _tile_grid(settings.net, torch_device, *oriented.shape[:2], tile, scale)
+        if grid is None:
+            return _super_resolve_window(oriented, scale, settings, torch_device, iterations, fit_seed,
+                                         fit_progress, fit_cancel, fit_preview, fit_stats)
 
-    from engine.onnx.tiling import resize_alpha  # Pillow only
+        def fit_window(crop, origin, tile_progress, tile_cancel, tile_preview, tile_stats):
+            return _super_resolve_window(crop, scale, settings, torch_device, iterations, fit_seed,
+                                         tile_progress, tile_cancel, tile_preview, tile_stats)
 
-    # Where no tile is fitted yet (previews, a cancel's partial result): bicubic.
-    bicubic = np.concatenate([resize_alpha(image[:, :, c:c + 1], scale) for c in range(image.shape[2])],
-                             axis=2)
-    return tiles.fit_tiles(image, fit_window, grid, scale=scale, base=bicubic, progress=progress,
-                           cancel_requested=cancel_requested, preview=preview, stats=stats,
-                           label=f"DIP super-resolution ×{scale}")
+        from engine.onnx.tiling import resize_alpha  # Pillow only
+
+        # Where no tile is fitted yet (previews, a cancel's partial result): bicubic.
+        bicubic = np.concatenate([resize_alpha(oriented[:, :, c:c + 1], scale)
+                                  for c in range(oriented.shape[2])], axis=2)
+        return tiles.fit_tiles(oriented, fit_window, grid, scale=scale, base=bicubic, progress=fit_progress,
+                               cancel_requested=fit_cancel, preview=fit_preview, stats=fit_stats, label=label)
+
+    return _averaged_fits(fit_image, (image,), fits or settings.fits, seed, label=label, progress=progress,
+                          cancel_requested=cancel_requested, preview=preview, stats=stats)
 
 
 def _super_resolve_window(image: np.ndarray, scale: int, settings: TaskPreset, torch_device: torch.device,

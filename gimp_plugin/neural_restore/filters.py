@@ -169,8 +169,9 @@ DEVICE_PARAM = FilterParam("device", "choice", "auto", "Device", "Where to compu
 PRESET_CHOICES = (("auto", "Automatic"), ("fast", "Fast"), ("quality", "Best quality"),
                   ("paper", "Paper settings (slow)"))
 PRESET_PARAM = FilterParam("preset", "choice", "auto", "Quality",
-                           "Speed/quality trade-off: auto, fast, quality or paper (the published "
-                           "settings, slow on a CPU)", choices=PRESET_CHOICES)
+                           "Speed/quality trade-off: auto, fast, quality (the best result; on a "
+                           "CPU several times slower than fast) or paper (the published settings, "
+                           "slow on a CPU)", choices=PRESET_CHOICES)
 # Shared by the DIP filters. New settings go last: gimpfu (GIMP 2.10) scripts pass them by
 # position. The GIMP 3 dialog shows "preset" first (dialog_order).
 DIP_PARAMS = (
