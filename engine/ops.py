@@ -332,13 +332,30 @@ _DECOMPOSE_PARAMS = (
 MAX_RESULT_SIDE = 65535
 
 
-def _run_net(name: str, image: np.ndarray, device: str, ctx: JobContext) -> np.ndarray:
-    """Run the shipped net ``name`` (models/<name>.onnx) over the image, alpha/grey handled."""
+# passes = 0 (automatic) averages 8 passes up to this many input pixels: a second or two on a
+# CPU, for ~0.1 dB (README "Passes"); larger images get one pass, so their time stays seconds.
+AUTO_PASSES_MAX_PIXELS = 1_000_000
+AUTO_PASSES = 8
+
+
+def net_passes(requested: int, height: int, width: int) -> int:
+    """Passes a trained net runs over a height×width input (``requested`` 0 = automatic)."""
+    if requested:
+        return requested
+    return AUTO_PASSES if height * width <= AUTO_PASSES_MAX_PIXELS else 1
+
+
+def _run_net(name: str, image: np.ndarray, device: str, ctx: JobContext, passes: int) -> np.ndarray:
+    """Run the shipped net ``name`` (models/<name>.onnx) over the image, alpha/grey handled,
+    averaged over ``passes`` (0 = automatic) grid symmetries."""
     from .onnx import runner
 
     model = runner.load_model(runner.find_model(name), device)
-    ctx.progress(0.0, f"{name} on {'GPU' if model.on_gpu else 'CPU'}")
-    return runner.run_model(model, image, progress=ctx.progress, cancel_requested=ctx.cancel_requested)
+    passes = net_passes(passes, *image.shape[:2])
+    ctx.progress(0.0, f"{name} on {'GPU' if model.on_gpu else 'CPU'}"
+                      + (f", {passes} passes" if passes > 1 else ""))
+    return runner.run_model(model, image, progress=ctx.progress, cancel_requested=ctx.cancel_requested,
+                            passes=passes)
 
 
 def _upscale(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
@@ -350,7 +367,8 @@ def _upscale(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
                        f"upscale a smaller area (select it first in GIMP)")
     title = f"Upscaled ×{scale}"
     if params["method"] == "rdn":
-        return [ResultLayer("image", title, _run_net(f"rdn_x{scale}", image, params["device"], ctx))]
+        return [ResultLayer("image", title, _run_net(f"rdn_x{scale}", image, params["device"], ctx,
+                                                     params["passes"]))]
     from .dip import tasks
     from .onnx.tiling import resize_alpha  # Pillow only: alpha is resampled, never fitted
 
@@ -374,18 +392,22 @@ def _upscale(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
 
 def _sharpen(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
              ctx: JobContext) -> list[ResultLayer]:
-    return [ResultLayer("image", "Sharpened", _run_net("sharpen", image, params["device"], ctx))]
+    return [ResultLayer("image", "Sharpened", _run_net("sharpen", image, params["device"], ctx,
+                                                       params["passes"]))]
 
 
 _NET_DEVICE = Param("device", str, "auto", "where to compute (auto: CUDA if onnxruntime-gpu sees a GPU)",
                     choices=("auto", "cpu", "cuda"))
+_NET_PASSES = Param("passes", int, 0, "trained net: average the net over this many mirrored/turned copies "
+                    "of the image (8: ~0.1 dB better, 8× the time); 0 = automatic: 8 up to 1 megapixel, "
+                    "else 1", choices=(0, 1, 2, 4, 8))
 # CPU seconds per megapixel of input for the shipped nets with one ONNX Runtime thread,
 # measured by benchmarks/nets_bench.py's speed part (256² input; results/2026-11-21-nets-cpu.json).
 # Two threads measured 1.6-1.9× faster: more threads are counted at 0.9 each.
 _NET_SECONDS_PER_MEGAPIXEL = {"rdn_x2": 2.37, "rdn_x4": 2.62, "sharpen": 0.38}
 
 
-def _net_seconds(name: str, device: str, height: int, width: int) -> float | None:
+def _net_seconds(name: str, device: str, height: int, width: int, passes: int) -> float | None:
     """Expected seconds of a shipped net on a height×width input; None on a GPU (not measured)."""
     from .onnx import runner  # no torch on this path
     from .system import available_cpu_threads
@@ -396,7 +418,7 @@ def _net_seconds(name: str, device: str, height: int, width: int) -> float | Non
     except EngineError:  # no onnxruntime, or CUDA requested without it: no estimate
         return None
     per_megapixel = _NET_SECONDS_PER_MEGAPIXEL[name] / max(1.0, 0.9 * available_cpu_threads())
-    return round(per_megapixel * height * width / 1e6, 1)
+    return round(net_passes(passes, height, width) * per_megapixel * height * width / 1e6, 1)
 
 
 def _upscale_estimate(params: dict[str, Any], height: int, width: int) -> float | None:
@@ -407,11 +429,11 @@ def _upscale_estimate(params: dict[str, Any], height: int, width: int) -> float 
         return presets.estimate_seconds("super_resolve", params["preset"], params["device"],
                                         params["iterations"] or None, height * scale, width * scale,
                                         params["fits"] or None)
-    return _net_seconds(f"rdn_x{params['scale']}", params["device"], height, width)
+    return _net_seconds(f"rdn_x{params['scale']}", params["device"], height, width, params["passes"])
 
 
 def _sharpen_estimate(params: dict[str, Any], height: int, width: int) -> float | None:
-    return _net_seconds("sharpen", params["device"], height, width)
+    return _net_seconds("sharpen", params["device"], height, width, params["passes"])
 
 
 _UPSCALE_PARAMS = (
@@ -425,6 +447,7 @@ _UPSCALE_PARAMS = (
     Param("tile", int, 0, "dip only: tile side in input px for large images; 0 = from the free memory",
           minimum=0, maximum=65535),
     _FITS_PARAM,
+    _NET_PASSES,
 )
 
 OPS: dict[str, OpSpec] = {
@@ -440,7 +463,7 @@ OPS: dict[str, OpSpec] = {
         OpSpec("upscale", "Enlarge ×2 or ×4 with a trained RDN (or Deep Image Prior)", _upscale,
                _UPSCALE_PARAMS, estimate=_upscale_estimate),
         OpSpec("sharpen", "Remove blur (defocus, soft lens, resize) with a trained U-Net", _sharpen,
-               (_NET_DEVICE,), estimate=_sharpen_estimate),
+               (_NET_DEVICE, _NET_PASSES), estimate=_sharpen_estimate),
         OpSpec("decompose", "Double-DIP: split the image into layers (segment, transparency, dehaze, "
                "watermark); the mask is the hint; transparency also takes a second mix of the "
                "same two layers", _decompose,

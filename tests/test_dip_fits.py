@@ -13,6 +13,7 @@ from PIL import Image
 from engine import ops
 from engine.dip import presets, tasks
 from engine.dip.loop import FitStats
+from engine.symmetry import grid_symmetry
 from engine.errors import BadInput, Cancelled
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dip"
@@ -32,14 +33,14 @@ def test_grid_symmetries_invert_and_are_eight_distinct_maps() -> None:
     image = np.arange(5 * 7 * 2, dtype=np.float32).reshape(5, 7, 2)
     seen = set()
     for index in range(8):
-        turned = tasks.grid_symmetry(image, index)
-        assert np.array_equal(tasks.grid_symmetry(turned, index, inverse=True), image)
+        turned = grid_symmetry(image, index)
+        assert np.array_equal(grid_symmetry(turned, index, inverse=True), image)
         assert turned.shape[:2] == ((7, 5) if index & 4 else (5, 7))
         seen.add(turned.tobytes() + bytes(turned.shape))
     assert len(seen) == 8
     hole = np.zeros((5, 7), bool)
     hole[1, 2] = True
-    assert tasks.grid_symmetry(hole, 5)[2, 3]  # transposed, then columns flipped
+    assert grid_symmetry(hole, 5)[2, 3]  # transposed, then columns flipped
 
 
 def test_fits_average_single_runs_on_turned_images_with_successive_seeds() -> None:
@@ -48,9 +49,9 @@ def test_fits_average_single_runs_on_turned_images_with_successive_seeds() -> No
     averaged = tasks.denoise(image, iterations=15, seed=7, fits=3, device="cpu", stats=stats)
     singles = []
     for index in range(3):
-        turned = np.ascontiguousarray(tasks.grid_symmetry(image, index))
+        turned = np.ascontiguousarray(grid_symmetry(image, index))
         single = tasks.denoise(turned, iterations=15, seed=7 + index, fits=1, device="cpu")
-        singles.append(tasks.grid_symmetry(single, index, inverse=True))
+        singles.append(grid_symmetry(single, index, inverse=True))
     np.testing.assert_allclose(averaged, np.mean(singles, axis=0), rtol=0, atol=1e-6)
     # The first fit is the single-fit run itself; the stats add the three runs up.
     assert np.array_equal(stats.fit_results[0][0], tasks.denoise(image, iterations=15, seed=7, device="cpu"))

@@ -419,7 +419,9 @@ def test_preset_is_appended_for_positional_callers_and_shown_first_in_the_dialog
     # Decompose: which layers first, then quality; filters without either keep their order.
     assert filters.dialog_order(_spec("decompose")) == ["mode", "preset", "iterations", "seed", "device"]
     # Upscale: the DIP settings (for method dip) follow the method choice.
-    assert filters.dialog_order(_spec("upscale")) == ["scale", "method", "device", "preset", "iterations", "seed"]
+    assert filters.dialog_order(_spec("upscale")) == ["scale", "method", "device", "passes", "preset",
+                                                      "iterations", "seed"]
+    assert [p.name for p in _spec("upscale").params][-1] == "passes"  # newest last, for positional callers
     assert spec.param("preset").choice_values() == ["auto", "fast", "quality", "paper"]
 
 

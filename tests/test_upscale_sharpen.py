@@ -83,6 +83,20 @@ def test_sharpen_op_keeps_size_and_alpha() -> None:
     np.testing.assert_allclose(layer.pixels, image, atol=2e-5)  # the tiny net is the identity
 
 
+def test_passes_automatic_rule_estimates_and_progress() -> None:
+    assert ops.net_passes(0, 1000, 1000) == 8 and ops.net_passes(0, 1000, 1001) == 1
+    assert ops.net_passes(1, 100, 100) == 1 and ops.net_passes(8, 4000, 6000) == 8
+    base = {"scale": 2, "method": "rdn", "device": "cpu", "preset": "auto", "iterations": 0, "seed": 0,
+            "tile": 0, "fits": 0}
+    one = ops.OPS["upscale"].estimate({**base, "passes": 1}, 2000, 2000)
+    assert ops.OPS["upscale"].estimate({**base, "passes": 8}, 2000, 2000) == pytest.approx(8 * one, rel=0.05)
+    assert ops.OPS["upscale"].estimate({**base, "passes": 0}, 2000, 2000) == one  # large: one pass
+    texts: list[str] = []
+    ops.run_op("sharpen", _image(24, 24, 3), None, {"passes": 0},
+               ops.JobContext(progress=lambda fraction, text: texts.append(text)))
+    assert "sharpen on CPU, 8 passes" in texts[0]
+
+
 def test_upscale_refuses_a_result_too_large_to_send(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ops, "MAX_RESULT_SIDE", 100)
     with pytest.raises(BadInput, match="exceed 100 px on a side"):
@@ -94,6 +108,7 @@ def test_upscale_refuses_a_result_too_large_to_send(monkeypatch: pytest.MonkeyPa
     ({"scale": "2"}, "must be an integer"),
     ({"method": "esrgan"}, "must be one of rdn, dip"),
     ({"preset": "best"}, "must be one of auto, fast, quality, paper"),
+    ({"passes": 3}, "must be one of 0, 1, 2, 4, 8"),
 ])
 def test_upscale_params_are_checked(params: dict, words: str) -> None:
     with pytest.raises(BadInput, match=words):
@@ -200,6 +215,7 @@ def test_cli_sharpen_writes_the_same_size(tmp_path: Path) -> None:
     (["--scale", "3"], "invalid choice: 3"),
     (["--method", "bicubic"], "invalid choice: 'bicubic'"),
     (["--device", "tpu"], "invalid choice: 'tpu'"),
+    (["--passes", "5"], "invalid choice: 5"),
 ])
 def test_cli_upscale_bad_options(tmp_path: Path, args: list[str], words: str) -> None:
     write_image(tmp_path / "in.png", _image(16, 16, 3), "u8")

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from engine.errors import BadInput, Cancelled
+from engine.symmetry import grid_symmetry
 
 from . import tiles
 from .loop import CancelCallback, FitStats, Objective, ProgressCallback, fit
@@ -304,22 +305,6 @@ def _checked_fits(fits: int | None) -> int | None:
     if isinstance(fits, bool) or not isinstance(fits, (int, np.integer)) or not 1 <= fits <= MAX_FITS:
         raise BadInput(f"fits must be an integer from 1 to {MAX_FITS} (or 0 = the preset's), got {fits!r}")
     return int(fits)
-
-
-def grid_symmetry(array: np.ndarray, index: int, inverse: bool = False) -> np.ndarray:
-    """``array`` (H×W or H×W×C) under the pixel grid's symmetry ``index`` % 8 (bit 2:
-    transpose, bit 1: flip rows, bit 0: flip columns; 0 = identity), or its inverse."""
-    transpose, flip_rows, flip_columns = bool(index & 4), bool(index & 2), bool(index & 1)
-    axes = (1, 0) + tuple(range(2, array.ndim))
-    if transpose and not inverse:
-        array = array.transpose(axes)
-    if flip_rows:
-        array = array[::-1]
-    if flip_columns:
-        array = array[:, ::-1]
-    if transpose and inverse:
-        array = array.transpose(axes)
-    return array
 
 
 # Fits a task's images (already under one grid symmetry) with one seed and returns the result
