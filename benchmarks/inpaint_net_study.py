@@ -44,6 +44,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     **{name: (name, {}) for name in NETS},
     "noskip5_ema995": ("noskip5", {"ema": 0.995}),
     "noskip5_ema998": ("noskip5", {"ema": 0.998}),
+    "noskip5_fixed200": ("noskip5", {"stop": None, "min_iterations": 200, "max_iterations": 200}),
     "noskip5_fixed300": ("noskip5", {"stop": None, "min_iterations": 300, "max_iterations": 300}),
     "skip16_fixed300": ("skip16", {"stop": None, "min_iterations": 300, "max_iterations": 300}),
 }
@@ -79,14 +80,13 @@ def run(case: str, net_name: str, size: int, pin_net: bool) -> dict:
         if calls[0] % 100 == 0:
             trajectory.append((calls[0], dip_bench.psnr(filled, truth, hole)))
 
-    original, original_compact = dict(presets.FAST), dict(presets.INPAINT_COMPACT)
+    original = dict(presets.FAST)
     defaults = loop.fit_generators.__kwdefaults__
     saved_interval = defaults["preview_interval_s"]
     if pin_net:  # every hole gets this net (otherwise the engine's own choice runs)
         net_key, overrides = VARIANTS[net_name]
         settings = replace(presets.FAST["inpaint"], net=NETS[net_name if net_name in NETS else net_key], **overrides)
         presets.FAST["inpaint"] = settings
-        presets.INPAINT_COMPACT["fast"] = settings
     defaults["preview_interval_s"] = 0.0
     stats = loop.FitStats()
     started = time.perf_counter()
@@ -95,7 +95,6 @@ def run(case: str, net_name: str, size: int, pin_net: bool) -> dict:
     finally:
         presets.FAST.clear()
         presets.FAST.update(original)
-        presets.INPAINT_COMPACT.update(original_compact)
         defaults["preview_interval_s"] = saved_interval
     best = max(trajectory, key=lambda t: t[1]) if trajectory else (None, None)
     result = dip_bench.psnr(out, truth, hole)

@@ -18,7 +18,7 @@ same arithmetic on CPU).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -126,13 +126,6 @@ LIGHT_INPAINT = NetConfig(
     channels_skip=(16, 16, 16, 16, 16),
     upsample_mode="nearest",
 )
-# Compact holes (a selected block): the authors filled vase and library with nets WITHOUT
-# skip branches (their notebooks) — a skip branch copies the input noise's local pattern
-# straight into the hole, where no loss constrains it; without one every hole pixel comes
-# from the deep, smooth levels. Same light channel counts and size rule as LIGHT_INPAINT.
-LIGHT_INPAINT_COMPACT = replace(LIGHT_INPAINT, channels_skip=(0,) * 5)
-# The vase notebook's net (it feeds a 2-channel meshgrid; we keep the noise input).
-PAPER_INPAINT_COMPACT = replace(PAPER_INPAINT, channels_skip=(0,) * 5)
 
 
 class ReflectionPad(nn.Module):

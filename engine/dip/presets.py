@@ -19,15 +19,10 @@ from typing import Literal
 import torch
 
 from .loop import MixedPrecision, StoppingRule
-from .nets import (LIGHT_DENOISE, LIGHT_INPAINT, LIGHT_INPAINT_COMPACT, PAPER_DENOISE, PAPER_INPAINT,
-                   PAPER_INPAINT_COMPACT, NetConfig)
+from .nets import LIGHT_DENOISE, LIGHT_INPAINT, PAPER_DENOISE, PAPER_INPAINT, NetConfig
 
 Task = Literal["denoise", "inpaint", "super_resolve", "dejpeg"]
 PresetName = Literal["auto", "fast", "quality", "paper"]
-# Inpainting picks its net by the hole's shape (`tasks.hole_shape`): thin or scattered holes
-# (text, scratches, missing pixels) keep the skip net, compact ones (a selected block) get
-# the no-skip net (`INPAINT_COMPACT`).
-HoleShape = Literal["scattered", "compact"]
 TASKS: tuple[Task, ...] = ("denoise", "inpaint", "super_resolve", "dejpeg")
 PRESET_NAMES: tuple[PresetName, ...] = ("auto", "fast", "quality", "paper")
 
@@ -212,29 +207,6 @@ FAST: dict[Task, TaskPreset] = {
 
 PRESETS: dict[str, dict[Task, TaskPreset]] = {"paper": PAPER, "quality": QUALITY, "fast": FAST}
 
-# Compact holes (a selected block, vase's and library's masks). Measured with the light nets
-# (`benchmarks/inpaint_stop_study.py block_… --size 128|256`, `inpaint_net_study.py`): the
-# hole's PSNR peaks after only 50–475 iterations — a smooth fill shaped by the surroundings —
-# and then falls by 1–3 dB as the net invents texture that does not line up with the truth;
-# the hole keeps changing (its change stays at 5–15·10⁻³ per check), so no settle test sees
-# the peak and INPAINT_STOP ran them to 1100–2000 iterations. `fast` therefore fills a
-# compact hole in a fixed COMPACT_FAST_ITERATIONS with the no-skip net. Hole PSNR at 256²
-# (biharmonic / skip net stopped automatically / no-skip net at 200): barbara tablecloth
-# 17.25 / 15.88 / 16.22, library shelves 9.50 / 10.92 / 11.27, tiger 9.08 / 11.44 / 11.24,
-# vase 14.13 / 15.41 / 15.36 dB; at 128²: 16.70 / 16.53 / 18.52, 12.19 / 14.34 / 14.80,
-# 11.22 / 12.67 / 11.66, 14.05 / 15.18 / 16.47 dB — about as good or better for 1/5–1/10 of
-# the iterations; the skip net at a fixed 300 was within ±0.5 dB of the no-skip one at 256²,
-# so the net matters less than where the run ends. `paper` uses the authors' no-skip net
-# with its fixed count; `quality` (paper-sized net, not measurable on this CPU) is unchanged.
-COMPACT_FAST_ITERATIONS = 200
-INPAINT_COMPACT: dict[str, TaskPreset] = {
-    "paper": replace(PAPER["inpaint"], net=PAPER_INPAINT_COMPACT),
-    "quality": QUALITY["inpaint"],
-    "fast": replace(FAST["inpaint"], net=LIGHT_INPAINT_COMPACT, iterations_per_side=0.0, stop=None,
-                    min_iterations=COMPACT_FAST_ITERATIONS, max_iterations=COMPACT_FAST_ITERATIONS,
-                    expected_per_side=None),
-}
-
 
 # Above this many net-input pixels a GPU run uses ``fast`` too: a paper net's 128-channel
 # full-resolution activations for 1024² already take several GB.
@@ -258,12 +230,6 @@ def task_preset(preset: str, task: Task, device: torch.device, pixels: int) -> T
     return PRESETS[choose_preset(preset, device, pixels)][task]
 
 
-def inpaint_preset(preset: str, device: torch.device, pixels: int, shape: HoleShape) -> TaskPreset:
-    """The inpainting settings for a hole of ``shape`` (`tasks.hole_shape`)."""
-    resolved = choose_preset(preset, device, pixels)
-    return INPAINT_COMPACT[resolved] if shape == "compact" else PRESETS[resolved]["inpaint"]
-
-
 # ---------------------------------------------------------------------------------------------
 # Time estimates (shown in the dialog before a run)
 
@@ -275,18 +241,14 @@ def inpaint_preset(preset: str, device: torch.device, pixels: int, shape: HoleSh
 CPU_MS_PER_ITERATION: dict[NetConfig, tuple[float, float]] = {
     LIGHT_DENOISE: (21.0, 2870.0),
     LIGHT_INPAINT: (8.0, 3340.0),
-    LIGHT_INPAINT_COMPACT: (8.0, 3340.0),  # LIGHT_INPAINT's: an upper bound (no skip branches)
     PAPER_DENOISE: (0.0, 30500.0),
     PAPER_INPAINT: (0.0, 48000.0),
-    PAPER_INPAINT_COMPACT: (0.0, 48000.0),
 }
 CUDA_MS_PER_ITERATION: dict[NetConfig, tuple[float, float]] = {
     LIGHT_DENOISE: (4.0, 20.0),
     LIGHT_INPAINT: (4.0, 25.0),
-    LIGHT_INPAINT_COMPACT: (4.0, 25.0),
     PAPER_DENOISE: (5.0, 120.0),
     PAPER_INPAINT: (5.0, 160.0),
-    PAPER_INPAINT_COMPACT: (5.0, 160.0),
 }
 MEASURED_CPU_THREADS = 1
 

@@ -27,7 +27,7 @@ from engine.errors import BadInput, Cancelled
 from . import tiles
 from .loop import CancelCallback, FitStats, Objective, ProgressCallback, fit
 from .nets import NetConfig
-from .presets import PRESET_NAMES, HoleShape, Task, TaskPreset, inpaint_preset, task_preset
+from .presets import PRESET_NAMES, Task, TaskPreset, task_preset
 
 # Smaller images carry too little structure for the prior, and reflection padding them up to
 # the net's minimum size would mostly invent content.
@@ -41,11 +41,6 @@ INPAINT_MARGIN_FRACTION = 0.5
 # A hole window larger than a tile is filled tile by tile only when every tile keeps most of
 # its pixels: a tile inside a large solid hole would have nothing to learn from.
 INPAINT_MAX_TILE_HOLE_FRACTION = 0.5
-# A hole is compact (a selected block) when it contains a square of this side. The paper's
-# text mask (kate) is at most 7 px thick at 512², 50 % random missing pixels practically
-# never leave an 11×11 square (2^-121), while vase's and library's holes and any selection a
-# user would call an area hold one.
-COMPACT_HOLE_SQUARE = 11
 
 # Gets the result so far, shaped and post-processed like the task's return value.
 ImagePreview = Callable[[np.ndarray], None]
@@ -176,18 +171,6 @@ def _inpaint_window(hole: np.ndarray, config: NetConfig) -> _Window:
     y0, y1, pad_y = _axis_window(max(0, box_y0 - margin), min(height, box_y1 + margin), height, config)
     x0, x1, pad_x = _axis_window(max(0, box_x0 - margin), min(width, box_x1 + margin), width, config)
     return _Window(y0, y1, x0, x1, pad_y, pad_x)
-
-
-def hole_shape(hole: np.ndarray) -> HoleShape:
-    """``"compact"`` if ``hole`` (bool H×W) contains a COMPACT_HOLE_SQUARE² square of hole
-    pixels, else ``"scattered"`` (thin strokes, scattered pixels)."""
-    side = COMPACT_HOLE_SQUARE
-    if min(hole.shape) < side:
-        return "scattered"
-    # Sum of every side×side box from an integral image: a box is all hole iff it sums to side².
-    integral = np.pad(hole.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    boxes = integral[side:, side:] - integral[:-side, side:] - integral[side:, :-side] + integral[:-side, :-side]
-    return "compact" if bool((boxes == side * side).any()) else "scattered"
 
 
 def _weighted_mse(target: torch.Tensor, weight: torch.Tensor) -> Objective:
@@ -460,7 +443,7 @@ def inpaint(
     box_rows, box_cols = np.flatnonzero(hole.any(axis=1)), np.flatnonzero(hole.any(axis=0))
     box_pixels = (int(box_rows[-1] - box_rows[0]) + 1 + 2 * INPAINT_MIN_MARGIN) * (
         int(box_cols[-1] - box_cols[0]) + 1 + 2 * INPAINT_MIN_MARGIN)
-    settings = inpaint_preset(preset, torch_device, box_pixels, hole_shape(hole))
+    settings = task_preset(preset, "inpaint", torch_device, box_pixels)
     window = _inpaint_window(hole, settings.net)
     height, width = image.shape[:2]
     side = tiles.tile_side_for(settings.net, torch_device, height * width, 1, tile)
