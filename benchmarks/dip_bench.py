@@ -1,7 +1,9 @@
 """DIP benchmark: PSNR and wall time of our DIP presets against classical baselines, one run.
 
     python benchmarks/dip_bench.py [--device cpu|cuda] [--size 256] [--sr-size 256]
-        [--only denoise,inpaint,sr] [--presets paper,fast,quality,auto] [--full-cpu]
+        [--only denoise,inpaint,missing50,block,sr] [--presets paper,fast,quality,auto]
+        [--inpaint-images kate,library,vase] [--missing-images barbara,kate]
+        [--block-images barbara_tablecloth,library_shelves,bsd_108073_tiger] [--full-cpu]
         [--quick] > benchmarks/results/<name>.json
     python benchmarks/dip_bench.py --big 8000 --big-iterations 1   # peak memory, tiled
     python benchmarks/dip_bench.py --device cuda --size 512 --gpu-target  # the GPU target
@@ -12,13 +14,23 @@ Images come from the DIP paper's own set (../shared/data/dip):
 - inpainting: kate / library / vase with their masks (black = missing; our API takes True =
   fill), resized so the longer side is at most ``--size``; baseline skimage's biharmonic
   inpainting; PSNR over the image and inside the hole;
+- missing50 (the paper's restoration experiment): restoration/barbara (grey, kept one channel)
+  and kate resized like the inpainting images, half the pixels dropped by a fixed-seed
+  Bernoulli mask (the same mask for every preset); baseline biharmonic; PSNR over the image
+  and over the missing pixels (issue target: DIP ≥ biharmonic + 3 dB);
+- block: selection-like square holes (side 0.18 × the longer side, 46 px at 256) on textured
+  parts of three photos no DIP setting was tuned on — barbara's tablecloth, library's
+  shelves, BSD 108073's tiger (``BLOCK_CASES``, fixed centres); baseline biharmonic; PSNR
+  inside the hole (issue target: DIP ≥ biharmonic + 2 dB);
 - super-resolution: zebra ×4, a centre crop ``--sr-size``² of zebra_GT downsampled with
   Lanczos (as the paper makes its inputs); baseline bicubic upscaling.
 
 Presets (see engine/dip/presets.py): ``paper`` (the reference code's nets and fixed
 iteration counts), ``fast`` and ``quality`` (ours, automatic stopping) and ``auto`` (what
 users get; when it resolves to a preset already run, its entry says so instead of rerunning).
-Every entry gives PSNR, seconds, iterations run and whether the run stopped itself.
+Every entry gives PSNR, seconds, iterations run and whether the run stopped itself; the
+inpainting entries (inpaint, missing50, block) also their margins over biharmonic in dB
+(``margin_over_biharmonic`` over the image, ``margin_in_hole_over_biharmonic`` in the hole).
 
 On a CPU the paper-sized nets (``paper``, ``quality``) are far too slow to run to the end
 (≈ 2 s/iteration at 256² on 2 cores), so unless ``--full-cpu`` is given they run 20
