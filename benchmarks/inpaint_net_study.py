@@ -57,7 +57,7 @@ def load_case(name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
         return truth, dip_bench.block_hole(truth.shape[:2], centre)
     if name.startswith("missing50_"):
         path = dip_bench.DATA / "restoration" / f"{name[len('missing50_'):]}.png"
-        truth = dip_bench.as_float(dip_bench.resized_to(dip_bench.open_photo(path), size))
+        truth = dip_bench.centre_crop(dip_bench.as_float(dip_bench.open_photo(path)), size)
         rng = np.random.default_rng(dip_bench.MISSING_SEED)
         return truth, rng.random(truth.shape[:2]) < dip_bench.MISSING_FRACTION
     image = dip_bench.resized_to(Image.open(dip_bench.DATA / "inpainting" / f"{name}.png").convert("RGB"), size)
