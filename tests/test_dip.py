@@ -348,6 +348,8 @@ def test_preset_iteration_rules() -> None:
     # which shrinks with size faster than JPEG's (measured at 256²).
     inpaint = presets.FAST["inpaint"]
     assert inpaint.stop is presets.INPAINT_STOP and presets.QUALITY["inpaint"].stop is presets.INPAINT_STOP
+    # ... and only then: no plateau test (a pause of the hole's change is not its peak).
+    assert presets.INPAINT_STOP.patience is None
     at_64, at_256 = inpaint.stopping_rule(64 * 64), inpaint.stopping_rule(256 * 256)
     assert at_64.settled_below == pytest.approx(2.3e-3) and at_256.settled_below == pytest.approx(0.89e-3, rel=0.01)
     # Denoise-like thresholds keep the 1/sqrt(side) scaling.

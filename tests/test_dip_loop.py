@@ -150,6 +150,23 @@ def test_a_settled_threshold_stops_at_the_first_check_below_it() -> None:
     assert stats.result_iteration == stats.iterations_run - 10 and stats.result_iteration >= 30
 
 
+def test_without_patience_only_the_threshold_stops_the_run() -> None:
+    # The noisy target's change levels off: a plateau test stops it, a threshold-only rule
+    # (inpainting's: its change may pause while detail forms) runs on to its maximum.
+    target = _noisy_gradient()
+
+    def run(rule: StoppingRule) -> FitStats:
+        stats = FitStats()
+        fit(lambda out: (out - target).square().mean(), TINY, (*SIZE, 3), iterations=600,
+            device="cpu", seed=2, stop=rule, stats=stats)
+        return stats
+
+    plateau = run(StoppingRule(check_every=10, patience=3, settled_below=1e-9, min_iterations=50))
+    threshold_only = run(StoppingRule(check_every=10, patience=None, settled_below=1e-9, min_iterations=50))
+    assert plateau.stopped_early and plateau.iterations_run < 600
+    assert not threshold_only.stopped_early and threshold_only.iterations_run == 600
+
+
 def test_a_stop_weight_restricts_the_change_to_a_region() -> None:
     # Only the left half is fitted; the unconstrained right half settles differently.
     target = torch.linspace(0.2, 0.8, SIZE[1]).expand(1, 3, *SIZE).clone()
@@ -168,7 +185,7 @@ def test_a_stop_weight_restricts_the_change_to_a_region() -> None:
 
 
 @pytest.mark.parametrize("bad", [dict(check_every=0), dict(patience=0), dict(min_relative_drop=1.0),
-                                 dict(min_iterations=-1), dict(settled_below=0.0)])
+                                 dict(min_iterations=-1), dict(settled_below=0.0), dict(patience=None)])
 def test_bad_stopping_rules_are_refused(bad: dict) -> None:
     with pytest.raises(ValueError):
         StoppingRule(**bad)

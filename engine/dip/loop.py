@@ -109,18 +109,23 @@ class StoppingRule:
     ``settled_below`` (optional) also ends the run at the first check whose change is below
     it, returning that check's outputs. It is for objectives without a noise floor (JPEG
     artefacts): there the change keeps falling smoothly past the PSNR peak and never levels
-    off, so "has it stopped moving" needs a threshold.
+    off, so "has it stopped moving" needs a threshold. ``patience=None`` turns the plateau
+    test off (the run ends settled or at its maximum): inpainting's change can pause while
+    new detail forms in the hole, long before the hole's PSNR peaks.
     """
 
     check_every: int = 25
-    patience: int = 8
+    # None: no plateau test, only ``settled_below`` (or the maximum) ends the run.
+    patience: int | None = 8
     min_relative_drop: float = 0.01
     min_iterations: int = 200
     settled_below: float | None = None
 
     def __post_init__(self) -> None:
-        if self.check_every < 1 or self.patience < 1 or self.min_iterations < 0:
+        if self.check_every < 1 or (self.patience is not None and self.patience < 1) or self.min_iterations < 0:
             raise ValueError("check_every and patience must be positive, min_iterations non-negative")
+        if self.patience is None and self.settled_below is None:
+            raise ValueError("a rule without a plateau test (patience None) needs settled_below")
         if not 0.0 <= self.min_relative_drop < 1.0:
             raise ValueError("min_relative_drop must be in [0, 1)")
         if self.settled_below is not None and not self.settled_below > 0.0:
@@ -216,7 +221,8 @@ class _StopMonitor:
         self.reader.push(torch.where(self.settled, -1, self.checks_since_kept))
         if state is None:
             return False
-        return state == -1 or (state >= self.rule.patience and iteration >= self.rule.min_iterations)
+        plateau = self.rule.patience is not None and state >= self.rule.patience
+        return state == -1 or (plateau and iteration >= self.rule.min_iterations)
 
     def best(self, averaged: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int | None]:
         """The kept outputs and their iteration, or the current ones (None) when the last
