@@ -77,6 +77,12 @@ def test_inpaint_and_super_resolve_with_fits() -> None:
     hole[10:18, 12:30] = True
     filled = tasks.inpaint(image, hole, iterations=10, fits=2, device="cpu")
     assert np.array_equal(filled[~hole], image[~hole])  # bit for bit, even through a mean
+    texts: list[str] = []
+    with pytest.raises(Cancelled) as raised:
+        tasks.inpaint(image, hole, iterations=10, fits=3, device="cpu",
+                      progress=lambda fraction, text: texts.append(text),
+                      cancel_requested=lambda: any("fit 3/3" in text for text in texts))
+    assert np.array_equal(raised.value.partial[~hole], image[~hole])
     big = tasks.super_resolve(image[:16, :20], 2, iterations=5, fits=2, device="cpu")
     assert big.shape == (32, 40, 3) and big.dtype == np.float32
 

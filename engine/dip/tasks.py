@@ -534,11 +534,20 @@ def inpaint(
         return _inpaint_image(oriented, oriented_hole, settings, torch_device, iterations, fit_seed, tile,
                               fit_progress, fit_cancel, fit_preview, fit_stats)
 
-    result = _averaged_fits(fit_image, (image, hole), fits or settings.fits, seed, label="DIP inpaint",
-                            progress=progress, cancel_requested=cancel_requested, preview=preview, stats=stats)
-    # A mean of several fits is not bit-exact where they all kept the input.
-    result[~hole] = image[~hole]
-    return result
+    def keep_known(filled: np.ndarray) -> np.ndarray:
+        # A mean of several fits is not bit-exact where they all kept the input.
+        filled = np.array(filled, dtype=np.float32, copy=True)
+        filled[~hole] = image[~hole]
+        return filled
+
+    try:
+        return keep_known(_averaged_fits(
+            fit_image, (image, hole), fits or settings.fits, seed, label="DIP inpaint", progress=progress,
+            cancel_requested=cancel_requested, preview=None if preview is None else (lambda so_far: preview(keep_known(so_far))),
+            stats=stats))
+    except Cancelled as cancelled:
+        partial = cancelled.partial
+        raise Cancelled(cancelled.message, keep_known(partial) if isinstance(partial, np.ndarray) else None) from None
 
 
 def _inpaint_image(image: np.ndarray, hole: np.ndarray, settings: TaskPreset, torch_device: torch.device,
