@@ -440,18 +440,15 @@ def main() -> None:
         print(json.dumps(report, indent=2))
         return
     wanted = args.only.split(",")
-    if "denoise" in wanted:
-        for name in args.denoise_images.split(","):
-            report["results"][f"denoise_{name.lower()}"] = bench_denoise(name, args)
-    if "inpaint" in wanted:
-        for name in args.inpaint_images.split(","):
-            report["results"][f"inpaint_{name}"] = bench_inpaint(name, args)
-    if "missing50" in wanted:
-        for name in args.missing_images.split(","):
-            report["results"][f"missing50_{name}"] = bench_missing(name, args)
-    if "block" in wanted:
-        for name in args.block_images.split(","):
-            report["results"][f"block_{name}"] = bench_block(name, args)
+    # case → (its images, its bench function); results are keyed "<case>_<image>".
+    per_image_cases = {"denoise": (args.denoise_images, bench_denoise),
+                       "inpaint": (args.inpaint_images, bench_inpaint),
+                       "missing50": (args.missing_images, bench_missing),
+                       "block": (args.block_images, bench_block)}
+    for case, (images, bench) in per_image_cases.items():
+        if case in wanted:
+            for name in images.split(","):
+                report["results"][f"{case}_{name.lower()}"] = bench(name, args)
     if "sr" in wanted:
         report["results"][f"sr_zebra_x{SR_SCALE}"] = bench_sr(args)
     print(json.dumps(report, indent=2))
