@@ -149,6 +149,14 @@ class FitStats:
     # benchmarks score the mean of the first k fits from one run.
     fit_results: list | None = None
 
+    def add(self, part: "FitStats") -> None:
+        """Count ``part`` (one tile's or one fit's run) into this total."""
+        self.tiles += part.tiles
+        self.stopped_early = self.stopped_early and part.stopped_early
+        self.iterations_run += part.iterations_run
+        self.result_iteration += part.result_iteration
+        self.seconds += part.seconds
+
 
 class _LaggedRead:
     """Reads a small device tensor one check late: a non-blocking copy into pinned host

@@ -354,11 +354,7 @@ def _averaged_fits(fit_one: SingleFit, inputs: tuple[np.ndarray, ...], fits: int
         if stats is not None and stats.fit_results is not None:
             stats.fit_results.append((upright.copy(), fit_stats.seconds))
         summed = upright.copy() if summed is None else summed + upright
-        total.tiles += fit_stats.tiles
-        total.stopped_early = total.stopped_early and fit_stats.stopped_early
-        total.iterations_run += fit_stats.iterations_run
-        total.result_iteration += fit_stats.result_iteration
-        total.seconds += fit_stats.seconds
+        total.add(fit_stats)
     if stats is not None:
         stats.__dict__.update({key: value for key, value in total.__dict__.items() if key != "fit_results"},
                               fits=fits)

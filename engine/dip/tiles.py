@@ -197,11 +197,7 @@ def fit_tiles(image: np.ndarray, fit_window: WindowFit, grid: TileGrid, *, scale
             # Finished tiles (and this one's average so far) over the base.
             raise Cancelled(cancelled.message, np.clip(result, 0.0, 1.0)) from None
         add(result, index, restored)
-        total.tiles += 1
-        total.stopped_early = total.stopped_early and tile_stats.stopped_early
-        total.iterations_run += tile_stats.iterations_run
-        total.result_iteration += tile_stats.result_iteration
-        total.seconds += tile_stats.seconds
+        total.add(tile_stats)  # a window fit counts as one tile
     if stats is not None:
         stats.__dict__.update(total.__dict__, stopped_early=total.tiles > 0 and total.stopped_early)
     if progress is not None:
