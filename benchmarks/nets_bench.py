@@ -2,13 +2,16 @@
 speed, and (with --big) peak memory and seams of a 6000×4000 ×2 upscale.
 
     python benchmarks/nets_bench.py [--models DIR] [--max-images N] [--only upscale,sharpen,speed]
-                                    [--speed-sizes 256,512] [--speed-repeats 9]
+                                    [--set NAME=DIR ...] [--speed-sizes 256,512] [--speed-repeats 9]
                                     [--big [--big-size 6000x4000]] > benchmarks/results/nets.json
 
 Images (never the training images): the held-out validation split of the training folders
 (``../shared/data/train/{t91,bsd200}``, the same name-hash split as ``onnx_export.train``:
 sha1(file name) < 0.1) and the DIP paper's clean photos in ``../shared/data/dip``. Each set
-is reported separately.
+is reported separately, the held-out split also per training folder (t91's held-out images are
+the closest we have to Set5-class photos). ``--set Set5=/data/Set5`` adds any folder of
+ground-truth images as one more set (the standard test sets are not in this repository:
+point it at your copy of Set5, Set14, BSD100, Urban100 — the same protocol runs on them).
 
 - upscale (×2, ×4): the SR protocol: HR modcropped, LR by antialiased bicubic downscale
   (Pillow's bicubic, a = −0.5 with the kernel widened by the factor, as MATLAB's imresize
@@ -50,6 +53,7 @@ sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "data"
 TRAIN_FOLDERS = [SHARED / "train" / "t91", SHARED / "train" / "bsd200"]
 VAL_FRACTION = 0.1
+SPLIT_SET = "train-split-validation"
 DIP_PHOTOS = ["denoising/F16_GT.png", "restoration/kate.png", "restoration/barbara.png", "sr/zebra_GT.png",
               "inpainting/library.png", "inpainting/vase.png", "flash_no_flash/cave01_00_flash.jpg"]
 CROP = 192
@@ -60,10 +64,41 @@ from onnx_export import degrade  # noqa: E402
 from onnx_export.data import list_images, load_rgb, psnr, split_files  # noqa: E402
 
 
-def image_sets(max_images: int | None) -> dict[str, list[Path]]:
+def image_sets(max_images: int | None, extra: dict[str, Path] | None = None) -> dict[str, list[Path]]:
     _, held_out = split_files(list_images(TRAIN_FOLDERS), VAL_FRACTION)
     dip = [SHARED / "dip" / name for name in DIP_PHOTOS if (SHARED / "dip" / name).is_file()]
-    return {"train-split-validation": held_out[:max_images], "dip": dip[:max_images]}
+    sets = {SPLIT_SET: held_out[:max_images], "dip": dip[:max_images]}
+    for name, folder in (extra or {}).items():
+        sets[name] = list_images([folder])[:max_images]
+    return sets
+
+
+def parse_set(text: str) -> tuple[str, Path]:
+    """``NAME=DIR`` → (name, folder); the folder must hold images."""
+    name, sep, folder = text.partition("=")
+    if not sep or not name or not folder:
+        raise argparse.ArgumentTypeError(f"expected NAME=DIR, got {text!r}")
+    path = Path(folder).expanduser()
+    if not path.is_dir() or not list_images([path]):
+        raise argparse.ArgumentTypeError(f"{folder}: not a folder of images")
+    return name, path
+
+
+def by_folder(rows: list[dict[str, Any]], fields: dict[str, str]) -> dict[str, Any]:
+    """Means of ``fields`` (report key → row key, or "a-b" for a difference) per source folder,
+    when the rows (the held-out split's) come from several training folders."""
+    folders = sorted({r["folder"] for r in rows})
+    if len(folders) < 2:
+        return {}
+
+    def value(row: dict[str, Any], key: str) -> float:
+        a, _, b = key.partition("-")
+        return row[a] - row[b] if b else row[a]
+
+    return {"by_folder": {folder: {"images": sum(r["folder"] == folder for r in rows),
+                                   **{out: mean([value(r, key) for r in rows if r["folder"] == folder])
+                                      for out, key in fields.items()}}
+                          for folder in folders}}
 
 
 def as_float(path: Path) -> np.ndarray:
@@ -96,7 +131,8 @@ def bench_upscale(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
                 sr8, took = timed(lambda: runner.run_model(model, lr, passes=8))
                 seconds8 += took
                 bicubic = degrade.bicubic_upscale(lr, scale)
-                rows.append({"image": path.name, "net": round(psnr(sr, hr, scale, y_only=True), 3),
+                rows.append({"image": path.name, "folder": path.parent.name,
+                             "net": round(psnr(sr, hr, scale, y_only=True), 3),
                              "net_8_passes": round(psnr(sr8, hr, scale, y_only=True), 3),
                              "bicubic": round(psnr(bicubic, hr, scale, y_only=True), 3)})
             report[f"x{scale}/{set_name}"] = {
@@ -105,7 +141,11 @@ def bench_upscale(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
                 "y_psnr_bicubic": mean([r["bicubic"] for r in rows]),
                 "gain_db": mean([r["net"] - r["bicubic"] for r in rows]),
                 "gain_8_passes_db": mean([r["net_8_passes"] - r["bicubic"] for r in rows]),
-                "seconds": round(seconds, 2), "seconds_8_passes": round(seconds8, 2), "per_image": rows,
+                "seconds": round(seconds, 2), "seconds_8_passes": round(seconds8, 2),
+                **by_folder(rows if set_name == SPLIT_SET else [], {"y_psnr_net": "net", "y_psnr_net_8_passes": "net_8_passes",
+                                   "y_psnr_bicubic": "bicubic", "gain_db": "net-bicubic",
+                                   "gain_8_passes_db": "net_8_passes-bicubic"}),
+                "per_image": rows,
             }
     return report
 
@@ -155,7 +195,8 @@ def bench_sharpen(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
                 sharpened = runner.run_model(model, blurred)
                 sharpened8 = runner.run_model(model, blurred, passes=8)
                 usm, usm_params = best_unsharp_mask(blurred, truth)
-                rows.append({"image": path.name, "blurred": round(psnr(blurred, truth), 3),
+                rows.append({"image": path.name, "folder": path.parent.name,
+                             "blurred": round(psnr(blurred, truth), 3),
                              "net": round(psnr(sharpened, truth), 3),
                              "net_8_passes": round(psnr(sharpened8, truth), 3), "best_unsharp_mask": round(usm, 3),
                              "unsharp_mask_params": usm_params})
@@ -168,6 +209,9 @@ def bench_sharpen(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
                 "psnr_net_8_passes": mean([r["net_8_passes"] for r in rows]),
                 "gain_8_passes_over_blurred_db": mean([r["net_8_passes"] - r["blurred"] for r in rows]),
                 "gain_8_passes_over_unsharp_mask_db": mean([r["net_8_passes"] - r["best_unsharp_mask"] for r in rows]),
+                **by_folder(rows if set_name == SPLIT_SET else [], {"gain_over_blurred_db": "net-blurred",
+                                   "gain_over_unsharp_mask_db": "net-best_unsharp_mask",
+                                   "gain_8_passes_over_blurred_db": "net_8_passes-blurred"}),
                 "per_image": rows,
             }
     return report
@@ -299,6 +343,8 @@ def main() -> int:
     parser.add_argument("--models", type=Path, default=None, help="model folder (default: the engine's)")
     parser.add_argument("--max-images", type=int, default=None, help="at most N images per set (quick runs)")
     parser.add_argument("--only", default="upscale,sharpen,speed")
+    parser.add_argument("--set", dest="extra_sets", type=parse_set, action="append", default=[],
+                        metavar="NAME=DIR", help="also measure on this folder of ground-truth images (repeatable)")
     parser.add_argument("--speed-sizes", default="256,512", help="square input sides, comma-separated")
     parser.add_argument("--speed-repeats", type=int, default=9)
     parser.add_argument("--speed-child", action="store_true", help=argparse.SUPPRESS)
@@ -311,7 +357,7 @@ def main() -> int:
         print(json.dumps(speed_child(models, sizes, args.speed_repeats)))
         return 0
     only = set(args.only.split(","))
-    sets = image_sets(args.max_images)
+    sets = image_sets(args.max_images, dict(args.extra_sets))
     report: dict[str, Any] = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
@@ -322,7 +368,7 @@ def main() -> int:
         "images": {name: [p.name for p in files] for name, files in sets.items()},
     }
     # The held-out set must be the one each net was validated on (never trained on).
-    held_out = {p.name for p in image_sets(None)["train-split-validation"]}
+    held_out = {p.name for p in image_sets(None)[SPLIT_SET]}
     report["split_matches_model_cards"] = {
         name: sorted(runner.read_card(models / f"{name}.onnx").get("data", {}).get("validation_files", [])) ==
         sorted(held_out) for name in ("rdn_x2", "rdn_x4", "sharpen")}
