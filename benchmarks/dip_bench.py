@@ -99,9 +99,11 @@ def timed(fn):
 
 def bench_presets(run: Runner, score: Scorer, task: presets.Task, pixels: int, args) -> dict:
     """One entry per requested preset (see the module docstring). An entry that averages
-    several fits also scores the mean of its first k fits (``by_fits``); a preset whose
-    settings are exactly its first fit (``fast`` next to a CPU's ``quality``) is not run
-    again but read from it (``first_fit_of``)."""
+    several fits also scores the mean of its first k fits (``by_fits``; ``fit_seconds`` adds
+    the fits' own times, so with fits side by side it exceeds the entry's wall ``seconds``);
+    a preset whose settings are exactly its first fit (``fast`` next to a CPU's ``quality``)
+    is not run again but read from it (``first_fit_of``: its seconds are that fit's own time,
+    taken next to the fits running beside it)."""
     device = tasks.resolve_device(args.device)
     entries: dict[str, dict] = {}
     first_fits: dict[presets.TaskPreset, tuple[str, dict]] = {}
@@ -130,7 +132,8 @@ def bench_presets(run: Runner, score: Scorer, task: presets.Task, pixels: int, a
             out, seconds = timed(lambda: run(resolved, args.iterations, stats))
             entry = {**score(out), "seconds": seconds, "iterations": stats.iterations_run,
                      "stopped_automatically": stats.stopped_early,
-                     "result_iteration": stats.result_iteration, "fits": stats.fits}
+                     "result_iteration": stats.result_iteration, "fits": stats.fits,
+                     "fits_side_by_side": stats.side_by_side}
             if stats.fits > 1:
                 entry["by_fits"] = [
                     {"fits": k, **score(np.mean([r for r, _ in stats.fit_results[:k]], axis=0)),

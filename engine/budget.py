@@ -21,7 +21,7 @@ BUDGET_ENV = "NEURAL_RESTORE_MEMORY_BUDGET_MB"
 # Measured (session 1, light CPU net): a 1024² denoise peaked at ~3.2 GB resident, about
 # 3 KB per net-input pixel on top of the ~0.4 GB torch itself takes. Kept per op so
 # a backend with another footprint (ONNX tiles, paper nets) can declare its own.
-_BASE_BYTES = 400 << 20
+TORCH_BASE_BYTES = 400 << 20
 DIP_BYTES_PER_PIXEL = 3072
 _BYTES_PER_PIXEL = {"denoise": DIP_BYTES_PER_PIXEL, "inpaint": DIP_BYTES_PER_PIXEL,
                     "dejpeg": DIP_BYTES_PER_PIXEL}  # dejpeg: denoise's nets and loop
@@ -50,7 +50,7 @@ def dip_tile_side(free: int | None, net_bytes_per_pixel: float, image_pixels: in
     be below DIP_MIN_TILE when memory is short (callers raise it to their net's minimum)."""
     if free is None:
         return DIP_MAX_TILE
-    left = free - (_BASE_BYTES if base else 0) - IMAGE_BYTES_PER_PIXEL * image_pixels
+    left = free - (TORCH_BASE_BYTES if base else 0) - IMAGE_BYTES_PER_PIXEL * image_pixels
     return min(DIP_MAX_TILE, int(math.sqrt(max(left, 0) / net_bytes_per_pixel)))
 
 
@@ -109,7 +109,7 @@ def _net_bytes_per_pixel(op: str, params: dict[str, Any]) -> float | None:
 
 def _tiled_need(net_bytes_per_pixel: float, height: int, width: int, image_pixels: int, tile: int) -> int:
     net_pixels = min(height, tile) * min(width, tile)
-    return int(_BASE_BYTES + IMAGE_BYTES_PER_PIXEL * image_pixels + net_bytes_per_pixel * net_pixels)
+    return int(TORCH_BASE_BYTES + IMAGE_BYTES_PER_PIXEL * image_pixels + net_bytes_per_pixel * net_pixels)
 
 
 def _requested_tile(params: dict[str, Any]) -> int:

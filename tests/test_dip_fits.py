@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from engine import ops
-from engine.dip import presets, tasks
+from engine.dip import loop, presets, tasks
 from engine.dip.loop import FitStats
 from engine.symmetry import grid_symmetry
 from engine.errors import BadInput, Cancelled
@@ -81,13 +81,22 @@ def test_inpaint_and_super_resolve_with_fits() -> None:
     with pytest.raises(Cancelled) as raised:
         tasks.inpaint(image, hole, iterations=10, fits=3, device="cpu",
                       progress=lambda fraction, text: texts.append(text),
-                      cancel_requested=lambda: any("fit 3/3" in text for text in texts))
+                      cancel_requested=lambda: any("3/3" in text for text in texts))
     assert np.array_equal(raised.value.partial[~hole], image[~hole])
     big = tasks.super_resolve(image[:16, :20], 2, iterations=5, fits=2, device="cpu")
     assert big.shape == (32, 40, 3) and big.dtype == np.float32
 
 
-def test_progress_covers_all_fits_and_cancel_returns_the_finished_ones() -> None:
+def _one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loop, "cpu_fit_plan", lambda fits: (1, 1))
+
+
+def _side_by_side(monkeypatch: pytest.MonkeyPatch, count: int = 2) -> None:
+    monkeypatch.setattr(loop, "cpu_fit_plan", lambda fits: (min(count, fits), 1))
+
+
+def test_progress_covers_all_fits_and_cancel_returns_the_finished_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    _one_at_a_time(monkeypatch)
     image = _smooth_image(32, 32)
     messages: list[tuple[float, str]] = []
     first = tasks.denoise(image, iterations=12, seed=3, device="cpu")
@@ -105,7 +114,96 @@ def test_progress_covers_all_fits_and_cancel_returns_the_finished_ones() -> None
     assert messages[0][1].startswith("DIP denoise: fit 1/3")
 
 
-def test_quality_on_a_cpu_is_fast_with_four_fits() -> None:
+def test_fits_side_by_side_give_the_same_mean_as_one_after_the_other(monkeypatch: pytest.MonkeyPatch) -> None:
+    image = _smooth_image(32, 32)
+    noisy = np.clip(image + np.random.default_rng(1).normal(0, 0.1, image.shape), 0, 1).astype(np.float32)
+    hole = np.zeros((32, 32), bool)
+    hole[8:20, 10:22] = True
+    runs = {}
+    for mode, arrange in (("one at a time", _one_at_a_time), ("side by side", _side_by_side)):
+        arrange(monkeypatch)
+        threads_before = torch.get_num_threads()
+        messages: list[tuple[float, str]] = []
+        stats = FitStats()
+        runs[mode] = (tasks.denoise(noisy, iterations=15, seed=2, fits=3, device="cpu", stats=stats,
+                                    progress=lambda fraction, text: messages.append((fraction, text))),
+                      tasks.inpaint(image, hole, iterations=8, fits=2, device="cpu"))
+        assert torch.get_num_threads() == threads_before  # the run's thread count is undone
+        fractions = [fraction for fraction, _ in messages]
+        assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+        assert stats.fits == 3 and stats.iterations_run == 45
+        assert stats.side_by_side == (2 if mode == "side by side" else 1)
+        if mode == "side by side":
+            assert any("fit 1+2/3" in text for _, text in messages)  # both reported while running
+    for one, other in zip(runs["one at a time"], runs["side by side"]):
+        assert np.array_equal(one, other)
+
+
+def test_fits_side_by_side_cancel_and_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    _side_by_side(monkeypatch)
+    image = _smooth_image(32, 32)
+    first = tasks.denoise(image, iterations=12, seed=3, device="cpu")
+    # Fits 1 and 2 finish, the cancel comes while fits 3 and 4 run: the mean of 1 and 2.
+    done: list[int] = []
+
+    def fit_then_wait(inputs, seed, progress, cancel_requested, preview, stats):
+        if seed < 2:
+            done.append(seed)
+            return np.full_like(inputs[0], seed + 1.0)
+        while not cancel_requested():
+            pass
+        raise Cancelled("cancelled by the user", np.zeros_like(inputs[0]))
+
+    with pytest.raises(Cancelled) as raised:
+        tasks._averaged_fits(fit_then_wait, (image,), 4, 0, label="t", progress=None,
+                             cancel_requested=lambda: len(done) == 2, preview=None, stats=None, side_by_side=2)
+    assert np.array_equal(raised.value.partial, np.full_like(image, 1.5))
+    # A cancel before any fit finished: the lowest running fit's partial result, upright.
+    with pytest.raises(Cancelled) as raised:
+        tasks.denoise(image, iterations=12, seed=3, fits=2, device="cpu", cancel_requested=lambda: True)
+    assert raised.value.partial is None or raised.value.partial.shape == first.shape
+
+    # One fit failing stops the other and its error reaches the caller.
+    started: list[int] = []
+
+    def fit_one(inputs, seed, progress, cancel_requested, preview, stats):
+        started.append(seed)
+        if seed == 0:
+            raise RuntimeError("boom")
+        while not cancel_requested():
+            pass
+        raise Cancelled("stopped", None)
+
+    with pytest.raises(RuntimeError, match="boom"):
+        tasks._averaged_fits(fit_one, (image,), 4, 0, label="t", progress=None, cancel_requested=None,
+                             preview=None, stats=None, side_by_side=2)
+    # Fit 2 stopped (else this would hang); fits 3 and 4 never started.
+    assert 0 in started and set(started) <= {0, 1}
+
+
+def test_fits_run_one_at_a_time_on_tiles_gpus_and_short_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    _side_by_side(monkeypatch, 4)
+    cpu, net = torch.device("cpu"), presets.FAST["denoise"].net
+    assert tasks._fits_side_by_side(4, net, cpu, 64 * 64, tiled=False) == 4
+    assert tasks._fits_side_by_side(1, net, cpu, 64 * 64, tiled=False) == 1
+    assert tasks._fits_side_by_side(4, net, cpu, 64 * 64, tiled=True) == 1
+    assert tasks._fits_side_by_side(4, net, torch.device("cuda"), 64 * 64, tiled=False) == 1
+    # Memory for two 512² fits besides torch itself, not for four.
+    per_fit = tasks.tiles.net_bytes_per_pixel(net) * 512 * 512
+    monkeypatch.setattr(tasks.tiles, "free_bytes", lambda device: int(tasks.budget.TORCH_BASE_BYTES + 2.5 * per_fit))
+    assert tasks._fits_side_by_side(4, net, cpu, 512 * 512, tiled=False) == 2
+
+
+def test_cpu_fit_plan_shares_the_cores_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    for cores, fits, plan in ((2, 4, (2, 1)), (8, 4, (4, 2)), (16, 3, (3, 5)), (1, 4, None)):
+        monkeypatch.setattr(loop, "available_cpu_threads", lambda cores=cores: cores)
+        assert loop.cpu_fit_plan(fits) == (plan or (1, loop.cpu_threads_for_fit()))
+    monkeypatch.setattr(loop, "available_cpu_threads", lambda: 8)
+    assert loop.cpu_fit_plan(1) == (1, loop.cpu_threads_for_fit())
+
+
+def test_quality_on_a_cpu_is_fast_with_four_fits(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     for task in presets.TASKS:
         quality = presets.task_preset("quality", task, cpu, 256 * 256)
@@ -114,9 +212,15 @@ def test_quality_on_a_cpu_is_fast_with_four_fits() -> None:
         # On a GPU quality keeps the paper-sized nets, one fit; fast and paper fit once.
         assert presets.task_preset("quality", task, cuda, 256 * 256) is presets.QUALITY[task]
         assert presets.FAST[task].fits == presets.PAPER[task].fits == presets.QUALITY[task].fits == 1
+    _one_at_a_time(monkeypatch)
     fast = presets.estimate_seconds("denoise", "fast", "cpu", None, 256, 256)
     assert presets.estimate_seconds("denoise", "quality", "cpu", None, 256, 256) == pytest.approx(4 * fast, rel=0.01)
     assert presets.estimate_seconds("denoise", "fast", "cpu", None, 256, 256, fits=2) == pytest.approx(2 * fast, rel=0.01)
+    # Side by side on one thread each: rounds of fits, each round as long as a 1-thread fit.
+    _side_by_side(monkeypatch, 2)
+    one_thread = fast * presets.cpu_thread_factor(1) / presets.cpu_thread_factor()
+    assert presets.estimate_seconds("denoise", "quality", "cpu", None, 256, 256) == pytest.approx(2 * one_thread, rel=0.01)
+    assert presets.estimate_seconds("denoise", "fast", "cpu", None, 256, 256, fits=3) == pytest.approx(2 * one_thread, rel=0.01)
 
 
 def test_bad_fits_are_refused() -> None:

@@ -277,21 +277,24 @@ CUDA_MS_PER_ITERATION: dict[NetConfig, tuple[float, float]] = {
 MEASURED_CPU_THREADS = 1
 
 
-def cpu_thread_factor() -> float:
+def cpu_thread_factor(threads: int | None = None) -> float:
+    """Time of a CPU iteration with ``threads`` (None = what one fit uses) relative to the
+    measured single-thread figures."""
     # Conv layers of this size scale sub-linearly with threads (~threads^0.6 measured on an
     # idle 2-core box: 25 ms with 1 thread, 17 ms with 2 at 64²).
     from .loop import cpu_threads_for_fit
 
-    return (MEASURED_CPU_THREADS / max(1, cpu_threads_for_fit())) ** 0.6
+    return (MEASURED_CPU_THREADS / max(1, threads or cpu_threads_for_fit())) ** 0.6
 
 
-def milliseconds_per_iteration(net: NetConfig, pixels: int, device: torch.device) -> float | None:
+def milliseconds_per_iteration(net: NetConfig, pixels: int, device: torch.device,
+                               threads: int | None = None) -> float | None:
     table = CUDA_MS_PER_ITERATION if device.type == "cuda" else CPU_MS_PER_ITERATION
     if net not in table:
         return None
     fixed, per_megapixel = table[net]
     milliseconds = fixed + per_megapixel * pixels / 1e6
-    return milliseconds * (cpu_thread_factor() if device.type != "cuda" else 1.0)
+    return milliseconds * (cpu_thread_factor(threads) if device.type != "cuda" else 1.0)
 
 
 def estimate_seconds(task: Task, preset: str, device: str, iterations: int | None,
@@ -319,9 +322,17 @@ def estimate_seconds(task: Task, preset: str, device: str, iterations: int | Non
         grid = tiles.plan(height, width, side)
         count_of_tiles, height, width = grid.count, grid.tile_height, grid.tile_width
     pixels = settings.net.padded_side(height) * settings.net.padded_side(width)
-    per_iteration = milliseconds_per_iteration(settings.net, pixels, torch_device)
+    fits = settings.fits if fits is None else fits
+    # On a CPU an untiled image's fits run side by side (`tasks._fits_side_by_side`; memory
+    # permitting, which this leaves out): rounds of them, each fit on its share of threads.
+    rounds, threads = fits, None
+    if torch_device.type == "cpu" and count_of_tiles == 1:
+        from .loop import cpu_fit_plan
+
+        side_by_side, threads = cpu_fit_plan(fits)
+        rounds = math.ceil(fits / side_by_side)
+    per_iteration = milliseconds_per_iteration(settings.net, pixels, torch_device, threads)
     if per_iteration is None:
         return None
     count = iterations if iterations is not None else settings.expected_iterations(pixels, torch_device)
-    fits = settings.fits if fits is None else fits
-    return round(fits * count_of_tiles * per_iteration * count / 1000.0, 1)
+    return round(rounds * count_of_tiles * per_iteration * count / 1000.0, 1)

@@ -16,17 +16,21 @@ the finished tiles over the input, or over its bicubic enlargement for super-res
 """
 from __future__ import annotations
 
+import concurrent.futures
 import math
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from engine import budget
 from engine.errors import BadInput, Cancelled
 from engine.symmetry import grid_symmetry
 
-from . import tiles
+from . import loop, tiles
 from .loop import CancelCallback, FitStats, Objective, ProgressCallback, fit
 from .nets import NetConfig
 from .presets import PRESET_NAMES, Task, TaskPreset, task_preset
@@ -316,50 +320,135 @@ SingleFit = Callable[[tuple[np.ndarray, ...], int, "ProgressCallback | None", "C
 def _averaged_fits(fit_one: SingleFit, inputs: tuple[np.ndarray, ...], fits: int, seed: int, *,
                    label: str, progress: ProgressCallback | None,
                    cancel_requested: CancelCallback | None, preview: ImagePreview | None,
-                   stats: FitStats | None) -> np.ndarray:
+                   stats: FitStats | None, side_by_side: int = 1) -> np.ndarray:
     """The mean of ``fits`` independent runs of ``fit_one``. Run k uses seed ``seed`` + k and
     sees the inputs under grid symmetry k (`grid_symmetry`), so the nets' errors — the noise
     they start to fit, their padding and upsampling grid — differ from run to run and partly
-    cancel in the mean. Run 0 is the single-fit run exactly. Progress and previews cover all
-    runs (a preview shows the mean so far); a cancel returns the mean of the finished runs
-    (or the first run's partial result); ``stats`` adds the runs up."""
-    total = FitStats(iterations_run=0, stopped_early=True, result_iteration=0, seconds=0.0, tiles=0)
-    summed: np.ndarray | None = None
-    for index in range(fits):
+    cancel in the mean. Run 0 is the single-fit run exactly.
+
+    Up to ``side_by_side`` runs go at once, each in its own thread (CPU only: see
+    `loop.cpu_fit_plan`); the runs are independent and summed in index order, so the mean is
+    the same as one after the other with the same threads per run. Progress and previews
+    cover all runs (a preview shows the finished runs' mean with the reporting run's output
+    so far); a cancel returns the mean of the finished runs (or the lowest running run's
+    partial result); ``stats`` adds the runs up, its seconds are the wall time."""
+    started = time.monotonic()
+    lock = threading.Lock()  # the caller's callbacks and the shared sums, one thread at a time
+    failed = threading.Event()  # a run raised: the others stop at their next cancel check
+    fractions = [0.0] * fits
+    finished: dict[int, tuple[np.ndarray, FitStats]] = {}
+
+    def finished_sum() -> np.ndarray | None:
+        parts = [finished[k][0] for k in sorted(finished)]
+        return None if not parts else np.sum(parts, axis=0, dtype=np.float32)
+
+    def run(index: int) -> np.ndarray:
+        if failed.is_set():  # another run failed or was cancelled before this one started
+            raise Cancelled(f"{label}: cancelled", None)
         oriented = tuple(np.ascontiguousarray(grid_symmetry(array, index)) for array in inputs)
-        done = index
 
-        def fit_progress(fraction: float, text: str, done: int = done) -> None:
-            if progress is not None:
-                detail = text.split(": ", 1)[-1]  # the task's own text after its label
-                progress(min(1.0, (done + fraction) / fits), f"{label}: fit {done + 1}/{fits}, {detail}")
+        def fit_progress(fraction: float, text: str) -> None:
+            if progress is None:
+                return
+            detail = text.split(": ", 1)[-1]  # the task's own text after its label
+            with lock:
+                fractions[index] = fraction
+                running = [k + 1 for k in range(fits) if k not in finished and 0 < fractions[k] < 1] or [index + 1]
+                which = "+".join(map(str, running))
+                progress(min(1.0, sum(fractions) / fits), f"{label}: fit {which}/{fits}, {detail}")
 
-        def fit_preview(so_far: np.ndarray, done: int = done) -> None:
+        def fit_preview(so_far: np.ndarray) -> None:
             assert preview is not None
-            upright = grid_symmetry(so_far, done, inverse=True)
-            preview(upright if summed is None else (summed + upright) / (done + 1))
+            upright = grid_symmetry(so_far, index, inverse=True)
+            with lock:
+                summed = finished_sum()
+                preview(upright if summed is None else (summed + upright) / (len(finished) + 1))
+
+        def fit_cancel() -> bool:
+            return failed.is_set() or (cancel_requested is not None and bool(cancel_requested()))
 
         fit_stats = FitStats()
         try:
-            result = fit_one(oriented, seed + index, fit_progress if fits > 1 else progress,
-                             cancel_requested,
-                             None if preview is None else (fit_preview if fits > 1 else preview), fit_stats)
-        except Cancelled as cancelled:
-            if summed is not None:
-                raise Cancelled(cancelled.message, summed / done) from None
-            partial = cancelled.partial
-            raise Cancelled(cancelled.message, np.ascontiguousarray(grid_symmetry(partial, index, inverse=True))
-                            if isinstance(partial, np.ndarray) else None) from None
+            if fits == 1:  # the single-fit run exactly, callbacks untouched
+                result = fit_one(oriented, seed, progress, cancel_requested, preview, fit_stats)
+            else:
+                result = fit_one(oriented, seed + index, fit_progress, fit_cancel,
+                                 None if preview is None else fit_preview, fit_stats)
+        except Cancelled:
+            raise
+        except BaseException:
+            failed.set()
+            raise
         upright = np.asarray(grid_symmetry(result, index, inverse=True), dtype=np.float32)
-        if stats is not None and stats.fit_results is not None:
-            stats.fit_results.append((upright.copy(), fit_stats.seconds))
-        summed = upright.copy() if summed is None else summed + upright
-        total.add(fit_stats)
+        with lock:
+            fractions[index] = 1.0
+            finished[index] = (upright, fit_stats)
+        return upright
+
+    workers = max(1, min(side_by_side, fits))
+    partials: dict[int, Cancelled] = {}
+    errors: list[BaseException] = []
+    if workers == 1:
+        for index in range(fits):
+            try:
+                run(index)
+            except Cancelled as cancelled:
+                partials[index] = cancelled
+                break
+    else:
+        with loop.pinned_cpu_threads(loop.cpu_fit_plan(fits)[1]), \
+                concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="dip-fit") as pool:
+            futures = {pool.submit(run, index): index for index in range(fits)}
+            for future in concurrent.futures.as_completed(futures):
+                if future.cancelled():
+                    continue
+                try:
+                    future.result()
+                except BaseException as exc:  # noqa: BLE001 - re-raised below, after the others stop
+                    if isinstance(exc, Cancelled):
+                        partials[futures[future]] = exc
+                    else:
+                        errors.append(exc)
+                    failed.set()  # the running fits stop at their next cancel check
+                    for waiting in futures:
+                        waiting.cancel()  # and the ones not started never start
+    if errors:
+        raise errors[0]
+    if partials:
+        first = min(partials)
+        message = partials[first].message
+        if finished:
+            raise Cancelled(message, finished_sum() / len(finished)) from None
+        partial = partials[first].partial
+        raise Cancelled(message, np.ascontiguousarray(grid_symmetry(partial, first, inverse=True))
+                        if isinstance(partial, np.ndarray) else None) from None
+    total = FitStats(iterations_run=0, stopped_early=True, result_iteration=0, seconds=0.0, tiles=0)
+    for index in range(fits):
+        total.add(finished[index][1])
     if stats is not None:
+        if stats.fit_results is not None:
+            stats.fit_results.extend((finished[k][0].copy(), finished[k][1].seconds) for k in range(fits))
         stats.__dict__.update({key: value for key, value in total.__dict__.items() if key != "fit_results"},
-                              fits=fits)
+                              fits=fits, side_by_side=workers, seconds=time.monotonic() - started)
+    summed = finished_sum()
     assert summed is not None
     return np.ascontiguousarray(summed / fits, dtype=np.float32)
+
+
+def _fits_side_by_side(fits: int, config: NetConfig, device: torch.device, net_pixels: int,
+                       tiled: bool) -> int:
+    """How many of ``fits`` may run at once: on a CPU, `loop.cpu_fit_plan`'s count as far as
+    the free memory holds that many fits of ``net_pixels``; one at a time on a GPU (one fit
+    already keeps it busy) or when the image is tiled (each tile takes the memory a fit may
+    use)."""
+    if fits <= 1 or device.type != "cpu" or tiled:
+        return 1
+    workers = loop.cpu_fit_plan(fits)[0]
+    free = tiles.free_bytes(device)
+    if free is None:
+        return workers
+    per_fit = tiles.net_bytes_per_pixel(config) * net_pixels
+    return max(1, min(workers, int((free - budget.TORCH_BASE_BYTES) // max(per_fit, 1.0))))
 
 
 def _checked_tile(tile: int | None) -> int | None:
@@ -435,8 +524,12 @@ def _denoise_like(task: Task, label: str, image: np.ndarray, iterations: int | N
         return tiles.fit_tiles(oriented, fit_window, grid, progress=fit_progress, cancel_requested=fit_cancel,
                                preview=fit_preview, stats=fit_stats, label=label)
 
-    return _averaged_fits(fit_image, (image,), fits or settings.fits, seed, label=label, progress=progress,
-                          cancel_requested=cancel_requested, preview=preview, stats=stats)
+    fits = fits or settings.fits
+    net_pixels = settings.net.padded_side(height) * settings.net.padded_side(width)
+    tiled = _tile_grid(settings.net, torch_device, height, width, tile) is not None
+    return _averaged_fits(fit_image, (image,), fits, seed, label=label, progress=progress,
+                          cancel_requested=cancel_requested, preview=preview, stats=stats,
+                          side_by_side=_fits_side_by_side(fits, settings.net, torch_device, net_pixels, tiled))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -536,11 +629,17 @@ def inpaint(
         filled[~hole] = image[~hole]
         return filled
 
+    fits = fits or settings.fits
+    window = _inpaint_window(hole, settings.net)
+    window_height, window_width = window.y1 - window.y0, window.x1 - window.x0
+    side = tiles.tile_side_for(settings.net, torch_device, hole.size, 1, tile)
+    side_by_side = _fits_side_by_side(fits, settings.net, torch_device, window_height * window_width,
+                                      tiled=max(window_height, window_width) > side)
     try:
         return keep_known(_averaged_fits(
-            fit_image, (image, hole), fits or settings.fits, seed, label="DIP inpaint", progress=progress,
+            fit_image, (image, hole), fits, seed, label="DIP inpaint", progress=progress,
             cancel_requested=cancel_requested, preview=None if preview is None else (lambda so_far: preview(keep_known(so_far))),
-            stats=stats))
+            stats=stats, side_by_side=side_by_side))
     except Cancelled as cancelled:
         partial = cancelled.partial
         raise Cancelled(cancelled.message, keep_known(partial) if isinstance(partial, np.ndarray) else None) from None
@@ -676,8 +775,12 @@ def super_resolve(
         return tiles.fit_tiles(oriented, fit_window, grid, scale=scale, base=bicubic, progress=fit_progress,
                                cancel_requested=fit_cancel, preview=fit_preview, stats=fit_stats, label=label)
 
-    return _averaged_fits(fit_image, (image,), fits or settings.fits, seed, label=label, progress=progress,
-                          cancel_requested=cancel_requested, preview=preview, stats=stats)
+    fits = fits or settings.fits
+    net_pixels = _sr_padded_side(height, scale, settings.net) * _sr_padded_side(width, scale, settings.net) * scale ** 2
+    tiled = _tile_grid(settings.net, torch_device, height, width, tile, scale) is not None
+    return _averaged_fits(fit_image, (image,), fits, seed, label=label, progress=progress,
+                          cancel_requested=cancel_requested, preview=preview, stats=stats,
+                          side_by_side=_fits_side_by_side(fits, settings.net, torch_device, net_pixels, tiled))
 
 
 def _super_resolve_window(image: np.ndarray, scale: int, settings: TaskPreset, torch_device: torch.device,
