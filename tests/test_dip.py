@@ -223,7 +223,7 @@ def test_fit_rejects_sizes_outside_the_size_rule() -> None:
 
 def test_progress_increases_and_ends_at_one(f16: np.ndarray) -> None:
     calls: list[tuple[float, str]] = []
-    tasks.denoise(np.ascontiguousarray(f16[:64, :64]), iterations=30, device="cpu",
+    tasks.denoise(np.ascontiguousarray(f16[:64, :64]), iterations=30, device="cpu", fits=1,
                   progress=lambda fraction, text: calls.append((fraction, text)))
     fractions = [fraction for fraction, _ in calls]
     assert fractions[0] == 0.0 and fractions[-1] == 1.0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,8 @@ def test_fits_average_single_runs_on_turned_images_with_successive_seeds() -> No
         singles.append(grid_symmetry(single, index, inverse=True))
     np.testing.assert_allclose(averaged, np.mean(singles, axis=0), rtol=0, atol=1e-6)
     # The first fit is the single-fit run itself; the stats add the three runs up.
-    assert np.array_equal(stats.fit_results[0][0], tasks.denoise(image, iterations=15, seed=7, device="cpu"))
+    assert np.array_equal(stats.fit_results[0][0], tasks.denoise(image, iterations=15, seed=7, device="cpu",
+                                                                 preset="fast"))
     assert (stats.fits, stats.iterations_run, len(stats.fit_results)) == (3, 45, 3)
 
 
@@ -79,7 +81,7 @@ def test_inpaint_and_super_resolve_with_fits() -> None:
     assert np.array_equal(filled[~hole], image[~hole])  # bit for bit, even through a mean
     texts: list[str] = []
     with pytest.raises(Cancelled) as raised:
-        tasks.inpaint(image, hole, iterations=10, fits=3, device="cpu",
+        tasks.inpaint(image, hole, iterations=300, fits=3, device="cpu",
                       progress=lambda fraction, text: texts.append(text),
                       cancel_requested=lambda: any("3/3" in text for text in texts))
     assert np.array_equal(raised.value.partial[~hole], image[~hole])
@@ -133,10 +135,26 @@ def test_fits_side_by_side_give_the_same_mean_as_one_after_the_other(monkeypatch
         assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
         assert stats.fits == 3 and stats.iterations_run == 45
         assert stats.side_by_side == (2 if mode == "side by side" else 1)
-        if mode == "side by side":
-            assert any("fit 1+2/3" in text for _, text in messages)  # both reported while running
     for one, other in zip(runs["one at a time"], runs["side by side"]):
         assert np.array_equal(one, other)
+
+
+def test_progress_names_the_fits_running_side_by_side() -> None:
+    both_halfway = threading.Barrier(2)
+    texts: list[str] = []
+
+    def fit_one(inputs, seed, progress, cancel_requested, preview, stats):
+        progress(0.5, "t: halfway")
+        both_halfway.wait(timeout=30)
+        progress(0.75, "t: later")
+        both_halfway.wait(timeout=30)
+        return np.full_like(inputs[0], float(seed))
+
+    image = np.zeros((4, 4, 3), np.float32)
+    mean = tasks._averaged_fits(fit_one, (image,), 2, 0, label="t", progress=lambda f, text: texts.append(text),
+                                cancel_requested=None, preview=None, stats=None, side_by_side=2)
+    assert np.array_equal(mean, np.full_like(image, 0.5))
+    assert "t: fit 1+2/2, later" in texts
 
 
 def test_fits_side_by_side_cancel_and_failure(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -201,6 +219,32 @@ def test_cpu_fit_plan_shares_the_cores_out(monkeypatch: pytest.MonkeyPatch) -> N
         assert loop.cpu_fit_plan(fits) == (plan or (1, loop.cpu_threads_for_fit()))
     monkeypatch.setattr(loop, "available_cpu_threads", lambda: 8)
     assert loop.cpu_fit_plan(1) == (1, loop.cpu_threads_for_fit())
+
+
+def test_auto_on_a_cpu_adds_a_fit_on_the_core_one_fit_leaves_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    for cores, single_fit_threads, expected in ((2, 1, 2), (4, 3, 1), (8, 7, 1), (1, 1, 1), (8, 4, 2)):
+        monkeypatch.setattr(loop, "available_cpu_threads", lambda cores=cores: cores)
+        monkeypatch.setattr(loop, "cpu_threads_for_fit", lambda threads=single_fit_threads: threads)
+        assert loop.spare_core_fits() == expected, (cores, single_fit_threads)
+    # A 2-core machine: auto = fast with two fits side by side (if memory allows, untiled).
+    monkeypatch.setattr(loop, "spare_core_fits", lambda: 2)
+    _side_by_side(monkeypatch, 2)
+    cpu, fast = torch.device("cpu"), presets.FAST["denoise"]
+    assert tasks._fit_count(None, "auto", fast, cpu, 64 * 64, tiled=False) == 2
+    assert tasks._fit_count(None, "fast", fast, cpu, 64 * 64, tiled=False) == 1
+    assert tasks._fit_count(3, "auto", fast, cpu, 64 * 64, tiled=False) == 3  # asked for
+    assert tasks._fit_count(None, "auto", fast, cpu, 64 * 64, tiled=True) == 1
+    assert tasks._fit_count(None, "auto", presets.QUALITY["denoise"], torch.device("cuda"), 64 * 64, False) == 1
+    stats = FitStats()
+    image = _smooth_image(24, 24)
+    auto = tasks.denoise(image, iterations=6, seed=1, device="cpu", stats=stats)
+    assert stats.fits == 2 and stats.side_by_side == 2
+    assert np.array_equal(auto, tasks.denoise(image, iterations=6, seed=1, device="cpu", preset="fast", fits=2))
+    # Its estimate: one round of two one-thread fits, i.e. one (one-thread) fit's time.
+    monkeypatch.setattr(loop, "cpu_threads_for_fit", lambda: 1)
+    assert presets.estimate_seconds("denoise", "auto", "cpu", 300, 256, 256) == pytest.approx(
+        presets.estimate_seconds("denoise", "fast", "cpu", 300, 256, 256), rel=0.01)
 
 
 def test_quality_on_a_cpu_is_fast_with_four_fits(monkeypatch: pytest.MonkeyPatch) -> None:

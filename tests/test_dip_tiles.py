@@ -74,9 +74,10 @@ def test_tiled_denoise_is_the_blend_of_per_tile_fits_and_deterministic() -> None
     tiled = tasks.denoise(image, iterations=3, seed=5, device="cpu", tile=64, stats=stats)
     grid = tiles.plan(100, 150, 64)
     assert stats.tiles == grid.count and stats.iterations_run == 3 * grid.count
-    # Each tile is the untiled task (the one loop) on that tile, same seed.
+    # Each tile is the untiled task (the one loop) on that tile, same seed, one fit (``auto``
+    # fits a tiled image once; an untiled one on a 2-core CPU twice, side by side).
     per_tile = {(y, x): tasks.denoise(np.ascontiguousarray(image[y:y + 64, x:x + 64]), iterations=3, seed=5,
-                                      device="cpu") for y, x in grid.boxes()}
+                                      device="cpu", fits=1) for y, x in grid.boxes()}
     np.testing.assert_allclose(tiled, _blend_by_hand(image, grid, per_tile), atol=2e-6)
     again = tasks.denoise(image, iterations=3, seed=5, device="cpu", tile=64)
     assert np.array_equal(tiled, again)

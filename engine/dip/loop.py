@@ -87,6 +87,15 @@ def cpu_fit_plan(fits: int) -> tuple[int, int]:
     return side_by_side, max(1, cores // side_by_side)
 
 
+def spare_core_fits() -> int:
+    """Fits of ``auto`` on a CPU: 2 when one fit leaves at least as many cores idle as it
+    uses — a second fit then runs beside it at no cost in time (a 2-core machine: one fit runs
+    on one core, see `cpu_threads_for_fit`) — else 1."""
+    cores = torch.get_num_threads() if os.environ.get("OMP_NUM_THREADS") else available_cpu_threads()
+    threads = cpu_threads_for_fit()
+    return 2 if cores - threads >= threads else 1
+
+
 # Set while fits run side by side (`pinned_cpu_threads`): their runs leave the thread count alone.
 _pinned_threads: int | None = None
 # Net initialisation reseeds torch's global generator (inside fork_rng): fits running side by

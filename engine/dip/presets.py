@@ -322,7 +322,12 @@ def estimate_seconds(task: Task, preset: str, device: str, iterations: int | Non
         grid = tiles.plan(height, width, side)
         count_of_tiles, height, width = grid.count, grid.tile_height, grid.tile_width
     pixels = settings.net.padded_side(height) * settings.net.padded_side(width)
-    fits = settings.fits if fits is None else fits
+    if fits is None:
+        fits = settings.fits
+        if preset == "auto" and torch_device.type == "cpu" and fits == 1 and count_of_tiles == 1:
+            from .loop import spare_core_fits
+
+            fits = spare_core_fits()  # as `tasks._fit_count`
     # On a CPU an untiled image's fits run side by side (`tasks._fits_side_by_side`; memory
     # permitting, which this leaves out): rounds of them, each fit on its share of threads.
     rounds, threads = fits, None
