@@ -296,8 +296,9 @@ def _decompose(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any
 
 # Shared by the single-image DIP ops and Upscale's dip method.
 _FITS_PARAM = Param("fits", int, 0, "independent fits averaged, each a whole run (another seed, the image "
-                    "mirrored or turned): cleaner, and that many times slower; 0 = the preset's (4 for "
-                    "quality on a CPU, else 1)", minimum=0, maximum=16)
+                    "mirrored or turned): cleaner; on a CPU they run side by side, one per core, else "
+                    "that many times slower; 0 = the preset's (4 for quality on a CPU; auto on a 2-core "
+                    "CPU 2, else 1)", minimum=0, maximum=16)
 
 _DIP_PARAMS = (
     Param("iterations", int, 0, "optimisation steps; 0 = automatic (stops when the result has "
