@@ -147,18 +147,44 @@ def export_with_card(model: nn.Module, kind: str, out: Path, card: dict[str, Any
     return card
 
 
+def with_initial_card(card: dict[str, Any], initial: dict[str, Any], source: str) -> dict[str, Any]:
+    """``card`` extended with the history of the weights its training started from: their
+    commands before this training's, their steps added to ``steps_including_initial_weights``
+    and their validation history as ``history_of_initial_weights``."""
+    card = copy.deepcopy(card)
+    commands = list(card.get("commands", []))
+    marker = next((i for i, c in enumerate(commands) if c.startswith("# then, initialised from")), None)
+    mine = commands[marker:] if marker is not None else [f"# then, initialised from {source}:", *commands]
+    card["commands"] = [*initial.get("commands", []), *mine]
+    weights = commands[marker].removeprefix("# then, initialised from ").rstrip(":") if marker is not None else None
+    card["initialised_from"] = card.get("initialised_from") or weights or source
+    card["initial_card"] = source
+    initial_steps = initial.get("training", {}).get("steps_including_initial_weights",
+                                                    initial.get("training", {}).get("steps", 0))
+    training = card.setdefault("training", {})
+    training["steps_including_initial_weights"] = int(initial_steps) + int(training.get("steps", 0))
+    card.setdefault("validation", {})["history_of_initial_weights"] = initial.get("validation", {}).get("history", [])
+    return card
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m onnx_export.export", description=__doc__.split("\n")[0])
     p.add_argument("checkpoint", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True, help="model.onnx (card: model.json)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
+    p.add_argument("--initial-card", type=Path,
+                   help="the card of the weights training started from (--init-from a slim checkpoint, "
+                        "which keeps no history): its commands, steps and validation go into this card")
     args = p.parse_args(argv)
     model, state = load_checkpoint(args.checkpoint)
     training_card_file = args.checkpoint.with_suffix(".json")
     card = json.loads(training_card_file.read_text(encoding="utf-8")) if training_card_file.exists() else {}
     card["name"] = args.output.stem
     card["source_checkpoint"] = {"file": args.checkpoint.name, "step": state.get("step")}
+    if args.initial_card is not None:
+        card = with_initial_card(card, json.loads(args.initial_card.read_text(encoding="utf-8")),
+                                 str(args.initial_card))
     try:
         card = export_with_card(model, state["kind"], args.output, card, args.opset, args.tolerance)
     except AssertionError as exc:

@@ -389,6 +389,31 @@ def test_training_smoke_checkpoint_card_resume(tmp_path: Path, tiny_images: Path
     assert exported_card["export"]["parity"]["max_abs_diff"] < PARITY_TOL
 
 
+def test_export_keeps_the_history_of_slim_initial_weights(tmp_path: Path, tiny_images: Path) -> None:
+    """The shipped checkpoints keep only weights: a run started from one gets their story
+    from their card (``--initial-card``)."""
+    from onnx_export import export, train
+
+    first = tmp_path / "first.pt"
+    arch = ["--model", "rdn", "--scale", "2", "--data", str(tiny_images), "--batch", "2", "--patch", "8",
+            "--val-every", "1", "--C", "1", "--D", "2", "--G", "4", "--G0", "8", "--threads", "1"]
+    assert train.main([*arch, "--out", str(first), "--steps", "2"]) == 0
+    assert export.main([str(first), "-o", str(tmp_path / "shipped" / "rdn_x2.onnx")]) == 0
+    shipped_card = json.loads((tmp_path / "shipped" / "rdn_x2.json").read_text())
+    slim = tmp_path / "slim.pt"
+    torch.save({"model": torch.load(first, weights_only=True)["model"]}, slim)
+    more = tmp_path / "more.pt"
+    assert train.main([*arch, "--out", str(more), "--steps", "3", "--init-from", str(slim)]) == 0
+    out = tmp_path / "new" / "rdn_x2.onnx"
+    assert export.main([str(more), "-o", str(out), "--initial-card", str(tmp_path / "shipped" / "rdn_x2.json")]) == 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["commands"][0] == shipped_card["commands"][0]
+    assert card["commands"][1] == f"# then, initialised from {slim}:" and "--init-from" in card["commands"][2]
+    assert len(card["commands"]) == 3 and card["initialised_from"] == str(slim)
+    assert card["training"]["steps_including_initial_weights"] == 2 + 3
+    assert card["validation"]["history_of_initial_weights"] == shipped_card["validation"]["history"]
+
+
 def test_training_smoke_unet_with_patchgan(tmp_path: Path, tiny_images: Path) -> None:
     from onnx_export import train
 
