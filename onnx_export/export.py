@@ -158,7 +158,8 @@ def with_initial_card(card: dict[str, Any], initial: dict[str, Any], source: str
     card["commands"] = [*initial.get("commands", []), *mine]
     weights = commands[marker].removeprefix("# then, initialised from ").rstrip(":") if marker is not None else None
     card["initialised_from"] = card.get("initialised_from") or weights or source
-    card["initial_card"] = source
+    # The earlier card may be overwritten by this one (same name): name its model by hash.
+    card["initial_card"] = {"file": source, "onnx_sha256": initial.get("export", {}).get("sha256")}
     initial_steps = initial.get("training", {}).get("steps_including_initial_weights",
                                                     initial.get("training", {}).get("steps", 0))
     training = card.setdefault("training", {})
