@@ -305,7 +305,8 @@ def estimate_seconds(task: Task, preset: str, device: str, iterations: int | Non
     pass the output size). With ``iterations`` None the preset's expected count is used.
     An image larger than a tile (`tiles.tile_side_for`, from the free memory) costs one run
     per tile (for super-resolution the tiles are approximated at output resolution), and
-    each of ``fits`` (None = the preset's) costs a whole run.
+    ``fits`` (None = the preset's, for ``auto`` on a CPU as `tasks._fit_count` counts them)
+    cost a whole run each, or on a CPU one per round of fits side by side.
     """
     try:
         from .tasks import resolve_device
