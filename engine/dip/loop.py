@@ -71,6 +71,11 @@ def cpu_threads_for_fit() -> int:
     return max(1, min(torch.get_num_threads(), available_cpu_threads() - 1))
 
 
+def _cpu_cores() -> int:
+    """Cores fits may share: all usable, or OMP_NUM_THREADS (torch follows it) when set."""
+    return torch.get_num_threads() if os.environ.get("OMP_NUM_THREADS") else available_cpu_threads()
+
+
 def cpu_fit_plan(fits: int) -> tuple[int, int]:
     """(fits run side by side, intra-op threads of each) for ``fits`` independent CPU fits.
 
@@ -80,7 +85,7 @@ def cpu_fit_plan(fits: int) -> tuple[int, int]:
     2.68 s against 5.74 s one after the other on the 2-core machine. The cores (capped by
     OMP_NUM_THREADS when set) are shared out evenly; a single fit keeps `cpu_threads_for_fit`.
     """
-    cores = torch.get_num_threads() if os.environ.get("OMP_NUM_THREADS") else available_cpu_threads()
+    cores = _cpu_cores()
     side_by_side = max(1, min(fits, cores))
     if side_by_side == 1:
         return 1, cpu_threads_for_fit()
@@ -91,7 +96,7 @@ def spare_core_fits() -> int:
     """Fits of ``auto`` on a CPU: 2 when one fit leaves at least as many cores idle as it
     uses — a second fit then runs beside it at no cost in time (a 2-core machine: one fit runs
     on one core, see `cpu_threads_for_fit`) — else 1."""
-    cores = torch.get_num_threads() if os.environ.get("OMP_NUM_THREADS") else available_cpu_threads()
+    cores = _cpu_cores()
     threads = cpu_threads_for_fit()
     return 2 if cores - threads >= threads else 1
 
