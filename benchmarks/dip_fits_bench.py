@@ -70,6 +70,7 @@ def main() -> int:
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
     report: dict = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "commit": commit,
+                    "device": "cpu",
                     "machine": {"platform": platform.platform(), "cpus_usable": len(os.sched_getaffinity(0))},
                     "command": " ".join([Path(sys.executable).name, *sys.argv]),
                     "task": f"denoise F16 σ=25, preset fast, {args.fits} fits × {args.iterations} iterations",

@@ -43,6 +43,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,20 +85,15 @@ def parse_set(text: str) -> tuple[str, Path]:
     return name, path
 
 
-def by_folder(rows: list[dict[str, Any]], fields: dict[str, str]) -> dict[str, Any]:
-    """Means of ``fields`` (report key → row key, or "a-b" for a difference) per source folder,
-    when the rows (the held-out split's) come from several training folders."""
+def by_folder(rows: list[dict[str, Any]], fields: dict[str, Callable[[dict[str, Any]], float]]) -> dict[str, Any]:
+    """Means of ``fields`` (report key → value of a row) per source folder, when the rows
+    (the held-out split's) come from several training folders."""
     folders = sorted({r["folder"] for r in rows})
     if len(folders) < 2:
         return {}
-
-    def value(row: dict[str, Any], key: str) -> float:
-        a, _, b = key.partition("-")
-        return row[a] - row[b] if b else row[a]
-
     return {"by_folder": {folder: {"images": sum(r["folder"] == folder for r in rows),
-                                   **{out: mean([value(r, key) for r in rows if r["folder"] == folder])
-                                      for out, key in fields.items()}}
+                                   **{out: mean([value(r) for r in rows if r["folder"] == folder])
+                                      for out, value in fields.items()}}
                           for folder in folders}}
 
 
@@ -142,9 +138,10 @@ def bench_upscale(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
                 "gain_db": mean([r["net"] - r["bicubic"] for r in rows]),
                 "gain_8_passes_db": mean([r["net_8_passes"] - r["bicubic"] for r in rows]),
                 "seconds": round(seconds, 2), "seconds_8_passes": round(seconds8, 2),
-                **by_folder(rows if set_name == SPLIT_SET else [], {"y_psnr_net": "net", "y_psnr_net_8_passes": "net_8_passes",
-                                   "y_psnr_bicubic": "bicubic", "gain_db": "net-bicubic",
-                                   "gain_8_passes_db": "net_8_passes-bicubic"}),
+                **by_folder(rows if set_name == SPLIT_SET else [], {
+                    "y_psnr_net": lambda r: r["net"], "y_psnr_net_8_passes": lambda r: r["net_8_passes"],
+                    "y_psnr_bicubic": lambda r: r["bicubic"], "gain_db": lambda r: r["net"] - r["bicubic"],
+                    "gain_8_passes_db": lambda r: r["net_8_passes"] - r["bicubic"]}),
                 "per_image": rows,
             }
     return report
@@ -209,9 +206,10 @@ def bench_sharpen(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
                 "psnr_net_8_passes": mean([r["net_8_passes"] for r in rows]),
                 "gain_8_passes_over_blurred_db": mean([r["net_8_passes"] - r["blurred"] for r in rows]),
                 "gain_8_passes_over_unsharp_mask_db": mean([r["net_8_passes"] - r["best_unsharp_mask"] for r in rows]),
-                **by_folder(rows if set_name == SPLIT_SET else [], {"gain_over_blurred_db": "net-blurred",
-                                   "gain_over_unsharp_mask_db": "net-best_unsharp_mask",
-                                   "gain_8_passes_over_blurred_db": "net_8_passes-blurred"}),
+                **by_folder(rows if set_name == SPLIT_SET else [], {
+                    "gain_over_blurred_db": lambda r: r["net"] - r["blurred"],
+                    "gain_over_unsharp_mask_db": lambda r: r["net"] - r["best_unsharp_mask"],
+                    "gain_8_passes_over_blurred_db": lambda r: r["net_8_passes"] - r["blurred"]}),
                 "per_image": rows,
             }
     return report
@@ -360,6 +358,9 @@ def main() -> int:
     sets = image_sets(args.max_images, dict(args.extra_sets))
     report: dict[str, Any] = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                 text=True).stdout.strip(),
+        "device": "cpu (ONNX Runtime CPU provider)",
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "cpus_usable": len(os.sched_getaffinity(0))},
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
