@@ -59,7 +59,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 DATA = REPO.parent / "shared" / "data" / "dip"
 
-from engine.dip import loop, nets, presets, tasks, tiles  # noqa: E402
+from engine.dip import nets, presets, tasks, tiles  # noqa: E402
 from engine.dip.loop import FitStats  # noqa: E402
 
 # Nets projected, not run, on a CPU (unless --full-cpu): the paper-sized ones.
@@ -112,9 +112,10 @@ def bench_presets(run: Runner, score: Scorer, task: presets.Task, pixels: int, a
     names.sort(key=lambda name: -presets.task_preset(name, task, device, pixels).fits)
     for name in names:
         resolved = presets.choose_preset(name, device, pixels)
-        # auto on a CPU may add a fit beside the first (`loop.spare_core_fits`): then it is
+        # auto on a CPU may add a fit beside the first (`presets.preset_fits`): then it is
         # not its resolved preset and runs itself.
-        auto_fits = loop.spare_core_fits() if name == "auto" and device.type == "cpu" else 1
+        auto_fits = (presets.preset_fits(name, presets.preset_table(resolved, device)[task], device)
+                     if name == "auto" else 1)
         if name == "auto" and resolved in entries and auto_fits == 1:
             entries["auto"] = {"same_as": resolved}
             continue

@@ -254,6 +254,18 @@ def task_preset(preset: str, task: Task, device: torch.device, pixels: int) -> T
     return preset_table(choose_preset(preset, device, pixels), device)[task]
 
 
+def preset_fits(preset: str, settings: TaskPreset, device: torch.device) -> int:
+    """Fits a run of ``preset`` averages when the caller asks for none: the preset's, and for
+    ``auto`` on a CPU the ones that run beside the first on cores it would leave idle
+    (`loop.spare_core_fits`). Tiled images fit once, and a run may lower the count to what
+    its memory holds side by side (`tasks._fit_count`)."""
+    if preset == "auto" and device.type == "cpu" and settings.fits == 1:
+        from .loop import spare_core_fits
+
+        return spare_core_fits()
+    return settings.fits
+
+
 # ---------------------------------------------------------------------------------------------
 # Time estimates (shown in the dialog before a run)
 
@@ -324,11 +336,7 @@ def estimate_seconds(task: Task, preset: str, device: str, iterations: int | Non
         count_of_tiles, height, width = grid.count, grid.tile_height, grid.tile_width
     pixels = settings.net.padded_side(height) * settings.net.padded_side(width)
     if fits is None:
-        fits = settings.fits
-        if preset == "auto" and torch_device.type == "cpu" and fits == 1 and count_of_tiles == 1:
-            from .loop import spare_core_fits
-
-            fits = spare_core_fits()  # as `tasks._fit_count`
+        fits = preset_fits(preset, settings, torch_device) if count_of_tiles == 1 else settings.fits
     # On a CPU an untiled image's fits run side by side (`tasks._fits_side_by_side`; memory
     # permitting, which this leaves out): rounds of them, each fit on its share of threads.
     rounds, threads = fits, None

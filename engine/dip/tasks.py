@@ -33,7 +33,7 @@ from engine.symmetry import grid_symmetry
 from . import loop, tiles
 from .loop import CancelCallback, FitStats, Objective, ProgressCallback, fit
 from .nets import NetConfig
-from .presets import PRESET_NAMES, Task, TaskPreset, task_preset
+from .presets import PRESET_NAMES, Task, TaskPreset, preset_fits, task_preset
 
 # Smaller images carry too little structure for the prior, and reflection padding them up to
 # the net's minimum size would mostly invent content.
@@ -437,14 +437,14 @@ def _averaged_fits(fit_one: SingleFit, inputs: tuple[np.ndarray, ...], fits: int
 
 def _fit_count(requested: int | None, preset: str, settings: TaskPreset, device: torch.device,
                net_pixels: int, tiled: bool) -> int:
-    """``requested``, else the preset's fits; ``auto`` on a CPU adds the fits that run beside
-    the first on cores it would leave idle (`loop.spare_core_fits`, if they can truly run side
-    by side here: `_fits_side_by_side`): about one fit's time, a cleaner mean."""
+    """``requested``, else `presets.preset_fits`; the fits ``auto`` adds on a CPU only as far
+    as they truly run side by side here (`_fits_side_by_side`): about one fit's time."""
     if requested is not None:
         return requested
-    if preset == "auto" and device.type == "cpu" and settings.fits == 1:
-        return _fits_side_by_side(loop.spare_core_fits(), settings.net, device, net_pixels, tiled)
-    return settings.fits
+    fits = preset_fits(preset, settings, device)
+    if fits > settings.fits:
+        return max(settings.fits, _fits_side_by_side(fits, settings.net, device, net_pixels, tiled))
+    return fits
 
 
 def _fits_side_by_side(fits: int, config: NetConfig, device: torch.device, net_pixels: int,
