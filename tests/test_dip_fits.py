@@ -157,6 +157,32 @@ def test_progress_names_the_fits_running_side_by_side() -> None:
     assert "t: fit 1+2/2, later" in texts
 
 
+def test_a_fits_last_message_names_that_fit_while_another_runs() -> None:
+    # Fit 2 stops first: its "stopped" line must not be labelled with fit 1, which runs on.
+    second_done = threading.Event()
+    texts: list[str] = []
+
+    def fit_one(inputs, seed, progress, cancel_requested, preview, stats):
+        if seed == 1:
+            progress(0.4, "t: iteration 10")
+            progress(1.0, "t: settled, stopped after 20 iterations")
+            second_done.set()
+        else:
+            progress(0.4, "t: iteration 10")
+            assert second_done.wait(timeout=30)
+            progress(0.8, "t: iteration 30")
+            progress(1.0, "t: settled, stopped after 40 iterations")
+        return np.full_like(inputs[0], float(seed))
+
+    image = np.zeros((4, 4, 3), np.float32)
+    tasks._averaged_fits(fit_one, (image,), 2, 0, label="t", progress=lambda f, text: texts.append(text),
+                         cancel_requested=None, preview=None, stats=None, side_by_side=2)
+    assert "t: fit 2/2, settled, stopped after 20 iterations" in texts
+    assert "t: fit 1/2, iteration 30" in texts
+    assert "t: fit 1/2, settled, stopped after 40 iterations" in texts
+    assert not any("fit 1/2, settled, stopped after 20" in text for text in texts)
+
+
 def test_fits_side_by_side_cancel_and_failure(monkeypatch: pytest.MonkeyPatch) -> None:
     _side_by_side(monkeypatch)
     image = _smooth_image(32, 32)

@@ -353,8 +353,11 @@ def _averaged_fits(fit_one: SingleFit, inputs: tuple[np.ndarray, ...], fits: int
             detail = text.split(": ", 1)[-1]  # the task's own text after its label
             with lock:
                 fractions[index] = fraction
-                running = [k + 1 for k in range(fits) if k not in finished and 0 < fractions[k] < 1] or [index + 1]
-                which = "+".join(map(str, running))
+                if fraction >= 1.0:  # this fit's own last word ("settled, stopped after …")
+                    which = str(index + 1)
+                else:
+                    running = {k + 1 for k in range(fits) if k not in finished and 0 < fractions[k] < 1}
+                    which = "+".join(map(str, sorted(running | {index + 1})))
                 progress(min(1.0, sum(fractions) / fits), f"{label}: fit {which}/{fits}, {detail}")
 
         def fit_preview(so_far: np.ndarray) -> None:
