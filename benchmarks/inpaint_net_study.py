@@ -38,6 +38,12 @@ NETS: dict[str, nets.NetConfig] = {
     "library6": nets.NetConfig(channels_down=(16, 32, 64, 128, 128, 128), channels_up=(16, 32, 64, 128, 128, 128),
                                channels_skip=(0,) * 6, kernel_down=5, upsample_mode="nearest",
                                extra_1x1_up=False),
+    # Scattered holes (missing pixels): bilinear upsampling, a smoother prior. The authors'
+    # restoration net for kate (supplement fig. 14): no skips, 16–128 channels.
+    "noskip5_bilinear": nets.NetConfig(channels_down=(16, 32, 64, 128, 128), channels_up=(16, 32, 64, 128, 128),
+                                       channels_skip=(0,) * 5, upsample_mode="bilinear"),
+    # Denoising's light net (4-channel skips, bilinear).
+    "denoise_light": nets.LIGHT_DENOISE,
 }
 # Variants that also change preset fields: name -> (net, TaskPreset overrides).
 VARIANTS: dict[str, tuple[str, dict]] = {
