@@ -200,7 +200,8 @@ FAST: dict[Task, TaskPreset] = {
     # rounding keeps the average moving, so the rule's plateau comes late.
     # The paper's input perturbation (1/30) is also what the stopping rule is tuned with: on a
     # smooth Berkeley photo (135069, 128², σ=25, one fit, automatic stop) 1/30 gave 33.65 dB,
-    # 1/60 31.67, 1/15 30.78, 1/10 30.42, none 28.13 (stopped at 775 its).
+    # 1/60 31.67, 1/15 30.78, 1/10 30.42, none 28.13 (stopped at 775 its;
+    # `benchmarks/denoise_setting_study.py 135069 --size 128 --reg-noise 0.0333,0.0667,0.1,0.0167,0`).
     "denoise": TaskPreset(FAST_DENOISE, 0.01, 1.0 / 30.0, 0.99, 22.0, MIN_ITERATIONS, 6000,
                           AUTO_STOP, expected_per_side=14.0),
     # Inpainting stops once the hole has settled (INPAINT_STOP). JPEG's whole-window
