@@ -14,7 +14,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,11 +28,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--reg-noise", default="0.0333,0.0667")
     args = parser.parse_args()
-    path = (dip_bench.DATA / "denoising" / "F16_GT.png" if args.image == "F16"
-            else dip_bench.REPO.parent / "shared" / "data" / "train" / "bsd200" / f"{args.image}.png")
-    clean = dip_bench.centre_crop(dip_bench.load_rgb(path), args.size)
-    sigma = 25 / 255
-    noisy = np.clip(clean + np.random.default_rng(0).normal(0, sigma, clean.shape), 0, 1).astype(np.float32)
+    clean, noisy = dip_bench.denoise_case(args.image, args.size)  # the benchmark's own case
     original = presets.FAST["denoise"]
     try:
         for reg in (float(v) for v in args.reg_noise.split(",")):

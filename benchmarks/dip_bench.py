@@ -154,17 +154,26 @@ def bench_presets(run: Runner, score: Scorer, task: presets.Task, pixels: int, a
     return entries
 
 
+DENOISE_SIGMA = 25 / 255
+
+
+def denoise_case(name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(clean, noisy): a ``size``² centre crop of F16 or of a Berkeley photo in bsd200, with
+    Gaussian noise σ=25 (numpy seed 0)."""
+    path = (DATA / "denoising" / "F16_GT.png" if name == "F16"
+            else REPO.parent / "shared" / "data" / "train" / "bsd200" / f"{name}.png")
+    clean = centre_crop(load_rgb(path), size)
+    noise = np.random.default_rng(0).normal(0, DENOISE_SIGMA, clean.shape)
+    return clean, np.clip(clean + noise, 0, 1).astype(np.float32)
+
+
 def bench_denoise(name: str, args) -> dict:
     import bm3d
 
-    path = (DATA / "denoising" / "F16_GT.png" if name == "F16"
-            else REPO.parent / "shared" / "data" / "train" / "bsd200" / f"{name}.png")
-    clean = centre_crop(load_rgb(path), args.size)
-    sigma = 25 / 255
-    noisy = np.clip(clean + np.random.default_rng(0).normal(0, sigma, clean.shape), 0, 1).astype(np.float32)
+    clean, noisy = denoise_case(name, args.size)
     result = {"image": f"{name} centre {clean.shape[1]}x{clean.shape[0]}, sigma 25",
               "noisy_psnr": psnr(noisy, clean)}
-    out, seconds = timed(lambda: bm3d.bm3d_rgb(noisy, sigma))
+    out, seconds = timed(lambda: bm3d.bm3d_rgb(noisy, DENOISE_SIGMA))
     result["cbm3d"] = {"psnr": psnr(out, clean), "seconds": seconds}
     result.update(bench_presets(
         lambda preset, iterations, stats: tasks.denoise(noisy, iterations=iterations, device=args.device,
@@ -312,9 +321,7 @@ def bench_gpu_target(args) -> dict:
 
     from engine.dip import loop
 
-    clean = centre_crop(load_rgb(DATA / "denoising" / "F16_GT.png"), args.size)
-    sigma = 25 / 255
-    noisy = np.clip(clean + np.random.default_rng(0).normal(0, sigma, clean.shape), 0, 1).astype(np.float32)
+    clean, noisy = denoise_case("F16", args.size)
 
     def run(preset: str, overrides: dict, iterations: int | None = None) -> tuple[dict, list[tuple[float, float]]]:
         original = presets.PRESETS[preset]["denoise"]

@@ -107,14 +107,20 @@ def make_inpaint(rel) -> dict:
             "hole_fraction": round(float(hole.mean()), 3)}
 
 
+def to_float(pixels: np.ndarray) -> np.ndarray:
+    return np.asarray(pixels, dtype=np.float32) / 255.0
+
+
+def to_u8(values: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(values * 255.0), 0, 255).astype(np.uint8)
+
 
 def make_upscale(rel) -> dict:
     # Upscale ×4: a 192×192 crop of the DIP paper's zebra (never trained on), reduced to 48×48
     # the way the benchmark does (antialiased bicubic), enlarged again by bicubic and by the net.
     scale = 4
     truth = np.asarray(Image.open(DATA / "sr" / "zebra_GT.png").convert("RGB"))[150:342, 380:572]
-    small = degrade.bicubic_downscale(truth.astype(np.float32) / 255.0, scale)
-    small8 = np.clip(np.round(small * 255.0), 0, 255).astype(np.uint8)
+    small8 = to_u8(degrade.bicubic_downscale(to_float(truth), scale))
     Image.fromarray(truth).save(HERE / "zebra-original.png")
     Image.fromarray(small8).save(HERE / "zebra-small.png")
     size = (truth.shape[1], truth.shape[0])
@@ -126,19 +132,17 @@ def make_upscale(rel) -> dict:
     upscaled = np.asarray(Image.open(HERE / "zebra-upscaled.png").convert("RGB"))
     side_by_side([HERE / "zebra-small-zoomed.png", HERE / "zebra-bicubic.png", HERE / "zebra-upscaled.png",
                   HERE / "zebra-original.png"], HERE / "upscale-before-after.png")
-    as_float = lambda a: np.asarray(a, dtype=np.float32) / 255.0  # noqa: E731
     return {"command": command, "seconds": seconds,
             "image": "zebra_GT.png (DIP paper) crop [150:342, 380:572], antialiased bicubic ÷4 (48×48)",
-            "y_psnr_bicubic": round(y_psnr(as_float(bicubic), as_float(truth), scale, y_only=True), 2),
-            "y_psnr_upscaled": round(y_psnr(as_float(upscaled), as_float(truth), scale, y_only=True), 2)}
+            "y_psnr_bicubic": round(y_psnr(to_float(bicubic), to_float(truth), scale, y_only=True), 2),
+            "y_psnr_upscaled": round(y_psnr(to_float(upscaled), to_float(truth), scale, y_only=True), 2)}
 
 
 def make_sharpen(rel) -> dict:
     # Sharpen: a 192×192 crop of the DIP paper's library photo (never trained on) under a
     # Gaussian blur of σ = 1.6, the benchmark's first case.
     truth = np.asarray(Image.open(DATA / "inpainting" / "library.png").convert("RGB"))[100:292, 280:472]
-    blurred = degrade.gaussian_blur(truth.astype(np.float32) / 255.0, 1.6)
-    blurred8 = np.clip(np.round(blurred * 255.0), 0, 255).astype(np.uint8)
+    blurred8 = to_u8(degrade.gaussian_blur(to_float(truth), 1.6))
     Image.fromarray(truth).save(HERE / "library-original.png")
     Image.fromarray(blurred8).save(HERE / "library-blurred.png")
     command, seconds = run("sharpen", rel(HERE / "library-blurred.png"), "-o", rel(HERE / "library-sharpened.png"))
