@@ -4,7 +4,9 @@
         --steps 200000 --batch 16 --patch 48 [--resume] [--C 4 --D 8 --G 32 --G0 64]
     python -m onnx_export.train --model unet --data DIR... --out ckpt/sharpen.pt --steps N \
         --batch 8 --patch 96 [--base 32 --depth 4] [--gan-weight 0.005] [--noise-prob 0.5 --jpeg-prob 0.3]
-    ... [--init-from CHECKPOINT]   start from another checkpoint's weights (its commands go in the card)
+    ... [--init-from CHECKPOINT]   start from another checkpoint's weights (its commands go in the card);
+                                   an RDN with more blocks (--D) than the checkpoint's starts as
+                                   the checkpoint's net, the added blocks passing their input on
 
 ``--steps`` is the total: with ``--resume`` an existing checkpoint is continued up to it (the
 architecture then comes from the checkpoint; architecture flags, if given, must agree).
@@ -36,6 +38,7 @@ from torch.nn import functional as F
 from .data import PatchData, psnr
 from . import degrade
 from .degrade import bicubic_upscale
+from .models.rdn import deepen_state
 from .models import TASKS, PatchDiscriminator, build_model, model_params, runtime_facts
 
 CHECKPOINT_FORMAT = 1
@@ -98,6 +101,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if not (0.0 <= args.noise_prob <= 1.0 and 0.0 <= args.jpeg_prob <= 1.0):
         p.error("--noise-prob and --jpeg-prob are probabilities in [0, 1]")
     return args
+
+
+def _rdn_blocks(state: dict[str, torch.Tensor]) -> int:
+    return 1 + max((int(k.split(".")[1]) for k in state if k.startswith("rdbs.")), default=-1)
 
 
 def _blur_mix(text: str) -> tuple[float, float, float]:
@@ -227,9 +234,16 @@ def main(argv: list[str] | None = None) -> int:
         # A full checkpoint knows how its weights were made: keep that chain in this card.
         commands = [*checkpoint.get("commands", []), f"# then, initialised from {args.init_from}:"]
         own = model.state_dict()
-        taken = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
-        model.load_state_dict(taken, strict=False)
-        print(f"initialised {len(taken)}/{len(own)} tensors from {args.init_from}", flush=True)
+        if args.model == "rdn" and _rdn_blocks(source) < params["D"]:
+            # A deeper net grown from a trained one: the added blocks start as identities, so
+            # training starts at the source's quality instead of from a scrambled fusion layer.
+            model.load_state_dict(deepen_state(source, model))
+            print(f"initialised from {args.init_from}: its {_rdn_blocks(source)} blocks, "
+                  f"{params['D'] - _rdn_blocks(source)} added as identities", flush=True)
+        else:
+            taken = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+            model.load_state_dict(taken, strict=False)
+            print(f"initialised {len(taken)}/{len(own)} tensors from {args.init_from}", flush=True)
     commands.append(command)
 
     def save(last_eval: dict[str, Any] | None) -> None:

@@ -414,6 +414,45 @@ def test_export_keeps_the_history_of_slim_initial_weights(tmp_path: Path, tiny_i
     assert card["validation"]["history_of_initial_weights"] == shipped_card["validation"]["history"]
 
 
+def test_a_deeper_rdn_grown_from_a_trained_one_starts_as_that_net(tmp_path: Path, tiny_images: Path) -> None:
+    from onnx_export import train
+    from onnx_export.models.rdn import deepen_state
+
+    torch.manual_seed(0)
+    small = RDN(RDNConfig(C=2, D=2, G=4, G0=8, scale=2, input_skip=True))
+    for p in small.parameters():  # a "trained" net: no zero weights anywhere
+        p.data.normal_(0, 0.1)
+    deep = RDN(RDNConfig(C=2, D=5, G=4, G0=8, scale=2, input_skip=True))
+    deep.load_state_dict(deepen_state(small.state_dict(), deep))
+    x = torch.rand(1, 3, 12, 10)
+    with torch.no_grad():
+        assert torch.allclose(deep(x), small(x), atol=1e-6)
+    # Training wakes the added blocks: the first step gives GFF_1's new columns a gradient
+    # (they multiply the added blocks' non-zero outputs), the second the added LFFs.
+    opt = torch.optim.Adam(deep.parameters(), lr=1e-3)
+    deep(x).square().mean().backward()
+    assert deep.gff_1.weight.grad[:, 16:].abs().sum() > 0
+    opt.step()
+    opt.zero_grad()
+    deep(x).square().mean().backward()
+    assert all(deep.rdbs[d].lff.weight.grad.abs().sum() > 0 for d in (2, 3, 4))
+    with pytest.raises(ValueError, match="only D may differ"):
+        deepen_state(small.state_dict(), RDN(RDNConfig(C=2, D=5, G=8, G0=8, scale=2)))
+    with pytest.raises(ValueError, match="more than"):
+        deepen_state(deep.state_dict(), small)
+
+    # Through the trainer: --init-from a checkpoint with fewer blocks, --D more.
+    arch = ["--model", "rdn", "--scale", "2", "--data", str(tiny_images), "--batch", "2", "--patch", "8",
+            "--val-every", "1", "--C", "1", "--G", "4", "--G0", "8", "--threads", "1", "--lr", "0"]
+    first = tmp_path / "first.pt"
+    assert train.main([*arch, "--D", "2", "--out", str(first), "--steps", "1"]) == 0
+    grown = tmp_path / "grown.pt"
+    assert train.main([*arch, "--D", "3", "--out", str(grown), "--steps", "1", "--init-from", str(first)]) == 0
+    psnr_first = json.loads(first.with_suffix(".json").read_text())["validation"]["last"]["psnr"]
+    psnr_grown = json.loads(grown.with_suffix(".json").read_text())["validation"]["last"]["psnr"]
+    assert psnr_grown == pytest.approx(psnr_first, abs=1e-4)  # lr 0: the grown net is the first one
+
+
 def test_training_smoke_unet_with_patchgan(tmp_path: Path, tiny_images: Path) -> None:
     from onnx_export import train
 

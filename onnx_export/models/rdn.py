@@ -138,5 +138,36 @@ class RDN(nn.Module):
         return body + head
 
 
+def deepen_state(source: dict[str, torch.Tensor], model: RDN) -> dict[str, torch.Tensor]:
+    """Weights for ``model`` that compute exactly what ``source`` (an RDN with fewer blocks,
+    otherwise the same shape) computes: a deeper net that starts where a trained one stopped.
+
+    The source's blocks fill the first ones; each added block's LFF is zeroed, so with its
+    local residual it passes its input through unchanged; GFF_1 reads the source's block
+    outputs with the source's weights and the added blocks' outputs with zero weights. The
+    added blocks' inner convs keep their random start: the first step gives GFF_1's new
+    columns a gradient (they multiply the added blocks' outputs), the next ones the added
+    LFFs (the block's features times what flows back through those columns); had the convs
+    been zeroed too, every added weight would stay stuck at zero.
+    """
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    blocks = 1 + max(int(k.split(".")[1]) for k in source if k.startswith("rdbs."))
+    if blocks > model.config.D:
+        raise ValueError(f"the source has {blocks} blocks, more than this net's {model.config.D}")
+    for key, value in source.items():
+        if key == "gff_1.weight":
+            continue
+        if key not in state or state[key].shape != value.shape:
+            raise ValueError(f"{key}: the source's tensor does not fit this net (only D may differ)")
+        state[key] = value.clone()
+    for d in range(blocks, model.config.D):
+        state[f"rdbs.{d}.lff.weight"].zero_()
+        state[f"rdbs.{d}.lff.bias"].zero_()
+    gff = source["gff_1.weight"]
+    state["gff_1.weight"].zero_()
+    state["gff_1.weight"][:, : gff.shape[1]] = gff
+    return state
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
