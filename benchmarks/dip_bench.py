@@ -309,6 +309,12 @@ GPU_VARIANTS: dict[str, tuple[str, dict]] = {
     "quality_bf16_channels_last": ("quality", {"cuda_channels_last": True, "cuda_mixed_precision": "bf16"}),
     "fast": ("fast", {}),
     "fast_bf16_channels_last": ("fast", {"cuda_channels_last": True, "cuda_mixed_precision": "bf16"}),
+    # Averaged fits, one after another on the GPU. On the CPU one fit of the paper's net
+    # (quality's GPU settings) was no better than one of the light net at 128² (F16 30.25 vs
+    # 30.39 dB, Berkeley 135069 33.21 vs 33.50; `denoise_setting_study.py --settings
+    # quality-gpu`), and four light fits gave F16 31.04: which should `quality` be on a GPU?
+    "fast_4_fits": ("fast", {"fits": 4}),
+    "quality_4_fits": ("quality", {"fits": 4}),
 }
 
 
