@@ -178,8 +178,14 @@ FAST_INPAINT = LIGHT_INPAINT
 
 # Quality: the paper nets with our stopping rule (tuned on the light net; the paper denoise
 # net's averaged output peaked near 6 iterations per pixel of side — ~800 its at 128² on
-# this CPU — and the paper's 3000 / 6000 its at 512² bound the rest). Not measured further
-# here: a paper net needs a GPU to run to the end.
+# this CPU — and the paper's 3000 / 6000 its at 512² bound the rest). Denoising with these
+# settings run to their own stop on the CPU (128², σ=25, one fit; `benchmarks/
+# denoise_setting_study.py IMAGE --size 128 --settings quality-gpu`): the stop returned within
+# 0.02–0.04 dB of the best output seen (F16 30.25 dB at 1075 its, Berkeley 135069 33.21 at
+# 1100; 122048 28.55 ran to its 1536 maximum) — but one fit of the light net was as good
+# (30.39 / 33.50 / 28.59), so at that size the paper net buys no PSNR. Larger images are
+# unmeasured (a paper net needs a GPU to run there); `dip_bench.py --gpu-target` compares
+# one and four fits of each on a GPU.
 QUALITY: dict[Task, TaskPreset] = {
     "denoise": TaskPreset(PAPER_DENOISE, 0.01, 1.0 / 30.0, 0.99, 12.0, MIN_ITERATIONS, 6000,
                           AUTO_STOP, expected_per_side=8.0),
