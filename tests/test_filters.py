@@ -276,15 +276,17 @@ class PreviewHost(MemoryHost):
         self.events = []
         self.cancel = cancel
 
-    def show_preview(self, source, layer_name, buffers):
-        self.events.append(("preview", layer_name, buffers[0].data))
+    def show_preview(self, source, layer_name, buffers, mask_with_selection=False):
+        self.events.append(("preview", layer_name, buffers[0].data) + (("masked",) if mask_with_selection else ()))
+        self.preview_boxes = getattr(self, "preview_boxes", []) + [
+            (buffers[0].x, buffers[0].y, buffers[0].width, buffers[0].height)]
 
     def remove_preview(self):
         self.events.append(("remove",))
 
-    def add_layers(self, source, layer_name, buffers):
+    def add_layers(self, source, layer_name, buffers, mask_with_selection=False):
         MemoryHost.add_layers(self, source, layer_name, buffers)
-        self.events.append(("add", layer_name))
+        self.events.append(("add", layer_name) + (("masked",) if mask_with_selection else ()))
 
     def progress(self, fraction, text):
         MemoryHost.progress(self, fraction, text)
@@ -314,6 +316,45 @@ def test_previews_are_shown_then_removed_before_the_result_is_added(tmp_path, mo
     assert request["preview_interval_s"] == 1.0
     # This engine's hello lists no "preset": the plug-in leaves it out instead of failing.
     assert request["params"] == {"iterations": 3, "seed": 0, "device": "cpu"}
+
+
+@pytest.mark.parametrize("key", ["denoise", "remove-jpeg-artifacts"])
+def test_a_selection_limits_denoise_to_its_bounds_with_previews_and_result_masked(tmp_path, monkeypatch, key):
+    """Denoise (and JPEG) with a selection: the engine gets the selection's bounds plus
+    DIP_CONTEXT px (inside the layer); previews and the result cover the bounds only and are
+    masked to the selection, as Sharpen's result is."""
+    _fake_config(tmp_path, monkeypatch, "preview-result")
+    pixels = _pixels(48, 56, 3)
+    selection = np.zeros((64, 64), np.uint8)
+    yy, xx = np.mgrid[0:64, 0:64]
+    selection[(yy - 20) ** 2 + (xx - 14) ** 2 <= 64] = 255  # a disc near the layer's left edge
+    host = PreviewHost(pixels, x=3, y=2, selection=selection)
+    spec = _spec(key)
+    filters.run_filter(host, spec, {"iterations": 3}, str(tmp_path))
+    x1, y1, x2, y2 = host.selection_bounds()
+    ctx = filters.DIP_CONTEXT
+    ox1, oy1, ox2, oy2 = max(x1 - ctx, 3), max(y1 - ctx, 2), min(x2 + ctx, 3 + 56), min(y2 + ctx, 2 + 48)
+    # The fake engine inverts what it is sent: the cut-back result shows what was sent where.
+    want = (255 - pixels[y1 - 2:y2 - 2, x1 - 3:x2 - 3]).tobytes()
+    name = spec.layer_name
+    assert host.events == [("preview", name + " (preview)", want, "masked")] * 2 + [
+        ("remove",), ("add", name, "masked")]
+    assert host.preview_boxes == [(x1, y1, x2 - x1, y2 - y1)] * 2
+    ((_, (layer,)),) = host.added
+    assert (layer.x, layer.y, layer.width, layer.height, layer.data) == (x1, y1, x2 - x1, y2 - y1, want)
+    assert (ox1, oy1) == (3, 2) and ox2 - ox1 < 56  # clipped to the layer on one side only
+    assert filters.work_size(spec, host, host.source()) == (ox2 - ox1, oy2 - oy1)
+    # A rectangle needs no mask, and without a selection the whole layer is processed.
+    for rectangle, box in ((True, (10, 12, 20, 16)), (False, (3, 2, 56, 48))):
+        host.events, host.added = [], []
+        host.selection = None
+        if rectangle:
+            host.selection = np.zeros((64, 64), np.uint8)
+            host.selection[12:28, 10:30] = 255
+        filters.run_filter(host, spec, {"iterations": 3}, str(tmp_path))
+        assert host.events[-1] == ("add", name)
+        ((_, (layer,)),) = host.added
+        assert (layer.x, layer.y, layer.width, layer.height) == box
 
 
 def test_no_preview_is_asked_for_when_the_host_shows_none(tmp_path, monkeypatch):

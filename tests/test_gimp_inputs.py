@@ -487,6 +487,11 @@ attempt("preview-result", "plug-in-neural-restore-denoise", image, [layer], laye
         mode="preview-result", preset="fast", seed=5)
 image, layer = rgb_image(24, 24)
 attempt("preview-die", "plug-in-neural-restore-denoise", image, [layer], layer, "R'G'B' u8", mode="preview-die")
+image, layer = rgb_image(64, 64)
+image.select_ellipse(Gimp.ChannelOps.REPLACE, 20, 14, 17, 12)
+attempt("preview-selection", "plug-in-neural-restore-denoise", image, [layer], layer, "R'G'B' u8",
+        mode="preview-result")
+facts["preview-selection"]["top_has_mask"] = image.get_layers()[0].get_mask() is not None
 """
     facts = _run(gimp, body, env=_fake_env(gimp, NEURAL_RESTORE_PREVIEW_S="1"))
     requests = gimp.to_host(f"{FAKE_DIR}/fake-requests").read_text().splitlines()
@@ -503,6 +508,18 @@ def test_preview_layer_is_replaced_by_the_result(preview_facts: dict[str, Any]) 
     assert request["preview_interval_s"] == 1.0
     # The fake engine does not list "preset": the plug-in must not send it (the real engine would refuse).
     assert request["params"] == {"iterations": 0, "seed": 5, "device": "auto"}
+
+
+def test_a_selection_limits_denoise_and_its_preview_to_the_selection(preview_facts: dict[str, Any]) -> None:
+    """Denoise with an elliptic selection: previews (a masked layer over the selection's
+    bounds) come and go, and the result covers the bounds, masked to the selection."""
+    facts = preview_facts["preview-selection"]
+    assert facts["status"] == "success", facts["message"]
+    assert facts["layers"] == [["Denoise", [20, 14], 17, 12, None], ["Source", [0, 0], 64, 64, None]]
+    assert facts["top_has_mask"] and facts["pixels_same"]
+    # The engine was sent the bounds plus 32 px of context, clipped to the layer.
+    request = preview_facts["requests"][-1]
+    assert request["buffer_sizes"] == [[64, 26 + 32]] and request["preview_interval_s"] == 1.0
 
 
 def test_preview_is_removed_and_undo_left_enabled_when_the_engine_dies(preview_facts: dict[str, Any]) -> None:

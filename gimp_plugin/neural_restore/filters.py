@@ -39,8 +39,12 @@ Optional (two-layer input; hosts without it always work on one layer):
 Optional (live preview; hosts without them get none):
   host.preview_interval_s            -> seconds between previews, or None for no preview
   host.show_preview(source, layer_name, buffers)
-                                     -> shows/updates one temporary layer above the source,
-                                        without undo steps
+                                     -> shows/updates one temporary layer above the source
+                                        (buffers[0]'s size and offsets: the layer's, or the
+                                        selection's bounds), without undo steps
+  host.show_preview(source, layer_name, buffers, mask_with_selection=True)
+                                     -> the same, the layer masked by the current selection
+                                        (runs whose result will be masked to it)
   host.remove_preview()              -> removes it again (no undo step); safe to call twice
 """
 import os
@@ -207,6 +211,9 @@ UPSCALE_PARAMS = (
 # Context read around a selection's bounds: more than the nets' tile overlap (16 px), so
 # the processed area's edges look like its inside.
 NET_CONTEXT = 32
+# The same for the DIP filters: a fit sees only mirrored pixels beyond its input's edge, and
+# its tiles cross-fade 32 px bands for that reason (engine/dip/tiles.py).
+DIP_CONTEXT = 32
 DECOMPOSE_MODE_PARAM = FilterParam(
     "mode", "choice", "segment", "Layers",
     "segment: foreground + background (the selection is the rough foreground); transparency: "
@@ -234,17 +241,22 @@ def dialog_order(spec):
 
 
 FILTERS = (
+    # Denoise and JPEG honour the selection as GIMP's own filters do, and a DIP run's time
+    # grows with the area: a selected face takes minutes where the whole photo takes hours.
     FilterSpec("denoise", "denoise", "_Denoise...",
-               "Remove noise with a Deep Image Prior; the result is a new layer above the source.",
-               "Denoise", DIP_PARAMS),
+               "Remove noise with a Deep Image Prior; the result is a new layer above the source, "
+               "masked to the selection if there is one.",
+               "Denoise", DIP_PARAMS, selection_bounds=True, context=DIP_CONTEXT, mask_result=True),
     FilterSpec("inpaint-selection", "inpaint", "_Inpaint Selection...",
                "Fill the selected pixels from their surroundings with a Deep Image Prior; "
                "the result is a new layer above the source.",
                "Inpaint", DIP_PARAMS, needs_selection=True),
     FilterSpec("remove-jpeg-artifacts", "dejpeg", "Remove _JPEG Artifacts...",
                "Remove JPEG blocking and ringing with a Deep Image Prior (the quality setting "
-               "need not be known); the result is a new layer above the source.",
-               "JPEG artifacts removed", DIP_PARAMS),
+               "need not be known); the result is a new layer above the source, masked to the "
+               "selection if there is one.",
+               "JPEG artifacts removed", DIP_PARAMS, selection_bounds=True, context=DIP_CONTEXT,
+               mask_result=True),
     FilterSpec("upscale", "upscale", "_Upscale...",
                "Enlarge the layer (or the selection's bounds) 2x or 4x with a trained network; "
                "the result opens as a new image.",
@@ -438,11 +450,14 @@ def filter_sources(host, spec, values):
 
 
 def work_size(spec, host, source):
-    """(width, height) the op works on: the selection's box for inpaint, else the layer."""
-    if spec.needs_selection:
+    """(width, height) the op works on: the selection's box for inpaint, that box with its
+    context for filters that process the selection's bounds, else the layer."""
+    if spec.needs_selection or spec.selection_bounds:
         bounds = host.selection_bounds()
         box = _intersect(bounds, source) if bounds is not None else None
         if box is not None:
+            if spec.selection_bounds:
+                box = _grow(box, spec.context, source)
             return box[2] - box[0], box[3] - box[1]
     return source.width, source.height
 
@@ -641,13 +656,21 @@ def run_filter(host, spec, values, plugin_dir, log_dir=None):
         clock = ProgressClock(host)
         clock(0.0, "Starting the Neural Restore engine...")
         engine = EngineProcess(config, stderr_path)
-        # A preview is shown as a layer over the source, so only results of the source's
-        # size can be: not an enlargement, nor a selection's box (never asked for, never sent).
-        interval = getattr(host, "preview_interval_s", None) if factor == 1 and region is None else None
+        # A preview is shown as a layer over the source (or over the selection's bounds, cut
+        # and masked as the result will be), so not for an enlargement.
+        interval = getattr(host, "preview_interval_s", None) if factor == 1 else None
+        shown = region[0] if region is not None else sent
 
         def on_preview(previews):
-            if _fits(previews, source):
-                host.show_preview(source, spec.layer_name + PREVIEW_SUFFIX, previews)
+            if region is not None:
+                previews = [_cut_result(p, region[1], region[0], 1) if _fits(p, sent, source) else p
+                            for p in previews]
+            if all(_fits(p, shown, source) for p in previews):
+                if region is not None and spec.mask_result and region[2]:
+                    host.show_preview(source, spec.layer_name + PREVIEW_SUFFIX, previews,
+                                      mask_with_selection=True)
+                else:
+                    host.show_preview(source, spec.layer_name + PREVIEW_SUFFIX, previews)
 
         try:
             engine.start(on_idle=clock.tick)
@@ -691,10 +714,10 @@ def run_filter(host, spec, values, plugin_dir, log_dir=None):
     return info
 
 
-def _fits(buffers, source):
-    """Whether buffers can be shown as layers over the source (same size and format)."""
-    return all((b.width, b.height, b.channels, b.dtype) == (source.width, source.height, source.channels,
-                                                           source.dtype) for b in buffers)
+def _fits(buffer, box, source):
+    """Whether buffer covers box (x1, y1, x2, y2) in the source's format."""
+    return (buffer.width, buffer.height, buffer.channels, buffer.dtype) == \
+        (box[2] - box[0], box[3] - box[1], source.channels, source.dtype)
 
 
 def _selection_hint(host, spec, values, source):

@@ -12,7 +12,7 @@ every mode:
   garbage            write bytes that are no frame, then wait for stdin to close
   old-protocol       a hello for protocol 99
   preview-result     a newer engine's hello (features, op_params without "preset"); records
-                     the request header in ``fake-requests``; two previews (the inverted
+                     the request header (buffers as their sizes) in ``fake-requests``; two previews (the inverted
                      image), then the inverted image as the result
   preview-die        one preview, then SIGKILL itself
   preview-hang       one preview (and ``fake-preview-sent`` written), then silence: the test
@@ -78,7 +78,9 @@ def newer_engine(mode):
     send(dict({"type": "hello", "protocol": 1, "engine": "fake"}, **NEWER_HELLO))
     header, buffers = read_frame()
     with open(os.path.join(HERE, "fake-requests"), "a") as handle:
-        handle.write(json.dumps({k: v for k, v in header.items() if k != "buffers"}) + "\n")
+        record = {k: v for k, v in header.items() if k != "buffers"}
+        record["buffer_sizes"] = [[b["width"], b["height"]] for b in header.get("buffers", [])]
+        handle.write(json.dumps(record) + "\n")
     request_id = header["id"]
     send({"type": "progress", "id": request_id, "fraction": 0.1, "text": "iteration 1/10"})
     if mode == "partial":

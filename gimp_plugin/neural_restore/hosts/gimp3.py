@@ -53,7 +53,7 @@ class Gimp3Host(object):
         self.preview_interval_s = preview_interval_s
         self._preview = None
 
-    def show_preview(self, source, layer_name, buffers):
+    def show_preview(self, source, layer_name, buffers, mask_with_selection=False):
         """One temporary layer above the source, outside the undo history.
 
         The undo stack is frozen only around each edit (milliseconds), not for the whole
@@ -70,6 +70,8 @@ class Gimp3Host(object):
                                        Gimp.LayerMode.NORMAL)
                 image.insert_layer(layer, drawable.get_parent(), image.get_item_position(drawable))
                 layer.set_offsets(buf.x, buf.y)
+                if mask_with_selection:  # as the result layer will be
+                    layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
                 self._preview = layer
             _write_pixels(self._preview, buf)
             self._preview.update(0, 0, buf.width, buf.height)
