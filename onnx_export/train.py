@@ -38,7 +38,7 @@ from torch.nn import functional as F
 from .data import PatchData, psnr
 from . import degrade
 from .degrade import bicubic_upscale
-from .models.rdn import deepen_state
+from .models.rdn import block_count, deepen_state
 from .models import TASKS, PatchDiscriminator, build_model, model_params, runtime_facts
 
 CHECKPOINT_FORMAT = 1
@@ -101,10 +101,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if not (0.0 <= args.noise_prob <= 1.0 and 0.0 <= args.jpeg_prob <= 1.0):
         p.error("--noise-prob and --jpeg-prob are probabilities in [0, 1]")
     return args
-
-
-def _rdn_blocks(state: dict[str, torch.Tensor]) -> int:
-    return 1 + max((int(k.split(".")[1]) for k in state if k.startswith("rdbs.")), default=-1)
 
 
 def _blur_mix(text: str) -> tuple[float, float, float]:
@@ -234,12 +230,12 @@ def main(argv: list[str] | None = None) -> int:
         # A full checkpoint knows how its weights were made: keep that chain in this card.
         commands = [*checkpoint.get("commands", []), f"# then, initialised from {args.init_from}:"]
         own = model.state_dict()
-        if args.model == "rdn" and _rdn_blocks(source) < params["D"]:
+        if args.model == "rdn" and block_count(source) < params["D"]:
             # A deeper net grown from a trained one: the added blocks start as identities, so
             # training starts at the source's quality instead of from a scrambled fusion layer.
             model.load_state_dict(deepen_state(source, model))
-            print(f"initialised from {args.init_from}: its {_rdn_blocks(source)} blocks, "
-                  f"{params['D'] - _rdn_blocks(source)} added as identities", flush=True)
+            print(f"initialised from {args.init_from}: its {block_count(source)} blocks, "
+                  f"{params['D'] - block_count(source)} added as identities", flush=True)
         else:
             taken = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
             model.load_state_dict(taken, strict=False)

@@ -138,6 +138,11 @@ class RDN(nn.Module):
         return body + head
 
 
+def block_count(state: dict[str, torch.Tensor]) -> int:
+    """How many residual dense blocks an RDN state dict holds (0 for another net's)."""
+    return 1 + max((int(k.split(".")[1]) for k in state if k.startswith("rdbs.")), default=-1)
+
+
 def deepen_state(source: dict[str, torch.Tensor], model: RDN) -> dict[str, torch.Tensor]:
     """Weights for ``model`` that compute exactly what ``source`` (an RDN with fewer blocks,
     otherwise the same shape) computes: a deeper net that starts where a trained one stopped.
@@ -151,7 +156,7 @@ def deepen_state(source: dict[str, torch.Tensor], model: RDN) -> dict[str, torch
     been zeroed too, every added weight would stay stuck at zero.
     """
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    blocks = 1 + max(int(k.split(".")[1]) for k in source if k.startswith("rdbs."))
+    blocks = block_count(source)
     if blocks > model.config.D:
         raise ValueError(f"the source has {blocks} blocks, more than this net's {model.config.D}")
     for key, value in source.items():
