@@ -1,8 +1,9 @@
 """Trained-nets benchmark (JSON on stdout): upscale and sharpen quality, ONNX Runtime vs torch
 speed, and (with --big) peak memory and seams of a 6000×4000 ×2 upscale.
 
-    python benchmarks/nets_bench.py [--models DIR] [--max-images N] [--only upscale,sharpen,speed]
+    python benchmarks/nets_bench.py [--models DIR] [--max-images N] [--only upscale,sharpen,speed,estimates]
                                     [--set NAME=DIR ...] [--speed-sizes 256,512] [--speed-repeats 9]
+                                    [--estimate-side 1024]
                                     [--big [--big-size 6000x4000]] > benchmarks/results/nets.json
 
 Images (never the training images): the held-out validation split of the training folders
@@ -27,6 +28,9 @@ point it at your copy of Set5, Set14, BSD100, Urban100 — the same protocol run
   at each --speed-sizes side; once with glibc's default allocator (torch eager then
   page-faults its activations in on every run) and once with malloc keeping freed memory
   (torch at its best), each in its own process.
+- estimates: the engine's own tiled run (``runner.run_model``, 1 pass) on a ~1 megapixel
+  photo with 1 thread and with all usable cores: seconds per megapixel, the numbers the
+  dialog's time estimate is built from (``engine/ops.py``), and that estimate beside the time.
 - big (--big, a subprocess so its peak RSS is its own): ``run_op("upscale")`` on a smooth
   photo-like RGB image of --big-size plus the u8 conversion the plug-in's result takes;
   reports peak RSS (ru_maxrss), time, and the largest difference between the tiled result
@@ -277,6 +281,37 @@ def bench_speed(models: Path, sizes: list[int], repeats: int) -> dict[str, Any]:
     return report
 
 
+# -- the dialog's time estimates ----------------------------------------------------------------
+
+def bench_estimates(models: Path, side: int, repeats: int = 2) -> dict[str, Any]:
+    """What the engine runs for a filter (``runner.run_model``: padding, tiles, blending) on a
+    side×side photo, 1 pass, with 1 thread and with every usable core: seconds per megapixel
+    (the figures behind ``ops._NET_SECONDS_PER_MEGAPIXEL``) and the engine's estimate beside
+    the time (best of ``repeats`` runs after a warm-up)."""
+    from engine import ops
+    from engine.system import available_cpu_threads
+    from PIL import Image
+
+    photo = Image.open(SHARED / "dip" / "sr" / "zebra_GT.png").convert("RGB")
+    image = np.asarray(photo.resize((side, side), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
+    megapixels = side * side / 1e6
+    report: dict[str, Any] = {"input": f"zebra_GT resized to {side}×{side}, 1 pass",
+                              "timing": f"best of {repeats} after a warm-up run"}
+    for name in ("rdn_x2", "rdn_x4", "sharpen"):
+        for threads in sorted({1, available_cpu_threads()}):
+            runner.clear_cache()
+            model = runner.load_model(models / f"{name}.onnx", "cpu", threads=threads)
+            runner.run_model(model, image[:64, :64], passes=1)  # warm-up (session, arena)
+            seconds = min(timed(lambda: runner.run_model(model, image, passes=1))[1] for _ in range(repeats))
+            row = {"seconds": round(seconds, 2), "seconds_per_megapixel": round(seconds / megapixels, 2)}
+            if threads == available_cpu_threads():
+                estimate = ops._net_seconds(name, "cpu", side, side, 1)
+                row.update(engine_estimate_s=estimate, estimate_over_measured=round(estimate / seconds, 2))
+            report[f"{name}/threads_{threads}"] = row
+    runner.clear_cache()
+    return report
+
+
 # -- big image: peak memory and seams ----------------------------------------------------------
 
 BIG_CHILD = r"""
@@ -340,12 +375,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, default=None, help="model folder (default: the engine's)")
     parser.add_argument("--max-images", type=int, default=None, help="at most N images per set (quick runs)")
-    parser.add_argument("--only", default="upscale,sharpen,speed")
+    parser.add_argument("--only", default="upscale,sharpen,speed,estimates")
     parser.add_argument("--set", dest="extra_sets", type=parse_set, action="append", default=[],
                         metavar="NAME=DIR", help="also measure on this folder of ground-truth images (repeatable)")
     parser.add_argument("--speed-sizes", default="256,512", help="square input sides, comma-separated")
     parser.add_argument("--speed-repeats", type=int, default=9)
     parser.add_argument("--speed-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--estimate-side", type=int, default=1024,
+                        help="estimates part: side of the square photo (default 1024, ~1 megapixel)")
     parser.add_argument("--big", action="store_true", help="also the 6000×4000 ×2 memory/seam run")
     parser.add_argument("--big-size", default="6000x4000")
     args = parser.parse_args()
@@ -379,6 +416,8 @@ def main() -> int:
         report["sharpen"] = bench_sharpen(sets, models)
     if "speed" in only:
         report["speed"] = bench_speed(models, sizes, args.speed_repeats)
+    if "estimates" in only:
+        report["estimates"] = bench_estimates(models, args.estimate_side)
     if args.big:
         width, height = (int(v) for v in args.big_size.lower().split("x"))
         report["big"] = bench_big(models, width, height)

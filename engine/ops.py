@@ -402,11 +402,12 @@ _NET_DEVICE = Param("device", str, "auto", "where to compute (auto: CUDA if onnx
 _NET_PASSES = Param("passes", int, 0, "trained net: average the net over this many mirrored/turned copies "
                     "of the image (8: ~0.1 dB better, 8× the time); 0 = automatic: 8 up to 1 megapixel, "
                     "else 1", choices=(0, 1, 2, 4, 8))
-# CPU seconds per megapixel of input for the shipped nets with one ONNX Runtime thread,
-# measured by benchmarks/nets_bench.py's speed part (256² input; results/2026-11-21-nets-cpu.json,
-# rdn_x2 since it has 8 blocks: results/2026-11-22-nets-speed-big-cpu.json).
+# CPU seconds per megapixel of input for the shipped nets with one ONNX Runtime thread: the
+# engine's tiled run (padding, overlaps, blending) on a 1024² photo, 1 pass, measured by
+# `benchmarks/nets_bench.py --only estimates` (results/2026-11-22-nets-estimates-cpu.json;
+# bare 256² runs gave 17-30 % less and the estimates came out low).
 # Two threads measured 1.6-1.9× faster: more threads are counted at 0.9 each.
-_NET_SECONDS_PER_MEGAPIXEL = {"rdn_x2": 3.81, "rdn_x4": 2.62, "sharpen": 0.38}
+_NET_SECONDS_PER_MEGAPIXEL = {"rdn_x2": 4.59, "rdn_x4": 3.22, "sharpen": 0.54}
 
 
 def _net_seconds(name: str, device: str, height: int, width: int, passes: int) -> float | None:
