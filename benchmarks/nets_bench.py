@@ -20,6 +20,7 @@ point it at your copy of Set5, Set14, BSD100, Urban100 — the same protocol run
 - sharpen: centred 192² crops; Gaussian σ = 1.6 blur and ×2 resize blur (bicubic down and
   up). PSNR (RGB) of the blurred input, of the net, and of the best unsharp mask *tuned per
   image against the truth* (an oracle: radius × amount grid) — a strong classical baseline.
+  Also the net's result at other amounts (the op's ``amount``: 50–200 % of its detail).
 - upscale and sharpen are also run with 8 passes (the net averaged over the image's
   mirrored/turned copies, ``runner.run_model(..., passes=8)``; what the ops do automatically
   up to 1 megapixel): the ``*_8_passes`` fields.
@@ -65,6 +66,7 @@ CROP = 192
 BLUR_SIGMA = 1.6
 
 from engine.onnx import runner  # noqa: E402
+from engine.ops import scaled_detail  # noqa: E402
 from onnx_export import degrade  # noqa: E402
 from onnx_export.data import list_images, load_rgb, psnr, split_files  # noqa: E402
 
@@ -178,6 +180,10 @@ def best_unsharp_mask(blurred: np.ndarray, truth: np.ndarray) -> tuple[float, di
     return best
 
 
+# Sharpen's amount (engine op param): the share of the net's detail added, 1 pass.
+SHARPEN_AMOUNTS = (50, 100, 150, 200)
+
+
 def bench_sharpen(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
     model = runner.load_model(models / "sharpen.onnx", "cpu")
     blurs = {
@@ -196,14 +202,18 @@ def bench_sharpen(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
                 sharpened = runner.run_model(model, blurred)
                 sharpened8 = runner.run_model(model, blurred, passes=8)
                 usm, usm_params = best_unsharp_mask(blurred, truth)
+                by_amount = {str(a): round(psnr(scaled_detail(blurred, sharpened.copy(), a / 100), truth), 3)
+                             for a in SHARPEN_AMOUNTS}
                 rows.append({"image": path.name, "folder": path.parent.name,
                              "blurred": round(psnr(blurred, truth), 3),
-                             "net": round(psnr(sharpened, truth), 3),
+                             "net": round(psnr(sharpened, truth), 3), "net_by_amount_percent": by_amount,
                              "net_8_passes": round(psnr(sharpened8, truth), 3), "best_unsharp_mask": round(usm, 3),
                              "unsharp_mask_params": usm_params})
             report[f"{blur_name}/{set_name}"] = {
                 "images": len(rows), "psnr_blurred": mean([r["blurred"] for r in rows]),
                 "psnr_net": mean([r["net"] for r in rows]),
+                "psnr_net_by_amount_percent": {str(a): mean([r["net_by_amount_percent"][str(a)] for r in rows])
+                                               for a in SHARPEN_AMOUNTS},
                 "psnr_best_unsharp_mask": mean([r["best_unsharp_mask"] for r in rows]),
                 "gain_over_blurred_db": mean([r["net"] - r["blurred"] for r in rows]),
                 "gain_over_unsharp_mask_db": mean([r["net"] - r["best_unsharp_mask"] for r in rows]),

@@ -391,10 +391,26 @@ def _upscale(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
     return [ResultLayer("image", title, join_alpha(np.asarray(big, np.float32), big_alpha))]
 
 
+def scaled_detail(source: np.ndarray, restored: np.ndarray, amount: float) -> np.ndarray:
+    """``source + amount · (restored − source)`` on the colour channels, clipped to [0, 1], in
+    ``restored``'s memory; alpha (last of 2 or 4 channels) stays ``restored``'s. amount 1 is
+    ``restored``, 0 the source, 2 twice the detail the net recovered."""
+    colours = restored.shape[2] - 1 if restored.shape[2] in (2, 4) else restored.shape[2]
+    detail = restored[:, :, :colours]
+    base = np.clip(source[:, :, :colours], 0.0, 1.0)
+    detail -= base
+    detail *= np.float32(amount)
+    detail += base
+    np.clip(detail, 0.0, 1.0, out=detail)
+    return restored
+
+
 def _sharpen(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
              ctx: JobContext) -> list[ResultLayer]:
-    return [ResultLayer("image", "Sharpened", _run_net("sharpen", image, params["device"], ctx,
-                                                       params["passes"]))]
+    sharp = _run_net("sharpen", image, params["device"], ctx, params["passes"])
+    if params["amount"] != 100:
+        sharp = scaled_detail(image, sharp, params["amount"] / 100.0)
+    return [ResultLayer("image", "Sharpened", sharp)]
 
 
 _NET_DEVICE = Param("device", str, "auto", "where to compute (auto: CUDA if onnxruntime-gpu sees a GPU)",
@@ -402,6 +418,12 @@ _NET_DEVICE = Param("device", str, "auto", "where to compute (auto: CUDA if onnx
 _NET_PASSES = Param("passes", int, 0, "trained net: average the net over this many mirrored/turned copies "
                     "of the image (8: ~0.1 dB better, 8× the time); 0 = automatic: 8 up to 1 megapixel, "
                     "else 1", choices=(0, 1, 2, 4, 8))
+# Like unsharp mask's amount: a sharpen net's result is the input plus the detail it
+# recovered, and how much of that detail to add is a matter of taste (and of how blurred the
+# photo is); above 100 % it extrapolates, which can also lift noise and halos.
+_SHARPEN_AMOUNT = Param("amount", int, 100, "percent of the recovered detail added: 100 = the net's "
+                        "result, 0 = the input unchanged, 200 = twice the detail", minimum=0, maximum=300)
+
 # CPU seconds per megapixel of input for the shipped nets with one ONNX Runtime thread: the
 # engine's tiled run (padding, overlaps, blending) on a 1024² photo, 1 pass, measured by
 # `benchmarks/nets_bench.py --only estimates` (results/2026-11-22-nets-estimates-cpu.json;
@@ -466,7 +488,7 @@ OPS: dict[str, OpSpec] = {
         OpSpec("upscale", "Enlarge ×2 or ×4 with a trained RDN (or Deep Image Prior)", _upscale,
                _UPSCALE_PARAMS, estimate=_upscale_estimate),
         OpSpec("sharpen", "Remove blur (defocus, soft lens, resize) with a trained U-Net", _sharpen,
-               (_NET_DEVICE, _NET_PASSES), estimate=_sharpen_estimate),
+               (_NET_DEVICE, _NET_PASSES, _SHARPEN_AMOUNT), estimate=_sharpen_estimate),
         OpSpec("decompose", "Double-DIP: split the image into layers (segment, transparency, dehaze, "
                "watermark); the mask is the hint; transparency also takes a second mix of the "
                "same two layers", _decompose,

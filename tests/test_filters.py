@@ -463,6 +463,9 @@ def test_preset_is_appended_for_positional_callers_and_shown_first_in_the_dialog
     assert filters.dialog_order(_spec("upscale")) == ["scale", "method", "device", "passes", "preset",
                                                       "iterations", "seed"]
     assert [p.name for p in _spec("upscale").params][-1] == "passes"  # newest last, for positional callers
+    # Sharpen: its amount first in the dialog, last for positional (GIMP 2.10) callers.
+    assert [p.name for p in _spec("sharpen").params] == ["device", "passes", "amount"]
+    assert filters.dialog_order(_spec("sharpen")) == ["amount", "device", "passes"]
     assert spec.param("preset").choice_values() == ["auto", "fast", "quality", "paper"]
 
 

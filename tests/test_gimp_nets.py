@@ -35,12 +35,13 @@ def nets_gimp(gimp: Gimp3Chroot) -> Gimp3Chroot:
     return gimp
 
 
-def run_in_gimp(gimp: Gimp3Chroot, body: str) -> dict[str, Any]:
+def run_in_gimp(gimp: Gimp3Chroot, body: str, models: Path | None = MODELS) -> dict[str, Any]:
+    """Run ``body`` in GIMP; the engine uses the nets in ``models`` (None: the installed ones)."""
     out = gimp.to_host(f"{EXCHANGE}/facts.json")
     out.unlink(missing_ok=True)
     code = (PROLOGUE.format(exchange=EXCHANGE, size=SIZE) + textwrap.dedent(body)
             + f"\nwith open({EXCHANGE!r} + '/facts.json', 'w') as h:\n    json.dump(facts, h)\n")
-    result = gimp.run_batch(code, timeout=600, env={"NEURAL_RESTORE_MODELS": str(MODELS)})
+    result = gimp.run_batch(code, timeout=600, env={} if models is None else {"NEURAL_RESTORE_MODELS": str(models)})
     assert out.exists(), f"GIMP batch failed (exit {result.returncode}):\n{result.stdout}\n{result.stderr}"
     return json.loads(out.read_text())
 
@@ -122,6 +123,37 @@ def test_sharpen_adds_a_layer_masked_to_the_selection(nets_gimp: Gimp3Chroot) ->
     np.testing.assert_array_equal(out, rgb[10:24, 10:30])  # the identity net, in the right place
     mask = np.frombuffer(nets_gimp.to_host(f"{EXCHANGE}/sharp-mask.raw").read_bytes(), np.uint8).reshape(14, 20)
     assert mask[7, 10] == 255 and mask[0, 0] == 0  # the ellipse: centre in, corner out
+
+
+def test_sharpen_amount_with_the_installed_net(nets_gimp: Gimp3Chroot) -> None:
+    """The shipped sharpen net (it changes pixels, unlike the tiny one) at 0, 100 and 250 %."""
+    from tests.test_upscale_sharpen import _blurred_photo
+
+    soft = np.round(_blurred_photo(SIZE) * 255).astype(np.uint8)
+    nets_gimp.to_host(f"{EXCHANGE}/soft.raw").write_bytes(soft.tobytes())
+    facts = run_in_gimp(nets_gimp, """
+        image, layer = make_image("soft.raw", "R'G'B' u8", Gimp.ImageType.RGB_IMAGE, (64, 64), (0, 0))
+        facts["status"] = {}
+        for amount in (0, 100, 250):
+            facts["status"][amount], _ = run_for_values("plug-in-neural-restore-sharpen", image, layer,
+                                                        device="cpu", passes="1", amount=amount)
+            layers = image.get_layers()  # the new layer is the one right above the source
+            above = layers[[l.get_id() for l in layers].index(layer.get_id()) - 1]
+            dump_layer(above, "sharp-%d.raw" % amount, "R'G'B' u8")
+        facts["names"] = [l.get_name() for l in image.get_layers()]
+        image.delete()
+    """, models=None)
+    assert set(facts["status"].values()) == {"success"}, facts
+    assert facts["names"][-1] == "Source" and len(facts["names"]) == 4  # GIMP numbers the repeated names
+    assert all(name.startswith("Sharpened") for name in facts["names"][:3])
+    out = {amount: np.frombuffer(nets_gimp.to_host(f"{EXCHANGE}/sharp-{amount}.raw").read_bytes(), np.uint8)
+           .reshape(SIZE, SIZE, 3).astype(np.int16) for amount in (0, 100, 250)}
+    np.testing.assert_array_equal(out[0], soft)
+    detail = out[100] - soft
+    assert np.abs(detail).mean() > 1  # the real net sharpens
+    # 250 % of the same detail, within the 8-bit rounding of both results
+    want = np.clip(soft + 2.5 * detail, 0, 255)
+    assert np.abs(out[250] - want).max() <= 2
 
 
 def test_damaged_model_fails_cleanly_in_gimp(nets_gimp: Gimp3Chroot, tmp_path: Path) -> None:

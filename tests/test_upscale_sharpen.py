@@ -83,6 +83,42 @@ def test_sharpen_op_keeps_size_and_alpha() -> None:
     np.testing.assert_allclose(layer.pixels, image, atol=2e-5)  # the tiny net is the identity
 
 
+def _blurred_photo(size: int = 40) -> np.ndarray:
+    """A soft photo crop (the F16's centre, Gaussian blurred): something the net sharpens."""
+    from PIL import Image, ImageFilter
+
+    photo = Image.open(REPO.parent / "shared" / "data" / "dip" / "denoising" / "F16_GT.png").convert("RGB")
+    left, top = photo.width // 2 - size // 2, photo.height // 2 - size // 2
+    crop = photo.crop((left, top, left + size, top + size)).filter(ImageFilter.GaussianBlur(1.6))
+    return np.asarray(crop, dtype=np.float32) / 255.0
+
+
+def test_scaled_detail_scales_colour_and_keeps_alpha() -> None:
+    source = np.array([[[0.5, 0.2], [0.9, 1.0]]], np.float32)  # 1×2 grey + alpha
+    restored = np.array([[[0.6, 0.7], [0.7, 0.3]]], np.float32)
+    out = ops.scaled_detail(source, restored.copy(), 2.0)
+    np.testing.assert_allclose(out[..., 0], [[0.7, 0.5]], atol=1e-6)  # 0.5 + 2·0.1, 0.9 − 2·0.2
+    np.testing.assert_array_equal(out[..., 1], restored[..., 1])  # alpha: the restored layer's
+    np.testing.assert_allclose(ops.scaled_detail(source, restored.copy(), 6.0)[..., 0], [[1.0, 0.0]])  # clipped
+    np.testing.assert_array_equal(ops.scaled_detail(source, restored.copy(), 0.0)[..., 0], source[..., 0])
+
+
+def test_sharpen_amount_scales_the_detail_of_the_shipped_net(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEURAL_RESTORE_MODELS", str(REPO / "engine" / "models"))
+    soft = _blurred_photo()
+    image = np.concatenate([soft, np.full(soft.shape[:2] + (1,), 0.75, np.float32)], axis=2)  # with alpha
+    out = {amount: ops.run_op("sharpen", image, None, {"passes": 1, "amount": amount, "device": "cpu"})[0].pixels
+           for amount in (0, 100, 200)}
+    np.testing.assert_array_equal(out[0][..., :3], soft)  # 0 %: the input, untouched
+    detail = out[100][..., :3] - soft
+    assert np.abs(detail).mean() > 0.005  # the real net does sharpen this
+    np.testing.assert_allclose(out[200][..., :3], np.clip(soft + 2 * detail, 0, 1), atol=1e-6)
+    for result in out.values():
+        np.testing.assert_array_equal(result[..., 3], image[..., 3])
+    with pytest.raises(BadInput, match="amount"):
+        ops.run_op("sharpen", image, None, {"amount": 301})
+
+
 def test_passes_automatic_rule_estimates_and_progress() -> None:
     assert ops.net_passes(0, 1000, 1000) == 8 and ops.net_passes(0, 1000, 1001) == 1
     assert ops.net_passes(1, 100, 100) == 1 and ops.net_passes(8, 4000, 6000) == 8
@@ -209,6 +245,25 @@ def test_cli_sharpen_writes_the_same_size(tmp_path: Path) -> None:
     out = read_image(tmp_path / "out.tif")
     assert out.sample_type == "f32" and out.pixels.shape == (25, 19, 1)
     np.testing.assert_allclose(out.pixels, image, atol=2e-5)
+
+
+def test_cli_sharpen_amount(tmp_path: Path) -> None:
+    shipped = REPO / "engine" / "models"
+    write_image(tmp_path / "in.png", _blurred_photo(32), "u8")
+    source = read_image(tmp_path / "in.png").pixels
+    outs = {}
+    for amount in ("0", "100", "250"):
+        result = run_cli("sharpen", tmp_path / "in.png", "-o", tmp_path / f"out{amount}.png", "--amount", amount,
+                         "--passes", "1", env_models=shipped)
+        assert result.returncode == 0, result.stderr
+        outs[amount] = read_image(tmp_path / f"out{amount}.png").pixels
+    np.testing.assert_array_equal(outs["0"], source)
+    # more amount, more change from the input (8-bit rounding aside)
+    assert np.abs(outs["250"] - source).mean() > 2 * np.abs(outs["100"] - source).mean() > 0
+    too_much = run_cli("sharpen", tmp_path / "in.png", "-o", tmp_path / "bad.png", "--amount", "400",
+                       env_models=shipped)
+    assert too_much.returncode != 0 and "'amount' must be ≤ 300" in too_much.stderr
+    assert not (tmp_path / "bad.png").exists()
 
 
 @pytest.mark.parametrize("args, words", [

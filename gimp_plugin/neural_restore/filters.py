@@ -194,6 +194,10 @@ PASSES_PARAM = FilterParam("passes", "choice", "0", "Passes",
                            "(8 passes: a little cleaner, 8x the time); automatic = 8 up to 1 megapixel",
                            choices=(("0", "Automatic"), ("1", "1 (fastest)"), ("8", "8 (best)")),
                            engine_type="int")
+# Sharpen's strength, as in unsharp mask: how much of the detail the net recovered is added.
+AMOUNT_PARAM = FilterParam("amount", "int", 100, "Amount (%)",
+                           "How much of the recovered detail to add: 100 = the network's result, "
+                           "0 = no change, up to 300 for stronger sharpening (also of noise)", 0, 300)
 UPSCALE_PARAMS = (
     FilterParam("scale", "choice", "2", "Scale", "Enlargement factor: 2 or 4",
                 choices=(("2", "2x"), ("4", "4x")), engine_type="int"),
@@ -224,8 +228,8 @@ DECOMPOSE_MODE_PARAM = FilterParam(
 
 
 # Settings the GIMP 3 dialog shows first, in this order: what the filter makes (Decompose's
-# layers), then the quality; the rest keep their PDB order.
-DIALOG_FIRST = ("mode", "preset")
+# layers), then the quality (Sharpen: its amount); the rest keep their PDB order.
+DIALOG_FIRST = ("mode", "preset", "amount")
 
 
 def dialog_order(spec):
@@ -265,7 +269,7 @@ FILTERS = (
     FilterSpec("sharpen", "sharpen", "_Sharpen...",
                "Remove blur (soft focus, defocus, resize blur) with a trained network; the result "
                "is a new layer above the source, masked to the selection if there is one.",
-               "Sharpened", (DEVICE_PARAM, PASSES_PARAM), selection_bounds=True, context=NET_CONTEXT,
+               "Sharpened", (DEVICE_PARAM, PASSES_PARAM, AMOUNT_PARAM), selection_bounds=True, context=NET_CONTEXT,
                mask_result=True),
     FilterSpec("decompose", "decompose", "Decompose into _Layers...",
                "Split the layer into layers with Double-DIP (foreground/background, transparent "
