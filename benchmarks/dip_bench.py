@@ -157,13 +157,13 @@ def bench_presets(run: Runner, score: Scorer, task: presets.Task, pixels: int, a
 DENOISE_SIGMA = 25 / 255
 
 
-def denoise_case(name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+def denoise_case(name: str, size: int, sigma: float = DENOISE_SIGMA) -> tuple[np.ndarray, np.ndarray]:
     """(clean, noisy): a ``size``² centre crop of F16 or of a Berkeley photo in bsd200, with
-    Gaussian noise σ=25 (numpy seed 0)."""
+    Gaussian noise of ``sigma`` (default σ=25/255; numpy seed 0)."""
     path = (DATA / "denoising" / "F16_GT.png" if name == "F16"
             else REPO.parent / "shared" / "data" / "train" / "bsd200" / f"{name}.png")
     clean = centre_crop(load_rgb(path), size)
-    noise = np.random.default_rng(0).normal(0, DENOISE_SIGMA, clean.shape)
+    noise = np.random.default_rng(0).normal(0, sigma, clean.shape)
     return clean, np.clip(clean + noise, 0, 1).astype(np.float32)
 
 

@@ -1,6 +1,7 @@
 """Deep Image Prior backend: nets, the loop and the denoise/inpaint tasks (CPU only)."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 from pathlib import Path
@@ -355,6 +356,59 @@ def test_preset_iteration_rules() -> None:
     # Denoise-like thresholds keep the 1/sqrt(side) scaling.
     dejpeg = presets.task_preset("fast", "dejpeg", torch.device("cpu"), 256 * 256)
     assert dejpeg.stopping_rule(256 * 256).settled_below == pytest.approx(1.25e-3)
+
+
+def test_noise_estimate_follows_the_added_noise(f16: np.ndarray) -> None:
+    crop = f16[192:320, 192:320]
+    rng = np.random.default_rng(1)
+    assert tasks.estimate_noise_sigma(crop) < 4 / 255  # a clean photo: its own fine detail only
+    for sigma in (5 / 255, 10 / 255, 25 / 255):
+        noisy = np.clip(crop + rng.normal(0, sigma, crop.shape), 0, 1).astype(np.float32)
+        # the photo's own finest detail adds a little, which matters only for weak noise
+        assert sigma * 0.9 <= tasks.estimate_noise_sigma(noisy) <= sigma * 1.1 + 2 / 255
+    grey = np.clip(crop[..., :1] + rng.normal(0, 0.1, crop[..., :1].shape), 0, 1).astype(np.float32)
+    assert tasks.estimate_noise_sigma(grey) == pytest.approx(0.1, rel=0.15)
+
+
+def test_total_variation_term_and_its_weight_by_noise_level() -> None:
+    output = torch.tensor([[[[0.0, 1.0], [1.0, 1.0]]]])
+    target = torch.zeros_like(output)
+    mse = tasks._weighted_mse(target, torch.ones_like(output))
+    # down: |1-0|, |1-1| → mean 0.5; across: |1-0|, |1-1| → 0.5
+    assert float(tasks._plus_total_variation(mse, 0.1)(output)) == pytest.approx(0.75 + 0.1 * 1.0)
+    # Off in every preset (measured: no gain beyond the spread between runs; presets.FAST).
+    assert all(settings.tv_weight == 0 for table in presets.PRESETS.values() for settings in table.values())
+    denoise = dataclasses.replace(presets.FAST["denoise"], tv_weight=0.005)
+    reference = presets.TV_REFERENCE_SIGMA
+    assert denoise.total_variation_weight(reference) == denoise.tv_weight
+    assert denoise.total_variation_weight(2 * reference) == denoise.tv_weight  # not above the measured
+    assert denoise.total_variation_weight(reference / 2) == pytest.approx(
+        denoise.tv_weight / 2 ** presets.TV_FALLOFF_EXPONENT)
+    assert denoise.total_variation_weight(0.0) == 0.0
+
+
+def test_total_variation_weight_follows_the_noise_when_a_preset_sets_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(presets.FAST, "denoise", dataclasses.replace(presets.FAST["denoise"], tv_weight=0.005))
+    used: list[float] = []
+    real = tasks._plus_total_variation
+    monkeypatch.setattr(tasks, "_plus_total_variation", lambda objective, weight: used.append(weight) or real(objective, weight))
+    rng = np.random.default_rng(3)
+    flat = np.full((32, 32, 3), 0.5, np.float32)
+    noisy = np.clip(flat + rng.normal(0, 25 / 255, flat.shape), 0, 1).astype(np.float32)
+    tasks.denoise(noisy, iterations=2, preset="fast", fits=1)
+    assert used == [pytest.approx(presets.FAST["denoise"].total_variation_weight(tasks.estimate_noise_sigma(noisy)))]
+    assert used[0] == pytest.approx(presets.FAST["denoise"].tv_weight, rel=0.3)  # σ̂ ≈ 25/255
+    used.clear()
+    tasks.denoise(noisy, iterations=2, preset="fast", fits=2)  # the same weight for every fit
+    assert used == [used[0]] * 2 and used[0] == pytest.approx(presets.FAST["denoise"].tv_weight, rel=0.3)
+    used.clear()
+    tasks.denoise(np.clip(flat + rng.normal(0, 5 / 255, flat.shape), 0, 1).astype(np.float32), iterations=2,
+                  preset="fast", fits=1)
+    assert used[0] < presets.FAST["denoise"].tv_weight / 300  # light noise: practically none
+    used.clear()
+    tasks.denoise(noisy, iterations=2, preset="paper")
+    tasks.dejpeg(noisy, iterations=2, preset="fast", fits=1)
+    assert used == []
 
 
 # ---------------------------------------------------------------------------------------------

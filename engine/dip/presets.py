@@ -26,6 +26,11 @@ PresetName = Literal["auto", "fast", "quality", "paper"]
 TASKS: tuple[Task, ...] = ("denoise", "inpaint", "super_resolve", "dejpeg")
 PRESET_NAMES: tuple[PresetName, ...] = ("auto", "fast", "quality", "paper")
 
+# The noise level ``TaskPreset.tv_weight`` is measured for, and how fast the weight falls off
+# below it (see FAST["denoise"]); above it the weight stays (stronger noise is unmeasured).
+TV_REFERENCE_SIGMA = 25 / 255
+TV_FALLOFF_EXPONENT = 4
+
 # Without stopping a run never exceeds this many iterations on the CPU per pixel of the net
 # input (~3000 its of a 256² light net): a large image gets fewer iterations and a blurrier
 # but timely result rather than an hours-long run.
@@ -80,6 +85,14 @@ class TaskPreset:
     # the average is cleaner: F16 σ=25 128², light net, 30.39 dB for one fit, 30.82 for two,
     # 31.04 for four (CBM3D 30.57).
     fits: int = 1
+    # Total variation added to the objective (DIP-TV, Liu et al. 2019): ``tv_weight`` for
+    # Gaussian noise of σ = 25/255 or more, × (σ̂ / σ_25)^TV_FALLOFF_EXPONENT below it, σ̂ being
+    # the noise level estimated in the image (`tasks.estimate_noise_sigma`). 0 = off.
+    tv_weight: float = 0.0
+
+    def total_variation_weight(self, noise_sigma: float) -> float:
+        """The TV weight for an image whose estimated noise σ (in [0, 1] units) is given."""
+        return self.tv_weight * min(1.0, noise_sigma / TV_REFERENCE_SIGMA) ** TV_FALLOFF_EXPONENT
 
     def speed_settings(self, device: torch.device) -> dict:
         """The loop's speed keywords for a run on ``device``."""
@@ -208,6 +221,16 @@ FAST: dict[Task, TaskPreset] = {
     # smooth Berkeley photo (135069, 128², σ=25, one fit, automatic stop) 1/30 gave 33.65 dB,
     # 1/60 31.67, 1/15 30.78, 1/10 30.42, none 28.13 (stopped at 775 its;
     # `benchmarks/denoise_setting_study.py 135069 --size 128 --reg-noise 0.0333,0.0667,0.1,0.0167,0`).
+    # Total variation (DIP-TV, `TaskPreset.tv_weight`) stays off: no gain beyond the spread
+    # between runs. σ=25, 128², automatic stop (`benchmarks/denoise_setting_study.py IMAGE
+    # --size 128 --tv-weight 0,0.005,0.01 [--fits 4]`), weight 0 / 0.005 / 0.01 — one fit:
+    # Berkeley 135069 (smooth) 33.50 / 33.82 / 33.89 dB, 122048 28.59 / 28.65 / 28.68, F16
+    # 30.39 / 30.60 / 30.42; four fits averaged (what `quality` returns on a CPU): 135069 34.26 /
+    # 34.30 / 34.24, 122048 29.15 / 29.08 / 29.13, F16 31.04 / 31.07 / 30.97. But a weight too
+    # small to matter (5e-5, σ=10) also moved one fit by +0.38 dB: a changed objective changes
+    # the run's path, so one-fit differences of a few tenths are that spread, and the averages
+    # did not move. 0.03 lost 0.3–0.5 dB on the textured two; at σ=10 0.0015 / 0.01 cost up to
+    # 0.16 / 0.64 dB (hence the fall-off with the estimated noise level, should it be used).
     "denoise": TaskPreset(FAST_DENOISE, 0.01, 1.0 / 30.0, 0.99, 22.0, MIN_ITERATIONS, 6000,
                           AUTO_STOP, expected_per_side=14.0),
     # Inpainting stops once the hole has settled (INPAINT_STOP). JPEG's whole-window
