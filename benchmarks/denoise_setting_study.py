@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--settings", choices=("fast", "quality-gpu"), default="fast")
     parser.add_argument("--tv-weight", default="", help="TV weights to try (default: the settings' own)")
     parser.add_argument("--sigma", type=float, default=25.0, help="added noise σ in 1/255 (default 25)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--fits", type=int, default=1, help="fits averaged per run (side by side on a "
                         "multi-core CPU, as `quality` does with 4)")
     args = parser.parse_args()
@@ -61,11 +62,11 @@ def main() -> None:
             def preview(so_far, seen=seen, started=started) -> None:
                 seen.append((dip_bench.psnr(so_far, clean), time.perf_counter() - started))
 
-            out = tasks.denoise(noisy, preset="fast", fits=args.fits, device="cpu", stats=stats, preview=preview)
+            out = tasks.denoise(noisy, preset="fast", fits=args.fits, device=args.device, stats=stats, preview=preview)
             best = max(seen, default=(float("nan"), 0.0))
             print(json.dumps({"image": args.image, "size": args.size, "settings": args.settings,
                               "sigma": args.sigma, "estimated_sigma": round(noise_estimate * 255, 2),
-                              "fits": args.fits, "reg_noise_std": reg, "tv_weight_at_sigma_25": tv,
+                              "device": args.device, "fits": args.fits, "reg_noise_std": reg, "tv_weight_at_sigma_25": tv,
                               "tv_weight_used": presets.FAST["denoise"].total_variation_weight(noise_estimate),
                               "psnr": round(dip_bench.psnr(out, clean), 2), "iterations": stats.iterations_run,
                               "result_iteration": stats.result_iteration, "stopped": stats.stopped_early,
