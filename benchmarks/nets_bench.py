@@ -1,7 +1,7 @@
 """Trained-nets benchmark (JSON on stdout): upscale and sharpen quality, ONNX Runtime vs torch
 speed, and (with --big) peak memory and seams of a 6000×4000 ×2 upscale.
 
-    python benchmarks/nets_bench.py [--models DIR] [--max-images N] [--only upscale,sharpen,speed,estimates]
+    python benchmarks/nets_bench.py [--models DIR] [--max-images N] [--only upscale,sharpen,denoise,speed,estimates]
                                     [--set NAME=DIR ...] [--speed-sizes 256,512] [--speed-repeats 9]
                                     [--estimate-side 1024]
                                     [--big [--big-size 6000x4000]] > benchmarks/results/nets.json
@@ -21,6 +21,12 @@ point it at your copy of Set5, Set14, BSD100, Urban100 — the same protocol run
   up). PSNR (RGB) of the blurred input, of the net, and of the best unsharp mask *tuned per
   image against the truth* (an oracle: radius × amount grid) — a strong classical baseline.
   Also the net's result at other amounts (the op's ``amount``: 50–200 % of its detail).
+- denoise: centred 192² crops with white Gaussian noise of σ = 15, 25 and 50 (/255; numpy rng
+  seeded by the image's name), clipped. PSNR (RGB) of the noisy input, of the blind net (never
+  told σ) with 1 and 8 passes, and of CBM3D (the ``bm3d`` package, benchmark-only, *told the
+  true σ*), with seconds per image. Also the DIP engine's own denoise cases
+  (``benchmarks/dip_bench.py``'s ``denoise_case``: F16 256², Berkeley 122048 and 135069 128²,
+  σ=25, the same noisy pixels), so the net sits beside the DIP results recorded for them.
 - upscale and sharpen are also run with 8 passes (the net averaged over the image's
   mirrored/turned copies, ``runner.run_model(..., passes=8)``; what the ops do automatically
   up to 1 megapixel): the ``*_8_passes`` fields.
@@ -63,6 +69,7 @@ SPLIT_SET = "train-split-validation"
 DIP_PHOTOS = ["denoising/F16_GT.png", "restoration/kate.png", "restoration/barbara.png", "sr/zebra_GT.png",
               "inpainting/library.png", "inpainting/vase.png", "flash_no_flash/cave01_00_flash.jpg"]
 CROP = 192
+NET_NAMES = ("rdn_x2", "rdn_x4", "sharpen", "denoise")
 BLUR_SIGMA = 1.6
 
 from engine.onnx import runner  # noqa: E402
@@ -229,6 +236,64 @@ def bench_sharpen(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
     return report
 
 
+# -- denoise -----------------------------------------------------------------------------------
+
+DENOISE_SIGMAS = (15, 25, 50)
+# dip_bench.py's denoise cases (name, crop side): what the DIP engine's results were measured on.
+DIP_DENOISE_CASES = (("F16", 256), ("122048", 128), ("135069", 128))
+
+
+def noisy_copy(truth: np.ndarray, sigma: float, seed_text: str) -> np.ndarray:
+    seed = int.from_bytes(seed_text.encode("utf-8")[:8].ljust(8, b"\0"), "little")
+    noise = np.random.default_rng(seed).normal(0.0, sigma / 255.0, truth.shape)
+    return np.clip(truth + noise, 0.0, 1.0).astype(np.float32)
+
+
+def denoise_row(model, truth: np.ndarray, noisy: np.ndarray, sigma: float) -> dict[str, Any]:
+    import bm3d
+
+    net, net_s = timed(lambda: runner.run_model(model, noisy))
+    net8, net8_s = timed(lambda: runner.run_model(model, noisy, passes=8))
+    cbm3d, cbm3d_s = timed(lambda: np.clip(bm3d.bm3d_rgb(noisy, sigma / 255.0), 0.0, 1.0))
+    return {"noisy": round(psnr(noisy, truth), 3), "net": round(psnr(net, truth), 3),
+            "net_8_passes": round(psnr(net8, truth), 3), "cbm3d": round(psnr(cbm3d, truth), 3),
+            "seconds": {"net": round(net_s, 3), "net_8_passes": round(net8_s, 3), "cbm3d": round(cbm3d_s, 2)}}
+
+
+def bench_denoise(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
+    model = runner.load_model(models / "denoise.onnx", "cpu")
+    report: dict[str, Any] = {}
+    for sigma in DENOISE_SIGMAS:
+        for set_name, files in sets.items():
+            rows = []
+            for path in files:
+                truth = centre_crop(as_float(path), CROP)
+                if truth is None:
+                    continue
+                row = denoise_row(model, truth, noisy_copy(truth, sigma, path.name), sigma)
+                rows.append({"image": path.name, "folder": path.parent.name, **row})
+            report[f"gaussian_sigma_{sigma}/{set_name}"] = {
+                "images": len(rows), **{f"psnr_{k}": mean([r[k] for r in rows])
+                                        for k in ("noisy", "net", "net_8_passes", "cbm3d")},
+                "gain_over_cbm3d_db": mean([r["net"] - r["cbm3d"] for r in rows]),
+                "gain_8_passes_over_cbm3d_db": mean([r["net_8_passes"] - r["cbm3d"] for r in rows]),
+                "seconds_mean": {k: mean([r["seconds"][k] for r in rows]) for k in ("net", "net_8_passes", "cbm3d")},
+                **by_folder(rows if set_name == SPLIT_SET else [], {
+                    "gain_over_cbm3d_db": lambda r: r["net"] - r["cbm3d"],
+                    "gain_8_passes_over_cbm3d_db": lambda r: r["net_8_passes"] - r["cbm3d"]}),
+                "per_image": rows,
+            }
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from dip_bench import denoise_case  # the DIP benchmark's exact noisy inputs
+
+    cases = {}
+    for name, size in DIP_DENOISE_CASES:
+        clean, noisy = denoise_case(name, size)
+        cases[f"{name} centre {size}x{size}"] = denoise_row(model, clean, noisy, 25.0)
+    report["dip_bench_cases_sigma_25"] = cases
+    return report
+
+
 # -- speed: ONNX Runtime vs torch eager --------------------------------------------------------
 
 # glibc hands big freed blocks straight back to the OS, so by default every torch eager run
@@ -385,7 +450,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, default=None, help="model folder (default: the engine's)")
     parser.add_argument("--max-images", type=int, default=None, help="at most N images per set (quick runs)")
-    parser.add_argument("--only", default="upscale,sharpen,speed,estimates")
+    parser.add_argument("--only", default="upscale,sharpen,denoise,speed,estimates")
     parser.add_argument("--set", dest="extra_sets", type=parse_set, action="append", default=[],
                         metavar="NAME=DIR", help="also measure on this folder of ground-truth images (repeatable)")
     parser.add_argument("--speed-sizes", default="256,512", help="square input sides, comma-separated")
@@ -412,18 +477,20 @@ def main() -> int:
                     "cpus_usable": len(os.sched_getaffinity(0))},
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "models": {name: runner.read_card(models / f"{name}.onnx").get("export", {}).get("sha256", "")[:12]
-                   for name in ("rdn_x2", "rdn_x4", "sharpen")},
+                   for name in NET_NAMES if (models / f"{name}.onnx").is_file()},
         "images": {name: [p.name for p in files] for name, files in sets.items()},
     }
     # The held-out set must be the one each net was validated on (never trained on).
     held_out = {p.name for p in image_sets(None)[SPLIT_SET]}
     report["split_matches_model_cards"] = {
         name: sorted(runner.read_card(models / f"{name}.onnx").get("data", {}).get("validation_files", [])) ==
-        sorted(held_out) for name in ("rdn_x2", "rdn_x4", "sharpen")}
+        sorted(held_out) for name in NET_NAMES if (models / f"{name}.onnx").is_file()}
     if "upscale" in only:
         report["upscale"] = bench_upscale(sets, models)
     if "sharpen" in only:
         report["sharpen"] = bench_sharpen(sets, models)
+    if "denoise" in only:
+        report["denoise"] = bench_denoise(sets, models)
     if "speed" in only:
         report["speed"] = bench_speed(models, sizes, args.speed_repeats)
     if "estimates" in only:

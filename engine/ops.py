@@ -405,6 +405,16 @@ def scaled_detail(source: np.ndarray, restored: np.ndarray, amount: float) -> np
     return restored
 
 
+_run_dip_denoise = _denoise_like("denoise", "Denoised")
+
+
+def _denoise(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
+             ctx: JobContext) -> list[ResultLayer]:
+    if params["method"] == "dip":
+        return _run_dip_denoise(image, mask, params, ctx)
+    return [ResultLayer("image", "Denoised", _run_net("denoise", image, params["device"], ctx, params["passes"]))]
+
+
 def _sharpen(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
              ctx: JobContext) -> list[ResultLayer]:
     sharp = _run_net("sharpen", image, params["device"], ctx, params["passes"])
@@ -429,7 +439,7 @@ _SHARPEN_AMOUNT = Param("amount", int, 100, "percent of the recovered detail add
 # `benchmarks/nets_bench.py --only estimates` (results/2026-11-22-nets-estimates-cpu.json;
 # bare 256² runs gave 17-30 % less and the estimates came out low).
 # Two threads measured 1.6-1.9× faster: more threads are counted at 0.9 each.
-_NET_SECONDS_PER_MEGAPIXEL = {"rdn_x2": 4.59, "rdn_x4": 3.22, "sharpen": 0.54}
+_NET_SECONDS_PER_MEGAPIXEL = {"rdn_x2": 4.59, "rdn_x4": 3.22, "sharpen": 0.54, "denoise": 0.54}
 
 
 def _net_seconds(name: str, device: str, height: int, width: int, passes: int) -> float | None:
@@ -457,6 +467,12 @@ def _upscale_estimate(params: dict[str, Any], height: int, width: int) -> float 
     return _net_seconds(f"rdn_x{params['scale']}", params["device"], height, width, params["passes"])
 
 
+def _denoise_estimate(params: dict[str, Any], height: int, width: int) -> float | None:
+    if params["method"] == "dip":
+        return _dip_estimate("denoise")(params, height, width)
+    return _net_seconds("denoise", params["device"], height, width, params["passes"])
+
+
 def _sharpen_estimate(params: dict[str, Any], height: int, width: int) -> float | None:
     return _net_seconds("sharpen", params["device"], height, width, params["passes"])
 
@@ -475,11 +491,20 @@ _UPSCALE_PARAMS = (
     _NET_PASSES,
 )
 
+# Denoise: the trained net by default (seconds, blind: white, signal-dependent or grey noise
+# up to σ≈55/255), DIP on request (minutes; adapts to the one image, no training data). The
+# DIP settings come first, as before the net existed; method and passes were added after them.
+_DENOISE_PARAMS = _DIP_PARAMS + (
+    Param("method", str, "net", "net: trained U-Net, seconds; dip: Deep Image Prior, minutes "
+          "(the settings above are for dip)", choices=("net", "dip")),
+    _NET_PASSES,
+)
+
 OPS: dict[str, OpSpec] = {
     spec.name: spec
     for spec in (
-        OpSpec("denoise", "Deep Image Prior denoising (noise level not needed)",
-               _denoise_like("denoise", "Denoised"), _DIP_PARAMS, estimate=_dip_estimate("denoise")),
+        OpSpec("denoise", "Remove noise with a trained U-Net (seconds) or a Deep Image Prior (minutes); "
+               "the noise level need not be known", _denoise, _DENOISE_PARAMS, estimate=_denoise_estimate),
         OpSpec("inpaint", "Deep Image Prior inpainting of the masked pixels", _inpaint, _DIP_PARAMS,
                needs_mask=True, estimate=_dip_estimate("inpaint")),
         OpSpec("dejpeg", "Deep Image Prior removal of JPEG artefacts (quality not needed)",

@@ -12,10 +12,12 @@ Tasks:
   sP×sP, with random flips / 90° turns.
 - ``sharpen``: clean P×P crops (flipped / turned), degraded by ``degrade.sharpen_degradation``
   (noise/JPEG probabilities adjustable for training; validation always uses the defaults).
+- ``denoise``: clean P×P crops (flipped / turned) with ``degrade.denoise_degradation``'s
+  blind noise; validation: white Gaussian σ=25/255 (``degrade.validation_noise``).
 
 Validation images are the same every time: upscale uses the standard protocol (whole image,
-or a centred crop of at most ``val_max_side``), sharpen degrades each with an rng seeded by
-its name, so PSNRs are comparable across evaluations and runs.
+or a centred crop of at most ``val_max_side``), sharpen and denoise degrade each with an rng seeded
+by its name, so PSNRs are comparable across evaluations and runs.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from PIL import Image
 
 from . import degrade
 
+TASKS = ("upscale", "sharpen", "denoise")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
@@ -95,7 +98,7 @@ class PatchData:
                  noise_probability: float = degrade.NOISE_PROBABILITY,
                  jpeg_probability: float = degrade.JPEG_PROBABILITY,
                  blur_mix: tuple[float, float, float] = degrade.BLUR_MIX) -> None:
-        if task not in ("upscale", "sharpen"):
+        if task not in TASKS:
             raise ValueError(f"unknown task {task!r}")
         self.task, self.patch, self.scale = task, int(patch), int(scale if task == "upscale" else 1)
         self.val_max_side = val_max_side
@@ -143,8 +146,9 @@ class PatchData:
                 y = int(rng.integers(hr.shape[0] - p + 1))
                 x = int(rng.integers(hr.shape[1] - p + 1))
                 (tgt,) = augment([hr[y:y + p, x:x + p].astype(np.float32) / 255.0], rng)
-                src = degrade.sharpen_degradation(tgt, rng, self.noise_probability, self.jpeg_probability,
-                                                  self.blur_mix)
+                src = (degrade.denoise_degradation(tgt, rng) if self.task == "denoise" else
+                       degrade.sharpen_degradation(tgt, rng, self.noise_probability, self.jpeg_probability,
+                                                   self.blur_mix))
             sources.append(src.transpose(2, 0, 1))
             targets.append(tgt.transpose(2, 0, 1))
         return Sample(np.stack(sources).astype(np.float32), np.stack(targets).astype(np.float32))
@@ -170,7 +174,9 @@ class PatchData:
                 out.append((path.name, degrade.bicubic_downscale(hr, self.scale), hr))
             else:
                 rng = np.random.default_rng(int(name_hash(path) * 2 ** 32))
-                out.append((path.name, degrade.sharpen_degradation(hr, rng), hr))
+                degraded = (degrade.validation_noise(hr, rng) if self.task == "denoise"
+                            else degrade.sharpen_degradation(hr, rng))
+                out.append((path.name, degraded, hr))
         self._validation[multiple] = out
         return out
 

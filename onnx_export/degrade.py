@@ -8,6 +8,10 @@ All functions take and return float32 H×W×C arrays in [0, 1]. Randomness alway
 - Sharpening: ``sharpen_degradation`` draws one blind degradation: a blur (Gaussian σ 0.5–3,
   defocus disk, or down-and-up resize blur), then, sometimes, light noise and/or JPEG. The
   output keeps the input's shape.
+- Denoising: ``denoise_degradation`` draws one blind noise: white Gaussian (per channel),
+  signal-dependent (shot + read noise, as a camera's raw noise), or the same noise in every
+  channel (luminance grain), σ up to 55/255; sometimes 8-bit rounding and/or JPEG after it.
+  ``validation_noise`` is the fixed benchmark case: white Gaussian σ=25/255, clipped.
 """
 from __future__ import annotations
 
@@ -143,3 +147,50 @@ def sharpen_degradation(img: np.ndarray, rng: np.random.Generator, noise_probabi
     if rng.random() < jpeg_probability:
         out = jpeg(out, int(rng.integers(70, 96)))
     return out.astype(np.float32)
+
+
+# -- denoising --------------------------------------------------------------------------------
+
+NOISE_KINDS = ("white", "signal", "luminance")
+NOISE_MIX = (0.6, 0.25, 0.15)  # how often each of NOISE_KINDS is drawn
+MAX_NOISE_SIGMA = 55.0 / 255.0  # a little past σ=50, the usual top of the benchmarks
+VALIDATION_NOISE_SIGMA = 25.0 / 255.0
+QUANTISE_PROBABILITY = 0.5
+DENOISE_JPEG_PROBABILITY = 0.1
+
+
+def signal_noise(img: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Shot + read noise: variance a·x + b, scaled so that mid-grey gets σ (a raw photo's noise
+    model; brighter pixels are noisier in absolute terms, darker ones relative to their level)."""
+    shot_share = float(rng.uniform(0.5, 1.0))
+    a = shot_share * sigma ** 2 / 0.5
+    b = (1.0 - shot_share) * sigma ** 2
+    std = np.sqrt(a * np.clip(img, 0.0, 1.0) + b).astype(np.float32)
+    return img + std * rng.standard_normal(img.shape).astype(np.float32)
+
+
+def denoise_degradation(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One random blind noise for the denoise net: a kind (``NOISE_MIX``), σ uniform in
+    (0, ``MAX_NOISE_SIGMA``], clipped; then sometimes 8-bit rounding, sometimes JPEG q 75–95
+    (a phone's noisy, compressed photo)."""
+    img = img.astype(np.float32, copy=False)
+    sigma = float(rng.uniform(1.0 / 255.0, MAX_NOISE_SIGMA))
+    kind = rng.choice(NOISE_KINDS, p=list(NOISE_MIX))
+    if kind == "white":
+        out = add_noise(img, sigma, rng)
+    elif kind == "signal":
+        out = signal_noise(img, sigma, rng)
+    else:
+        grain = rng.normal(0.0, sigma, size=(*img.shape[:2], 1)).astype(np.float32)
+        out = img + grain  # the same in every channel: grey grain, no colour speckle
+    out = np.clip(out, 0.0, 1.0)
+    if rng.random() < QUANTISE_PROBABILITY:
+        out = np.round(out * 255.0) / 255.0
+    if rng.random() < DENOISE_JPEG_PROBABILITY:
+        out = jpeg(out, int(rng.integers(75, 96)))
+    return out.astype(np.float32)
+
+
+def validation_noise(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The benchmark's case (as for CBM3D and the DIP engine): white Gaussian σ=25/255, clipped."""
+    return np.clip(add_noise(img.astype(np.float32, copy=False), VALIDATION_NOISE_SIGMA, rng), 0.0, 1.0)

@@ -119,11 +119,11 @@ def export_with_card(model: nn.Module, kind: str, out: Path, card: dict[str, Any
     card = copy.deepcopy(card or {})
     facts = runtime_facts(model)
     card.setdefault("name", out.stem)
-    card.setdefault("task", TASKS[kind])
+    card.setdefault("task", TASKS[kind])  # a U-Net's card says whether it sharpens or denoises
     card.setdefault("architecture", {"kind": kind, "params": model_params(model), **facts})
     card["runtime"] = {
         "format": 1,
-        "task": TASKS[kind],
+        "task": card["task"],
         "scale": facts["scale"],
         "size_multiple": facts["size_multiple"],
         "tile_overlap": recommended_overlap(model),

@@ -4,6 +4,7 @@
         --steps 200000 --batch 16 --patch 48 [--resume] [--C 4 --D 8 --G 32 --G0 64]
     python -m onnx_export.train --model unet --data DIR... --out ckpt/sharpen.pt --steps N \
         --batch 8 --patch 96 [--base 32 --depth 4] [--gan-weight 0.005] [--noise-prob 0.5 --jpeg-prob 0.3]
+    python -m onnx_export.train --model unet --task denoise --data DIR... --out ckpt/denoise.pt ...
     ... [--init-from CHECKPOINT]   start from another checkpoint's weights (its commands go in the card);
                                    an RDN with more blocks (--D) than the checkpoint's starts as
                                    the checkpoint's net, the added blocks passing their input on
@@ -39,7 +40,7 @@ from .data import PatchData, psnr
 from . import degrade
 from .degrade import bicubic_upscale
 from .models.rdn import block_count, deepen_state
-from .models import TASKS, PatchDiscriminator, build_model, model_params, runtime_facts
+from .models import KIND_TASKS, TASKS, PatchDiscriminator, build_model, model_params, runtime_facts
 
 CHECKPOINT_FORMAT = 1
 ARCH_FLAGS = {"rdn": ("C", "D", "G", "G0", "upscaling", "input_skip"), "unet": ("base", "depth", "max_channels")}
@@ -57,6 +58,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m onnx_export.train", description=__doc__.split("\n")[0])
     p.add_argument("--model", choices=("rdn", "unet"), required=True)
     p.add_argument("--scale", type=int, choices=(2, 3, 4), help="rdn only (default 2)")
+    p.add_argument("--task", choices=("sharpen", "denoise"),
+                   help="unet only: what it learns to undo (default sharpen; a checkpoint keeps its own)")
     p.add_argument("--data", nargs="+", required=True, help="image folders (or files)")
     p.add_argument("--out", type=Path, required=True, help="checkpoint path (.pt)")
     p.add_argument("--steps", type=int, required=True, help="total optimisation steps")
@@ -98,6 +101,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--gan-weight must be ≥ 0")
     if args.model == "rdn" and args.gan_weight:
         p.error("--gan-weight is for --model unet")
+    if args.task is not None and args.task not in KIND_TASKS[args.model]:
+        p.error(f"--task {args.task} is not a task of --model {args.model}")
     if not (0.0 <= args.noise_prob <= 1.0 and 0.0 <= args.jpeg_prob <= 1.0):
         p.error("--noise-prob and --jpeg-prob are probabilities in [0, 1]")
     return args
@@ -182,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         if state.get("format") != CHECKPOINT_FORMAT or state.get("kind") != args.model:
             raise SystemExit(f"{args.out} is not a {args.model} checkpoint of this trainer")
         params = dict(state["params"])
+        task = state.get("task", TASKS[args.model])
+        if args.task is not None and args.task != task:
+            raise SystemExit(f"--resume: {args.out} was trained for {task}, not {args.task}")
         asked = _arch_from_args(args)
         clash = {k: (params.get(k), v) for k, v in asked.items()
                  if getattr(args, k, None) is not None and params.get(k) != v}
@@ -191,8 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{args.out} exists: pass --resume to continue it, or choose another --out")
     else:
         params = _arch_from_args(args)
-
-    task = TASKS[args.model]
+        task = args.task or TASKS[args.model]
     torch.manual_seed(args.seed)
     model = build_model(args.model, params).to(device)
     multiple = int(getattr(model, "size_multiple", 1))
@@ -252,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             "step": step, "history": history, "commands": commands,
             "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
         }, args.out)
-        _write_json_atomic(model_card(args, params, model, data, step, history, commands, last_eval),
+        _write_json_atomic(model_card(args, task, params, model, data, step, history, commands, last_eval),
                            card_path(args.out))
 
     model.train()
@@ -294,20 +301,31 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def model_card(args: argparse.Namespace, params: dict[str, Any], model: torch.nn.Module, data: PatchData,
+def degradation_text(args: argparse.Namespace, task: str) -> str:
+    if task == "upscale":
+        return "antialiased bicubic downscale (Pillow)"
+    if task == "denoise":
+        return (f"one of white Gaussian / signal-dependent (shot + read) / luminance-only noise "
+                f"(shares {', '.join(f'{v:.2f}' for v in degrade.NOISE_MIX)}), σ ≤ "
+                f"{degrade.MAX_NOISE_SIGMA * 255:.0f}/255, clipped; 8-bit rounding "
+                f"(p {degrade.QUANTISE_PROBABILITY:g}); JPEG q 75–95 (p {degrade.DENOISE_JPEG_PROBABILITY:g}); "
+                f"validation: white Gaussian σ=25/255")
+    return ("one of Gaussian σ 0.5–3 / defocus disk r 1–4 / resize blur ×1.5–3 "
+            f"(shares {', '.join(f'{v:.2f}' for v in args.blur_mix)}); "
+            f"noise σ ≤ 0.02 (p {args.noise_prob:g}); JPEG q 70–95 (p {args.jpeg_prob:g})")
+
+
+def model_card(args: argparse.Namespace, task: str, params: dict[str, Any], model: torch.nn.Module, data: PatchData,
                step: int, history: list[dict[str, Any]], commands: list[str],
                last_eval: dict[str, Any] | None) -> dict[str, Any]:
     return {
         "name": args.out.stem,
-        "task": TASKS[args.model],
+        "task": task,
         "architecture": {"kind": args.model, "params": model_params(model), **runtime_facts(model)},
         "training": {
             "steps": step, "batch": args.batch, "patch": args.patch, "lr": args.lr,
             "loss": "L1" + (f" + {args.gan_weight} LSGAN (PatchGAN)" if args.gan_weight else ""),
-            "degradation": ("antialiased bicubic downscale (Pillow)" if args.model == "rdn"
-                            else "one of Gaussian σ 0.5–3 / defocus disk r 1–4 / resize blur ×1.5–3 "
-                                 f"(shares {', '.join(f'{v:.2f}' for v in args.blur_mix)}); "
-                                 f"noise σ ≤ 0.02 (p {args.noise_prob:g}); JPEG q 70–95 (p {args.jpeg_prob:g})"),
+            "degradation": degradation_text(args, task),
             "seed": args.seed, "torch": torch.__version__,
             "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },

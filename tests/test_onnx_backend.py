@@ -335,6 +335,30 @@ def test_degradations_deterministic_and_shape_preserving(shape: tuple[int, int, 
     assert psnr(degrade.gaussian_blur(img, 1.5), img) < 40
 
 
+def test_denoise_degradation_is_blind_deterministic_and_validation_fixed() -> None:
+    img = _test_image(48, 40)
+    levels, kinds_seen = [], set()
+    for seed in range(40):
+        a = degrade.denoise_degradation(img, np.random.default_rng(seed))
+        np.testing.assert_array_equal(a, degrade.denoise_degradation(img, np.random.default_rng(seed)))
+        assert a.shape == img.shape and a.dtype == np.float32 and 0 <= a.min() and a.max() <= 1
+        noise = a - img
+        levels.append(float(noise.std()))
+        # grey grain: the same noise in every channel
+        kinds_seen.add("luminance" if np.allclose(noise[..., 0], noise[..., 1], atol=0.02) else "colour")
+    assert min(levels) < 0.03 < 0.12 < max(levels) < 0.25  # blind: weak to strong noise
+    assert kinds_seen == {"luminance", "colour"}
+    # Signal-dependent noise is stronger on bright pixels than on dark ones.
+    flat = np.concatenate([np.full((64, 64, 3), 0.1, np.float32), np.full((64, 64, 3), 0.8, np.float32)])
+    noisy = degrade.signal_noise(flat, 0.1, np.random.default_rng(0))
+    assert (noisy - flat)[64:].std() > 1.5 * (noisy - flat)[:64].std()
+    # Validation: white Gaussian σ=25/255, the same for the same rng.
+    grey = np.full((96, 96, 3), 0.5, np.float32)
+    v = degrade.validation_noise(grey, np.random.default_rng(1))
+    assert abs(float((v - grey).std()) - 25 / 255) < 0.003
+    np.testing.assert_array_equal(v, degrade.validation_noise(grey, np.random.default_rng(1)))
+
+
 def test_validation_split_is_by_name_and_disjoint(tmp_path: Path) -> None:
     files = [tmp_path / f"img{i:03d}.png" for i in range(200)]
     train, val = split_files(files, 0.1)
@@ -472,6 +496,30 @@ def test_training_smoke_unet_with_patchgan(tmp_path: Path, tiny_images: Path) ->
     commands = json.loads(tuned.with_suffix(".json").read_text())["commands"]
     assert commands[0] == card["commands"][0] and commands[1] == f"# then, initialised from {ckpt}:"
     assert "--init-from" in commands[2] and len(commands) == 3
+
+
+def test_training_a_denoise_unet_records_its_task(tmp_path: Path, tiny_images: Path) -> None:
+    from onnx_export import export, train
+
+    ckpt = tmp_path / "denoise.pt"
+    net = ["--data", str(tiny_images), "--batch", "2", "--patch", "16", "--base", "4", "--depth", "2",
+           "--max-channels", "8", "--threads", "1", "--val-every", "2"]
+    assert train.main(["--model", "unet", "--task", "denoise", "--out", str(ckpt), "--steps", "2", *net]) == 0
+    card = json.loads(ckpt.with_suffix(".json").read_text())
+    assert card["task"] == "denoise" and torch.load(ckpt, weights_only=True)["task"] == "denoise"
+    assert "white Gaussian" in card["training"]["degradation"]
+    # Validation is σ=25 noise: the untrained net (the identity) scores the noisy input's PSNR.
+    assert card["validation"]["last"]["baseline_psnr"] == pytest.approx(20.2, abs=0.6)
+    with pytest.raises(SystemExit, match="trained for denoise"):
+        train.main(["--model", "unet", "--task", "sharpen", "--out", str(ckpt), "--steps", "3", "--resume", *net])
+    assert train.main(["--model", "unet", "--out", str(ckpt), "--steps", "3", "--resume", *net]) == 0
+    assert json.loads(ckpt.with_suffix(".json").read_text())["task"] == "denoise"
+    with pytest.raises(SystemExit):  # argparse: an RDN only upscales
+        train.main(["--model", "rdn", "--task", "denoise", "--out", str(tmp_path / "x.pt"), "--steps", "1", *net[:2]])
+    onnx_path = tmp_path / "denoise.onnx"
+    assert export.main([str(ckpt), "-o", str(onnx_path)]) == 0
+    exported = json.loads(onnx_path.with_suffix(".json").read_text())
+    assert exported["task"] == exported["runtime"]["task"] == "denoise"
 
 
 def test_sharpen_mix_probabilities_touch_training_only(tiny_images: Path) -> None:

@@ -75,10 +75,12 @@ def test_upscale_op_runs_the_net_and_resamples_alpha(scale: int, channels: int) 
         np.testing.assert_array_equal(layer.pixels[..., -1:], resize_alpha(image[..., -1:], scale))
 
 
-def test_sharpen_op_keeps_size_and_alpha() -> None:
+@pytest.mark.parametrize("op, params, title", [("sharpen", {}, "Sharpened"), ("denoise", {}, "Denoised"),
+                                               ("denoise", {"method": "net", "passes": 2}, "Denoised")])
+def test_sharpen_and_denoise_net_ops_keep_size_and_alpha(op: str, params: dict, title: str) -> None:
     image = _image(30, 21, 4, seed=1)
-    (layer,) = ops.run_op("sharpen", image, None, {})
-    assert layer.title == "Sharpened"
+    (layer,) = ops.run_op(op, image, None, params)
+    assert layer.title == title
     assert layer.pixels.shape == image.shape
     np.testing.assert_allclose(layer.pixels, image, atol=2e-5)  # the tiny net is the identity
 
@@ -448,7 +450,7 @@ def test_shipped_models_are_complete_small_and_load(monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("NEURAL_RESTORE_MODELS")
     assert runner.models_dir() == SHIPPED
     total = 0
-    for name, scale in (("rdn_x2", 2), ("rdn_x4", 4), ("sharpen", 1)):
+    for name, scale in (("rdn_x2", 2), ("rdn_x4", 4), ("sharpen", 1), ("denoise", 1)):
         path = runner.find_model(name)
         card = runner.read_card(path)
         assert card["runtime"]["scale"] == scale and card["export"]["sha256"]
@@ -471,7 +473,7 @@ def test_wheel_carries_the_models(tiny_models: Path, tmp_path: Path) -> None:
     spec.loader.exec_module(installer)
     src = installer.stage_engine_source(REPO, tmp_path / "src")
     (src / "engine" / "models").mkdir(exist_ok=True)
-    for name in ("rdn_x2", "rdn_x4", "sharpen"):
+    for name in ("rdn_x2", "rdn_x4", "sharpen", "denoise"):
         for suffix in (".onnx", ".json"):
             (src / "engine" / "models" / (name + suffix)).write_bytes((tiny_models / (name + suffix)).read_bytes())
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
@@ -485,7 +487,7 @@ def test_wheel_carries_the_models(tiny_models: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     code = (f"import sys; sys.path.insert(0, {str(target)!r})\n"
             "from engine.onnx import runner\n"
-            "for name in ('rdn_x2', 'rdn_x4', 'sharpen'):\n"
+            "for name in ('rdn_x2', 'rdn_x4', 'sharpen', 'denoise'):\n"
             "    path = runner.find_model(name)\n"
             "    assert path.with_suffix('.json').is_file()\n"
             "    runner.load_model(path, 'cpu')\n"
@@ -506,11 +508,14 @@ def test_net_ops_estimate_time_from_measured_rates_without_torch() -> None:
         "small = estimate_seconds('upscale', {'scale': 2, 'device': 'cpu'}, 500, 500)\n"
         "big = estimate_seconds('upscale', {'scale': 2, 'device': 'cpu'}, 1000, 1000)\n"
         "sharp = estimate_seconds('sharpen', {'device': 'cpu'}, 1000, 1000)\n"
+        "clean = estimate_seconds('denoise', {'device': 'cpu'}, 1000, 1000)\n"
         "assert small > 0 and abs(big - 4 * small) <= 0.2 * big, (small, big)\n"
-        "assert 0 < sharp < big, (sharp, big)\n"
+        "assert 0 < sharp < big and 0 < clean < big, (sharp, clean, big)\n"
         "assert 'torch' not in sys.modules\n"
         "dip = estimate_seconds('upscale', {'scale': 2, 'device': 'cpu', 'method': 'dip'}, 64, 64)\n"
         "assert dip is not None and dip > big, dip\n"
+        "dip = estimate_seconds('denoise', {'device': 'cpu', 'method': 'dip'}, 64, 64)\n"
+        "assert dip is not None and dip > clean, dip\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -2,8 +2,8 @@
 
 ``rdn_x2`` / ``rdn_x4``: RDNs whose detail head is zero, so they return exactly the bilinear
 enlargement of their input (the input skip): a test can check geometry, tiling, alpha and
-dtypes against ``bilinear(image, scale)``. ``sharpen``: a U-Net with its (default) zero head,
-i.e. the identity. The trained nets' quality is measured by benchmarks/nets_bench.py. Needs torch + onnx (the export tools).
+dtypes against ``bilinear(image, scale)``. ``sharpen`` and ``denoise``: U-Nets with their
+(default) zero head, i.e. the identity. The trained nets' quality is measured by benchmarks/nets_bench.py. Needs torch + onnx (the export tools).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-MODEL_NAMES = ("rdn_x2", "rdn_x4", "sharpen")
+MODEL_NAMES = ("rdn_x2", "rdn_x4", "sharpen", "denoise")
 
 
 def export_tiny_nets(folder: Path) -> Path:
@@ -27,7 +27,9 @@ def export_tiny_nets(folder: Path) -> Path:
         torch.nn.init.zeros_(net.sr.weight)
         torch.nn.init.zeros_(net.sr.bias)
         export_with_card(net.eval(), "rdn", folder / f"rdn_x{scale}.onnx")
-    export_with_card(UNet(UNetConfig(base=4, depth=2, max_channels=8)).eval(), "unet", folder / "sharpen.onnx")
+    for task in ("sharpen", "denoise"):
+        export_with_card(UNet(UNetConfig(base=4, depth=2, max_channels=8)).eval(), "unet", folder / f"{task}.onnx",
+                         card={"task": task})
     return folder
 
 

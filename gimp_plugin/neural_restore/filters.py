@@ -212,6 +212,15 @@ UPSCALE_PARAMS = (
     # For method rdn only; newer, so after those.
     PASSES_PARAM,
 )
+# Denoise: the trained network (seconds) or a Deep Image Prior (minutes). After the DIP
+# settings, which came first: gimpfu (GIMP 2.10) scripts pass them by position.
+DENOISE_PARAMS = DIP_PARAMS + (
+    FilterParam("method", "choice", "net", "Method",
+                "net: trained network, seconds; dip: Deep Image Prior, minutes (fits this one image; "
+                "Quality, Iterations and Seed are its settings)",
+                choices=(("net", "Trained network (fast)"), ("dip", "Deep Image Prior (slow)"))),
+    PASSES_PARAM,
+)
 # Context read around a selection's bounds: more than the nets' tile overlap (16 px), so
 # the processed area's edges look like its inside.
 NET_CONTEXT = 32
@@ -232,14 +241,17 @@ DECOMPOSE_MODE_PARAM = FilterParam(
 DIALOG_FIRST = ("mode", "preset", "amount")
 
 
+# Filters with a method (Upscale, Denoise): what they make, the method, the network's
+# settings, then those of method dip.
+METHOD_DIALOG_FIRST = ("scale", "method", "device", "passes", "preset")
+
+
 def dialog_order(spec):
     """Names of the spec's settings in the order the dialog shows them."""
     names = [p.name for p in spec.params]
-    if "method" in names:  # Upscale: the network's setting, then those for method dip
-        if "passes" in names:
-            names.remove("passes")
-            names.insert(names.index("device") + 1, "passes")
-        return names
+    if "method" in names:
+        first = [name for name in METHOD_DIALOG_FIRST if name in names]
+        return first + [name for name in names if name not in first]
     first = [name for name in DIALOG_FIRST if name in names]
     return first + [name for name in names if name not in first]
 
@@ -248,9 +260,9 @@ FILTERS = (
     # Denoise and JPEG honour the selection as GIMP's own filters do, and a DIP run's time
     # grows with the area: a selected face takes minutes where the whole photo takes hours.
     FilterSpec("denoise", "denoise", "_Denoise...",
-               "Remove noise with a Deep Image Prior; the result is a new layer above the source, "
-               "masked to the selection if there is one.",
-               "Denoise", DIP_PARAMS, selection_bounds=True, context=DIP_CONTEXT, mask_result=True),
+               "Remove noise with a trained network (seconds) or a Deep Image Prior (minutes); the "
+               "result is a new layer above the source, masked to the selection if there is one.",
+               "Denoise", DENOISE_PARAMS, selection_bounds=True, context=DIP_CONTEXT, mask_result=True),
     FilterSpec("inpaint-selection", "inpaint", "_Inpaint Selection...",
                "Fill the selected pixels from their surroundings with a Deep Image Prior; "
                "the result is a new layer above the source.",

@@ -13,7 +13,9 @@ from .rdn import RDN, RDNConfig
 from .unet import PatchDiscriminator, UNet, UNetConfig
 
 KINDS = ("rdn", "unet")
-TASKS = {"rdn": "upscale", "unet": "sharpen"}
+TASKS = {"rdn": "upscale", "unet": "sharpen"}  # each kind's default task
+# What each kind can be trained for (the U-Net: blind sharpening or blind denoising).
+KIND_TASKS = {"rdn": ("upscale",), "unet": ("sharpen", "denoise")}
 
 
 def build_model(kind: str, params: dict[str, Any]) -> nn.Module:
@@ -41,5 +43,5 @@ def runtime_facts(model: nn.Module) -> dict[str, Any]:
     }
 
 
-__all__ = ["KINDS", "TASKS", "RDN", "RDNConfig", "UNet", "UNetConfig", "PatchDiscriminator",
+__all__ = ["KINDS", "TASKS", "KIND_TASKS", "RDN", "RDNConfig", "UNet", "UNetConfig", "PatchDiscriminator",
            "build_model", "model_params", "runtime_facts"]

@@ -21,9 +21,18 @@ if ready; then echo "ready: $ROOT"; exit 0; fi
 # but check before deleting a half-built root anyway.
 if grep -q " $ROOT[/ ]" /proc/self/mounts; then echo "mounts under $ROOT, refusing" >&2; exit 1; fi
 rm -rf --one-file-system -- "$ROOT"
+: >"$ROOT.provision.log"
+# A fresh machine may lack debootstrap (the GIMP 3 harness installs it too, but these tests
+# can run first): install it from Debian's packages.
+export DEBIAN_FRONTEND=noninteractive
+if ! command -v debootstrap >/dev/null 2>&1; then
+    { apt-get install -y --no-install-recommends debootstrap || { apt-get update && \
+      apt-get install -y --no-install-recommends debootstrap; }; } >>"$ROOT.provision.log" 2>&1 \
+        || { tail -n 30 "$ROOT.provision.log" >&2; exit 1; }
+fi
 # minbase + python2.7-minimal: an interpreter with the stdlib modules the plug-in package uses.
 debootstrap --variant=minbase --include=python2.7-minimal,libpython2.7-stdlib bullseye "$ROOT" "$MIRROR" \
-    >"$ROOT.provision.log" 2>&1 || { tail -n 30 "$ROOT.provision.log" >&2; exit 1; }
+    >>"$ROOT.provision.log" 2>&1 || { tail -n 30 "$ROOT.provision.log" >&2; exit 1; }
 rm -rf "$ROOT"/var/cache/apt/archives/*.deb "$ROOT"/var/lib/apt/lists/*
 printf 'recipe %s\npython %s\n' "$RECIPE_VERSION" "$(chroot "$ROOT" /usr/bin/python2.7 -c 'import sys; print(sys.version.split()[0])')" >"$STAMP"
 echo "done: $ROOT"
