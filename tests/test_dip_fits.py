@@ -309,7 +309,7 @@ def test_bad_fits_are_refused() -> None:
 def test_cli_averages_fits(tmp_path: Path) -> None:
     Image.fromarray((_smooth_image(32, 32) * 255).astype(np.uint8)).save(tmp_path / "in.png")
     result = subprocess.run([sys.executable, "-m", "engine", "denoise", str(tmp_path / "in.png"), "-o",
-                             str(tmp_path / "out.png"), "--iterations", "3", "--fits", "2"],
+                             str(tmp_path / "out.png"), "--method", "dip", "--iterations", "3", "--fits", "2"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "fit 2/2" in result.stderr

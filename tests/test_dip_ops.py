@@ -42,7 +42,7 @@ def test_previews_are_full_size_result_layers_with_alpha(monkeypatch: pytest.Mon
     ctx = ops.JobContext(preview=previews.append)
     # The loop previews at most every few seconds; make every iteration eligible.
     monkeypatch.setitem(loop.fit_generators.__kwdefaults__, "preview_interval_s", 0.0)
-    (layer,) = ops.run_op("denoise", image, None, {"iterations": 4}, ctx)
+    (layer,) = ops.run_op("denoise", image, None, {"iterations": 4, "method": "dip"}, ctx)
     assert previews and all(len(p) == 1 for p in previews)
     preview = previews[-1][0]
     assert preview.role == layer.role == "image" and preview.title == layer.title
@@ -77,9 +77,9 @@ def test_cancel_before_any_iteration_has_no_partial() -> None:
 
 
 def test_estimates_grow_with_size_and_preset_cost() -> None:
-    small = ops.estimate_seconds("denoise", {"device": "cpu"}, 64, 64)
-    large = ops.estimate_seconds("denoise", {"device": "cpu"}, 256, 256)
-    paper = ops.estimate_seconds("denoise", {"device": "cpu", "preset": "paper"}, 256, 256)
+    small = ops.estimate_seconds("denoise", {"device": "cpu", "method": "dip"}, 64, 64)
+    large = ops.estimate_seconds("denoise", {"device": "cpu", "method": "dip"}, 256, 256)
+    paper = ops.estimate_seconds("denoise", {"device": "cpu", "method": "dip", "preset": "paper"}, 256, 256)
     fixed = ops.estimate_seconds("dejpeg", {"device": "cpu", "iterations": 100}, 64, 64)
     assert 0 < small < large < paper
     assert 0 < fixed < small

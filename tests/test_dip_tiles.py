@@ -174,7 +174,7 @@ def test_cli_denoise_with_a_forced_tile(tmp_path: Path) -> None:
     Image.fromarray(pixels).save(tmp_path / "in.png")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run([sys.executable, "-m", "engine", "denoise", str(tmp_path / "in.png"), "-o",
-                             str(tmp_path / "out.png"), "--iterations", "2", "--tile", "64"],
+                             str(tmp_path / "out.png"), "--method", "dip", "--iterations", "2", "--tile", "64"],
                             capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
     assert result.returncode == 0, result.stderr
     count = tiles.plan(96, 140, 64).count

@@ -26,11 +26,14 @@ def noisy_pair(tmp_path, shared_data):
     return clean / 255.0, noisy / 255.0, tmp_path / "noisy.png"
 
 
-def test_denoise_cli_improves_psnr(noisy_pair, tmp_path):
+@pytest.mark.parametrize("method, options", [("dip", ["--iterations", "300", "--seed", "3"]),
+                                             ("net", ["--passes", "1"])])
+def test_denoise_cli_improves_psnr(noisy_pair, tmp_path, method, options):
     clean, noisy, path = noisy_pair
-    result = run_cli("denoise", path, "-o", tmp_path / "out.png", "--iterations", "300", "--seed", "3")
+    result = run_cli("denoise", path, "-o", tmp_path / "out.png", "--method", method, *options)
     assert result.returncode == 0, result.stderr
     assert "100%" in result.stderr  # the progress report reached the end
+    assert ("denoise on CPU" in result.stderr) == (method == "net")
     out = read_image(tmp_path / "out.png").pixels
     assert out.shape == noisy.shape
     assert _psnr(out, clean) > _psnr(noisy, clean) + 2.0

@@ -447,7 +447,7 @@ def test_estimate_text_warns_when_memory_is_short_and_survives_no_estimate():
 def test_estimate_asks_the_real_engine_and_never_raises(tmp_path, monkeypatch):
     monkeypatch.setenv("NEURAL_RESTORE_MEMORY_BUDGET_MB", "1")  # inherited by the engine
     host = MemoryHost(_pixels(64, 64, 3))
-    text = filters.estimate_text(host, _spec("denoise"), {"device": "cpu"}, str(tmp_path))
+    text = filters.estimate_text(host, _spec("denoise"), {"device": "cpu", "method": "dip"}, str(tmp_path))
     assert "this machine has 1 MB free" in text
     monkeypatch.setenv("NEURAL_RESTORE_ENGINE_PYTHON", str(tmp_path / "no-such-python"))
     assert filters.estimate_text(host, _spec("denoise"), {}, str(tmp_path)) == filters.ESTIMATE_UNAVAILABLE
@@ -480,10 +480,10 @@ def test_dialog_estimator_follows_setting_changes_on_one_engine(tmp_path):
     host = MemoryHost(_pixels(64, 64, 3))
     estimator = filters.DialogEstimator(host, _spec("denoise"), str(tmp_path))
     try:
-        on_cpu = estimator.text({"iterations": 0, "seed": 0, "device": "cpu", "preset": "auto"})
+        on_cpu = estimator.text({"iterations": 0, "seed": 0, "device": "cpu", "preset": "auto", "method": "dip"})
         engine = estimator.engine
-        fixed = estimator.text({"iterations": 50, "seed": 0, "device": "cpu", "preset": "auto"})
-        on_gpu = estimator.text({"iterations": 0, "seed": 0, "device": "cuda", "preset": "auto"})
+        fixed = estimator.text({"iterations": 50, "seed": 0, "device": "cpu", "preset": "auto", "method": "dip"})
+        on_gpu = estimator.text({"iterations": 0, "seed": 0, "device": "cuda", "preset": "auto", "method": "dip"})
         assert estimator.engine is engine  # one engine for the dialog's life, not one per change
     finally:
         estimator.close()

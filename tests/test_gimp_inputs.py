@@ -436,7 +436,7 @@ def test_cancel_kills_the_plugin_and_its_engine_stops(gimp: Gimp3Chroot) -> None
     body = """
 image, layer = rgb_image(48, 48)
 attempt("cancelled", "plug-in-neural-restore-denoise", image, [layer], layer, "R'G'B' u8",
-        iterations=100000, device="cpu")
+        method="dip", iterations=100000, device="cpu")
 """
     outcome: dict[str, Any] = {}
     worker = threading.Thread(target=lambda: outcome.update(_run(gimp, body, env={"NR_TEST_TAG": tag})))
@@ -534,7 +534,7 @@ def test_preview_is_removed_and_undo_left_enabled_when_the_engine_dies(preview_f
 def test_memory_budget_refusal_names_the_need(gimp: Gimp3Chroot) -> None:
     body = """
 image, layer = rgb_image(48, 48)
-attempt("denoise", "plug-in-neural-restore-denoise", image, [layer], layer, "R'G'B' u8", iterations=5)
+attempt("denoise", "plug-in-neural-restore-denoise", image, [layer], layer, "R'G'B' u8", iterations=5, method="dip")
 image.select_rectangle(Gimp.ChannelOps.REPLACE, 10, 10, 8, 8)
 attempt("inpaint", "plug-in-neural-restore-inpaint-selection", image, [layer], layer, "R'G'B' u8", iterations=5)
 """
@@ -553,7 +553,7 @@ def test_progress_text_reaches_gimp_every_second_with_step_and_time_left(gimp: G
     gimp.to_host(log).unlink(missing_ok=True)
     body = """
 image, layer = rgb_image(48, 48)
-attempt("run", "plug-in-neural-restore-denoise", image, [layer], layer, "R'G'B' u8", iterations=400, device="cpu")
+attempt("run", "plug-in-neural-restore-denoise", image, [layer], layer, "R'G'B' u8", iterations=400, device="cpu", method="dip")
 """
     facts = _run(gimp, body, env={"NEURAL_RESTORE_PROGRESS_LOG": log})
     assert facts["run"]["status"] == "success", facts["run"]["message"]

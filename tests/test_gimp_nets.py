@@ -156,6 +156,35 @@ def test_sharpen_amount_with_the_installed_net(nets_gimp: Gimp3Chroot) -> None:
     assert np.abs(out[250] - want).max() <= 2
 
 
+def test_denoise_runs_the_installed_net_by_default(nets_gimp: Gimp3Chroot) -> None:
+    """Denoise with its default settings (method: the trained network) on a noisy photo crop:
+    a "Denoise" layer above the source, much cleaner, the source untouched."""
+    from PIL import Image
+
+    photo = Image.open(Path(__file__).resolve().parents[2] / "shared/data/dip/denoising/F16_GT.png").convert("RGB")
+    left, top = photo.width // 2 - SIZE // 2, photo.height // 2 - SIZE // 2
+    clean = np.asarray(photo.crop((left, top, left + SIZE, top + SIZE)), np.float64)
+    noisy = np.clip(clean + np.random.default_rng(3).normal(0, 25, clean.shape), 0, 255).round().astype(np.uint8)
+    nets_gimp.to_host(f"{EXCHANGE}/noisy.raw").write_bytes(noisy.tobytes())
+    facts = run_in_gimp(nets_gimp, """
+        image, layer = make_image("noisy.raw", "R'G'B' u8", Gimp.ImageType.RGB_IMAGE, (64, 64), (0, 0))
+        facts["status"], _ = run_for_values("plug-in-neural-restore-denoise", image, layer, device="cpu")
+        facts["names"] = [l.get_name() for l in image.get_layers()]
+        dump_layer(image.get_layers()[0], "denoised.raw", "R'G'B' u8")
+        dump_layer(layer, "noisy-after.raw", "R'G'B' u8")
+        image.delete()
+    """, models=None)
+    assert facts["status"] == "success", facts
+    assert facts["names"] == ["Denoise", "Source"]
+    assert nets_gimp.to_host(f"{EXCHANGE}/noisy-after.raw").read_bytes() == noisy.tobytes()
+    out = np.frombuffer(nets_gimp.to_host(f"{EXCHANGE}/denoised.raw").read_bytes(), np.uint8).reshape(SIZE, SIZE, 3)
+
+    def psnr(a: np.ndarray) -> float:
+        return 10 * np.log10(255.0 ** 2 / np.mean((a.astype(np.float64) - clean) ** 2))
+
+    assert psnr(out) > psnr(noisy) + 5.0
+
+
 def test_damaged_model_fails_cleanly_in_gimp(nets_gimp: Gimp3Chroot, tmp_path: Path) -> None:
     broken = ENGINE_VENV.parent / "broken-nets"
     shutil.rmtree(broken, ignore_errors=True)

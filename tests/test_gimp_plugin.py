@@ -122,7 +122,7 @@ def test_denoise_adds_a_layer_and_raises_psnr(gimp: Gimp3Chroot) -> None:
     facts = run_in_gimp(gimp, """
         image, layer = make_image("noisy.raw", "R'G'B'A u8", Gimp.ImageType.RGBA_IMAGE, (80, 70), (10, 12))
         facts["status"], facts["message"] = run_filter("plug-in-neural-restore-denoise", image, layer,
-                                                       iterations=300, seed=1, device="cpu")
+                                                       method="dip", iterations=300, seed=1, device="cpu")
         facts["layers"] = describe(image)
         dump_layer(layer, "source-after.raw", "R'G'B'A u8")
         dump_layer(image.get_layers()[0], "denoised.raw", "R'G'B'A u8")

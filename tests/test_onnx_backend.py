@@ -569,7 +569,7 @@ def test_patch_data_shapes(tiny_images: Path) -> None:
 SHIPPED = REPO / "engine" / "models"
 
 
-@pytest.mark.parametrize("name", ["rdn_x2", "rdn_x4", "sharpen"])
+@pytest.mark.parametrize("name", ["rdn_x2", "rdn_x4", "sharpen", "denoise"])
 def test_weight_checkpoints_are_the_shipped_nets(name: str) -> None:
     """onnx_export/checkpoints/NAME.pt (what --init-from starts a longer run from) holds the
     weights of the shipped NAME.onnx, not an older or newer net."""
@@ -587,7 +587,7 @@ def test_weight_checkpoints_are_the_shipped_nets(name: str) -> None:
 
 def test_shipped_nets_beat_their_baselines(shared_data: Path) -> None:
     """On a photo no net was trained on (F16, 96² centre): sharpen lifts a σ=1.6 Gaussian blur,
-    ×2 beats bicubic (Y-PSNR, the SR protocol), each by a clear margin."""
+    ×2 beats bicubic (Y-PSNR, the SR protocol), denoise cleans σ=25 noise, each by a clear margin."""
     from PIL import Image
 
     with Image.open(shared_data / "dip" / "denoising" / "F16_GT.png") as im:
@@ -601,6 +601,9 @@ def test_shipped_nets_beat_their_baselines(shared_data: Path) -> None:
     enlarged = runner.run_model(runner.load_model(SHIPPED / "rdn_x2.onnx", "cpu"), small)
     bicubic = degrade.bicubic_upscale(small, 2)
     assert psnr(enlarged, truth, shave=2, y_only=True) > psnr(bicubic, truth, shave=2, y_only=True) + 1.0
+    noisy = degrade.validation_noise(truth, np.random.default_rng(0))
+    denoised = runner.run_model(runner.load_model(SHIPPED / "denoise.onnx", "cpu"), noisy)
+    assert psnr(denoised, truth) > psnr(noisy, truth) + 6.0
 
 
 def test_passes_average_the_net_over_grid_symmetries(exported) -> None:

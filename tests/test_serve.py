@@ -90,7 +90,7 @@ def test_cancel_stops_the_job_and_returns_the_result_so_far(config):
     _, buf = _image_buffer(64, 64)
     started = time.monotonic()
     with EngineProcess(config) as engine:
-        info, results = engine.run("denoise", {"iterations": 100000}, [buf],
+        info, results = engine.run("denoise", {"iterations": 100000, "method": "dip"}, [buf],
                                    lambda f, t: time.monotonic() - started > 1.0)
     assert info.get("partial") is True
     assert [(r.width, r.height, r.channels) for r in results] == [(buf.width, buf.height, buf.channels)]
@@ -103,7 +103,7 @@ def test_engine_killed_mid_run_is_reported(config):
         def kill_on_first_progress(fraction, text):
             engine.process.kill()
         with pytest.raises(EngineFailure) as failure:
-            engine.run("denoise", {"iterations": 100000}, [buf], kill_on_first_progress)
+            engine.run("denoise", {"iterations": 100000, "method": "dip"}, [buf], kill_on_first_progress)
     assert failure.value.kind == "engine" and "stopped unexpectedly" in failure.value.message
 
 
@@ -168,7 +168,7 @@ def test_hello_lists_each_ops_params_and_the_features(config):
 def test_estimate_answers_per_param_set_with_memory(config, monkeypatch):
     monkeypatch.setenv("NEURAL_RESTORE_MEMORY_BUDGET_MB", "512")
     with EngineProcess(config) as engine:
-        reply = engine.estimate("denoise", 256, 128, [{"iterations": 10}, {"iterations": 20}])
+        reply = engine.estimate("denoise", 256, 128, [{"iterations": 10, "method": "dip"}, {"iterations": 20, "method": "dip"}])
         assert reply["type"] == "estimate" and len(reply["seconds"]) == 2
         assert all(s is None or s > 0 for s in reply["seconds"])
         assert reply["memory_available"] == 512 << 20
@@ -184,7 +184,7 @@ def test_an_image_beyond_the_memory_budget_is_refused_naming_the_need(config, mo
     _, buf = _image_buffer(64, 64)
     with EngineProcess(config) as engine:
         with pytest.raises(EngineFailure) as failure:
-            engine.run("denoise", {"iterations": 2}, [buf])
+            engine.run("denoise", {"iterations": 2, "method": "dip"}, [buf])
     assert failure.value.kind == "bad-input"
     assert "needs about 412 MB of memory, this machine has 100 MB free" in failure.value.message
 
