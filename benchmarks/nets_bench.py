@@ -170,6 +170,14 @@ def centre_crop(image: np.ndarray, size: int) -> np.ndarray | None:
     return image[y:y + size, x:x + size]
 
 
+def centre_crops(files: list[Path]):
+    """(path, its centred CROP² crop as float RGB) for each image at least that large."""
+    for path in files:
+        truth = centre_crop(as_float(path), CROP)
+        if truth is not None:
+            yield path, truth
+
+
 USM_RADII = (0.3, 0.4, 0.5, 0.8, 1.0, 1.3, 1.6, 2.0, 2.5, 3.0)
 # Wide enough that the best amount is never the grid's largest (it was 4.0 for σ=1.6 at radius 1).
 USM_AMOUNTS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 13.0, 16.0, 20.0, 25.0, 32.0, 40.0)
@@ -201,10 +209,7 @@ def bench_sharpen(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
     for blur_name, blur in blurs.items():
         for set_name, files in sets.items():
             rows = []
-            for path in files:
-                truth = centre_crop(as_float(path), CROP)
-                if truth is None:
-                    continue
+            for path, truth in centre_crops(files):
                 blurred = np.clip(blur(truth), 0.0, 1.0)
                 sharpened = runner.run_model(model, blurred)
                 sharpened8 = runner.run_model(model, blurred, passes=8)
@@ -266,10 +271,7 @@ def bench_denoise(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
     for sigma in DENOISE_SIGMAS:
         for set_name, files in sets.items():
             rows = []
-            for path in files:
-                truth = centre_crop(as_float(path), CROP)
-                if truth is None:
-                    continue
+            for path, truth in centre_crops(files):
                 row = denoise_row(model, truth, noisy_copy(truth, sigma, path.name), sigma)
                 rows.append({"image": path.name, "folder": path.parent.name, **row})
             report[f"gaussian_sigma_{sigma}/{set_name}"] = {

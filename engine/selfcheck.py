@@ -11,7 +11,7 @@ from .protocol import PROTOCOL_VERSION, Buffer, read_message, write_message
 
 
 def selfcheck(iterations: int = 5) -> int:
-    """Round-trip a 32×32 denoise through the protocol; print one line; 0 on success."""
+    """Round-trip a 32×32 DIP denoise through the protocol; print one line; 0 on success."""
     process = subprocess.Popen([sys.executable, "-I", "-m", "engine", "serve"], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert process.stdin is not None and process.stdout is not None
@@ -21,7 +21,8 @@ def selfcheck(iterations: int = 5) -> int:
             raise EngineError(f"engine serve did not say hello: {process.stderr.read().decode()[-500:]}")
         image = np.random.default_rng(0).integers(0, 256, (32, 32, 4), dtype=np.uint8)
         write_message(process.stdin, {"type": "request", "id": 1, "op": "denoise",
-                                      "params": {"iterations": iterations}},
+                                      # the DIP (PyTorch) path: the install's heavier half
+                                      "params": {"method": "dip", "iterations": iterations}},
                       [Buffer("image", image, 3, 4)])
         while True:
             reply = read_message(process.stdout)
