@@ -153,7 +153,9 @@ def with_initial_card(card: dict[str, Any], initial: dict[str, Any], source: str
     and their validation history as ``history_of_initial_weights``."""
     card = copy.deepcopy(card)
     commands = list(card.get("commands", []))
-    marker = next((i for i, c in enumerate(commands) if c.startswith("# then, initialised from")), None)
+    # The last marker is this training's own start: the weights it began from may themselves
+    # have been initialised from others (their chain came with a full or commented checkpoint).
+    marker = max((i for i, c in enumerate(commands) if c.startswith("# then, initialised from")), default=None)
     mine = commands[marker:] if marker is not None else [f"# then, initialised from {source}:", *commands]
     card["commands"] = [*initial.get("commands", []), *mine]
     weights = commands[marker].removeprefix("# then, initialised from ").rstrip(":") if marker is not None else None
