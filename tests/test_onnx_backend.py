@@ -438,6 +438,22 @@ def test_export_keeps_the_history_of_slim_initial_weights(tmp_path: Path, tiny_i
     assert card["validation"]["history_of_initial_weights"] == shipped_card["validation"]["history"]
 
 
+def test_initial_card_is_prepended_once_to_a_chain_of_initialisations() -> None:
+    """Weights started from weights that were themselves initialised from others: the slim
+    checkpoint's commands (with their own markers) come first in the training card, and the
+    export's --initial-card must not add that chain a second time."""
+    from onnx_export.export import with_initial_card
+
+    initial = {"commands": ["train A", "# then, initialised from a.pt:", "train B"],
+               "training": {"steps": 5, "steps_including_initial_weights": 12}, "validation": {"history": [1]}}
+    card = {"commands": ["train A", "# then, initialised from a.pt:", "train B", "# then, initialised from b.pt:",
+                         "train C", "train C --resume"], "training": {"steps": 4}}
+    merged = with_initial_card(card, initial, "b.json")
+    assert merged["commands"] == ["train A", "# then, initialised from a.pt:", "train B",
+                                  "# then, initialised from b.pt:", "train C", "train C --resume"]
+    assert merged["initialised_from"] == "b.pt" and merged["training"]["steps_including_initial_weights"] == 16
+
+
 def test_a_deeper_rdn_grown_from_a_trained_one_starts_as_that_net(tmp_path: Path, tiny_images: Path) -> None:
     from onnx_export import train
     from onnx_export.models.rdn import deepen_state
