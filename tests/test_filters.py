@@ -196,6 +196,16 @@ def _image():
     return WireBuffer("image", 16, 16, 3, "u8", bytes(16 * 16 * 3))
 
 
+def test_closing_ticks_while_the_engine_takes_its_time_to_exit(tmp_path):
+    engine = EngineProcess(_fake_engine(tmp_path, "slow-exit"))
+    engine.start()
+    ticks = []
+    started = time.monotonic()
+    engine.close(on_idle=lambda: ticks.append(time.monotonic()))
+    assert engine.process is None and time.monotonic() - started >= 1.5
+    assert len(ticks) >= 2 and max(b - a for a, b in zip([started] + ticks, ticks)) < 1.0
+
+
 @pytest.mark.parametrize("mode, what", [("hang-before-hello", "while starting"),
                                         ("hang-mid-run", "while running denoise")])
 def test_a_silent_engine_times_out_is_killed_and_ticks_meanwhile(tmp_path, monkeypatch, mode, what):

@@ -697,7 +697,7 @@ def run_filter(host, spec, values, plugin_dir, log_dir=None):
             info, results = engine.run(spec.op, engine_params(spec, values), buffers, clock, clock.tick,
                                        interval, on_preview if interval else None)
         finally:
-            engine.close()
+            engine.close(on_idle=clock.tick)
             if interval:
                 host.remove_preview()  # also on errors: a preview never outlives the run
     except EngineFailure as failure:

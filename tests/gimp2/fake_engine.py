@@ -125,6 +125,10 @@ def main():
     if mode == "old-protocol":
         sys.stdin.buffer.read()
         return
+    if mode == "slow-exit":  # a long teardown after its input closes (PyTorch's can take seconds)
+        sys.stdin.buffer.read()
+        time.sleep(1.6)
+        return
     request = read_request()
     send({"type": "progress", "id": request["id"], "fraction": 0.1, "text": "iteration 1/10"})
     if mode == "die-mid-run":
