@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dip_bench  # noqa: E402
-from engine.dip import loop, presets, tasks  # noqa: E402
+from engine.dip import loop, noise_level, presets, tasks  # noqa: E402
 
 
 def main() -> None:
@@ -51,7 +51,7 @@ def main() -> None:
     values = [float(v) for v in args.reg_noise.split(",")] if args.reg_noise else [settings.reg_noise_std]
     tv_weights = [float(v) for v in args.tv_weight.split(",")] if args.tv_weight else [settings.tv_weight]
     runs = [(reg, tv) for reg in values for tv in tv_weights]
-    noise_estimate = tasks.estimate_noise_sigma(noisy)
+    noise_estimate = noise_level.estimate_noise_sigma(noisy)
     try:
         for reg, tv in runs:
             presets.FAST["denoise"] = replace(settings, reg_noise_std=reg, tv_weight=tv, fits=args.fits)

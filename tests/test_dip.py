@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from engine.dip import loop, nets, presets, tasks
+from engine.dip import loop, nets, noise_level, presets, tasks
 from engine.errors import BadInput, Cancelled
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dip"
@@ -361,13 +361,25 @@ def test_preset_iteration_rules() -> None:
 def test_noise_estimate_follows_the_added_noise(f16: np.ndarray) -> None:
     crop = f16[192:320, 192:320]
     rng = np.random.default_rng(1)
-    assert tasks.estimate_noise_sigma(crop) < 4 / 255  # a clean photo: its own fine detail only
-    for sigma in (5 / 255, 10 / 255, 25 / 255):
+    own = noise_level.estimate_noise_sigma(crop)
+    assert own < 3 / 255  # the scanned photo's own grain
+    for sigma in (5 / 255, 10 / 255, 25 / 255, 50 / 255):
         noisy = np.clip(crop + rng.normal(0, sigma, crop.shape), 0, 1).astype(np.float32)
-        # the photo's own finest detail adds a little, which matters only for weak noise
-        assert sigma * 0.9 <= tasks.estimate_noise_sigma(noisy) <= sigma * 1.1 + 2 / 255
+        added = float(np.sqrt(np.mean((noisy - crop) ** 2)))  # after clipping
+        # Independent noises add in quadrature. The discrepancy stop needs a few per cent,
+        # weak noise included (the Haar estimate it replaced read σ=5 up to 2× too high on
+        # detailed photos).
+        assert noise_level.estimate_noise_sigma(noisy) == pytest.approx(np.hypot(added, own), rel=0.04)
     grey = np.clip(crop[..., :1] + rng.normal(0, 0.1, crop[..., :1].shape), 0, 1).astype(np.float32)
-    assert tasks.estimate_noise_sigma(grey) == pytest.approx(0.1, rel=0.15)
+    assert noise_level.estimate_noise_sigma(grey) == pytest.approx(0.1, rel=0.06)
+    # A grey image stored as RGB is one channel, not three perfectly correlated ones.
+    assert noise_level.estimate_noise_sigma(np.repeat(grey, 3, axis=2)) == pytest.approx(
+        noise_level.estimate_noise_sigma(grey))
+    # Large images use a grid of patches (bounded memory); tiny ones the Haar estimate.
+    big = np.clip(np.tile(crop, (5, 5, 1)) + rng.normal(0, 10 / 255, (640, 640, 3)), 0, 1).astype(np.float32)
+    assert noise_level.estimate_noise_sigma(big) == pytest.approx(10 / 255, rel=0.05)
+    tiny = np.clip(crop[:12, :12] + rng.normal(0, 0.1, (12, 12, 3)), 0, 1).astype(np.float32)
+    assert noise_level.estimate_noise_sigma(tiny) == noise_level.haar_noise_sigma(tiny)
 
 
 def test_total_variation_term_and_its_weight_by_noise_level() -> None:
@@ -396,7 +408,7 @@ def test_total_variation_weight_follows_the_noise_when_a_preset_sets_it(monkeypa
     flat = np.full((32, 32, 3), 0.5, np.float32)
     noisy = np.clip(flat + rng.normal(0, 25 / 255, flat.shape), 0, 1).astype(np.float32)
     tasks.denoise(noisy, iterations=2, preset="fast", fits=1)
-    assert used == [pytest.approx(presets.FAST["denoise"].total_variation_weight(tasks.estimate_noise_sigma(noisy)))]
+    assert used == [pytest.approx(presets.FAST["denoise"].total_variation_weight(noise_level.estimate_noise_sigma(noisy)))]
     assert used[0] == pytest.approx(presets.FAST["denoise"].tv_weight, rel=0.3)  # σ̂ ≈ 25/255
     used.clear()
     tasks.denoise(noisy, iterations=2, preset="fast", fits=2)  # the same weight for every fit
@@ -429,13 +441,12 @@ def test_automatic_stop_lands_near_the_psnr_peak(f16: np.ndarray, monkeypatch: p
     print(f"auto stop at {stats.iterations_run} (result from {stats.result_iteration}): "
           f"{result:.2f} dB, best average seen {max(seen):.2f} dB at {int(np.argmax(seen)) + 1}")
     assert stats.stopped_early
-    # How near the peak the stop lands depends on the run's path, which differs between CPUs
-    # (rounding of different SIMD kernels): on the machine the rule was tuned on, 0.06 dB
-    # below the best; on a 2-core AVX2 EPYC (2026-12-02) seeds 0/1/2 landed 1.2 / 1.8 / 0.3 dB
-    # below it (README "Automatic stopping"). What holds everywhere: it stops by itself,
-    # well past the noisy input, and not far off.
-    assert result >= max(seen) - 2.0
-    assert result >= _psnr(noisy, clean) + 5.0
+    # The discrepancy test ends it (the average as close to the input as the noise level):
+    # 0.01-0.02 dB below the best average for seeds 0/1/2 on a 2-core AVX-512 EPYC
+    # (2026-12-02). The plateau test alone, whose landing depends on the run's path (which
+    # differs between CPUs), was 0.3-1.8 dB short on an AVX2 one.
+    assert result >= max(seen) - 0.5
+    assert result >= _psnr(noisy, clean) + 8.0
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.dip.loop import FitStats, Generator, StoppingRule, fit, fit_generators
+from engine.dip.loop import FitStats, Generator, NoisyTarget, StoppingRule, fit, fit_generators
 from engine.dip.nets import NetConfig
 from engine.errors import Cancelled
 
@@ -184,8 +184,50 @@ def test_a_stop_weight_restricts_the_change_to_a_region() -> None:
     assert stop_iteration(left) != stop_iteration(1.0 - left)
 
 
+def _rms(a: np.ndarray, target: torch.Tensor) -> float:
+    return float(np.sqrt(np.mean((a - target[0].permute(1, 2, 0).numpy()) ** 2)))
+
+
+def test_the_discrepancy_test_stops_once_the_average_is_as_close_to_the_input_as_the_noise() -> None:
+    target = _noisy_gradient()  # noise σ = 0.1
+
+    everywhere = torch.ones(1, 1, *SIZE)
+
+    def run(factor: float, fitted: torch.Tensor = everywhere, **options) -> tuple[np.ndarray, FitStats]:
+        stats = FitStats()
+        rule = StoppingRule(check_every=10, patience=None, discrepancy_factor=factor, min_iterations=30)
+        result = fit(lambda out: ((out - target).square() * fitted).mean(), TINY, (*SIZE, 3), iterations=600,
+                     device="cpu", seed=2, stop=rule, stats=stats, stop_noisy=NoisyTarget(target, 0.1, **options))
+        return result, stats
+
+    result, stats = run(1.0)
+    assert stats.stopped_early and stats.result_iteration >= 30
+    # The kept average is the first within σ of the input: the check before it was not (the
+    # same seed retraces the same path without a rule).
+    assert _rms(result, target) <= 0.1
+    before = fit(lambda out: (out - target).square().mean(), TINY, (*SIZE, 3),
+                 iterations=stats.result_iteration - 10, device="cpu", seed=2)
+    assert _rms(before, target) > 0.1
+    # A looser bound stops sooner.
+    assert run(1.3)[1].result_iteration < stats.result_iteration
+    # The weight says where the input is evidence: fitting only the left half, a residual
+    # measured there settles; one measured on the unfitted right half never does.
+    left = torch.zeros(1, 1, *SIZE)
+    left[..., : SIZE[1] // 2] = 1.0
+    assert run(1.0, weight=everywhere)[1].result_iteration == stats.result_iteration
+    assert run(1.0, fitted=left, weight=left)[1].stopped_early
+    assert not run(1.0, fitted=left, weight=1.0 - left)[1].stopped_early
+
+
+def test_a_discrepancy_rule_needs_the_noisy_input() -> None:
+    with pytest.raises(ValueError, match="stop_noisy"):
+        fit(lambda out: out.mean(), TINY, (*SIZE, 3), iterations=50, device="cpu",
+            stop=StoppingRule(discrepancy_factor=0.9))
+
+
 @pytest.mark.parametrize("bad", [dict(check_every=0), dict(patience=0), dict(min_relative_drop=1.0),
-                                 dict(min_iterations=-1), dict(settled_below=0.0), dict(patience=None)])
+                                 dict(min_iterations=-1), dict(settled_below=0.0), dict(patience=None),
+                                 dict(discrepancy_factor=0.0)])
 def test_bad_stopping_rules_are_refused(bad: dict) -> None:
     with pytest.raises(ValueError):
         StoppingRule(**bad)

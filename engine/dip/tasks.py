@@ -31,8 +31,9 @@ from engine.errors import BadInput, Cancelled
 from engine.symmetry import grid_symmetry
 
 from . import loop, tiles
-from .loop import CancelCallback, FitStats, Objective, ProgressCallback, fit
+from .loop import CancelCallback, FitStats, NoisyTarget, Objective, ProgressCallback, fit
 from .nets import NetConfig
+from .noise_level import estimate_noise_sigma
 from .presets import PRESET_NAMES, Task, TaskPreset, preset_fits, task_preset
 
 # Smaller images carry too little structure for the prior, and reflection padding them up to
@@ -202,18 +203,6 @@ def _plus_total_variation(objective: Objective, weight: float) -> Objective:
     return regularised
 
 
-def estimate_noise_sigma(image: np.ndarray) -> float:
-    """Standard deviation of white noise in ``image`` (H×W×C, [0, 1]), from the median absolute
-    deviation of its finest diagonal Haar coefficients (Donoho & Johnstone's estimator): image
-    structure barely reaches that band, noise fills it. Mean over channels. Measured on σ=10 /
-    25 Gaussian noise over 128² photo crops: 10.5–12.2 / 21.5–25.2 (in 1/255); clean: 0.7–5.9."""
-    height, width = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
-    x = image[:height, :width].astype(np.float32)
-    diagonal = (x[0::2, 0::2] - x[0::2, 1::2] - x[1::2, 0::2] + x[1::2, 1::2]) / 2
-    deviation = np.abs(diagonal - np.median(diagonal, axis=(0, 1)))
-    return float(np.mean(np.median(deviation, axis=(0, 1))) / 0.6745)
-
-
 def _to_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
     """H×W×C numpy → 1×C×H×W tensor on ``device``."""
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None].to(device)
@@ -280,15 +269,18 @@ def _fit_task(
     stats: FitStats | None,
     label: str,
     stop_region: np.ndarray | None = None,
+    stop_noisy: NoisyTarget | None = None,
 ) -> np.ndarray:
     """Run the loop with a preset's settings; ``finish`` turns the net's output into the
     task's result and is applied alike to the result, previews and a cancel's partial.
-    ``stop_region`` (bool, the net output's H×W) is where the stopping rule looks."""
+    ``stop_region`` (bool, the net output's H×W) is where the stopping rule looks;
+    ``stop_noisy`` is the noisy input for a rule's discrepancy test (ignored without one)."""
     height, width, _ = output_shape
     pixels = height * width
     automatic = iterations is None
     if automatic:
         iterations = settings.iterations(pixels, device)
+    stop = settings.stopping_rule(pixels) if automatic else None
     loop_preview = None if preview is None else (lambda outputs: preview(finish(outputs["image"])))
     try:
         return finish(fit(
@@ -302,7 +294,8 @@ def _fit_task(
             reg_noise_std=settings.reg_noise_std,
             ema=settings.ema,
             # An explicit iteration count is obeyed exactly.
-            stop=settings.stopping_rule(pixels) if automatic else None,
+            stop=stop,
+            stop_noisy=stop_noisy if stop is not None and stop.discrepancy_factor is not None else None,
             stats=stats,
             stop_weight=(None if stop_region is None else
                          _to_tensor(stop_region[:, :, None].astype(np.float32), device)),
@@ -518,9 +511,11 @@ def _tile_grid(config: NetConfig, device: torch.device, height: int, width: int,
 def _denoise_window(task: Task, label: str, image: np.ndarray, settings: TaskPreset,
                     device: torch.device, iterations: int | None, seed: int,
                     progress: ProgressCallback | None, cancel_requested: CancelCallback | None,
-                    preview: ImagePreview | None, stats: FitStats | None, tv_weight: float = 0.0) -> np.ndarray:
+                    preview: ImagePreview | None, stats: FitStats | None, tv_weight: float = 0.0,
+                    noise_sigma: float | None = None) -> np.ndarray:
     """Denoise-like fit of one window (the image, or one tile of it); ``tv_weight`` > 0 adds
-    the output's total variation to the objective."""
+    the output's total variation to the objective; ``noise_sigma`` (the whole image's
+    estimated noise level) is for the stopping rule's discrepancy test."""
     config = settings.net
     height, width, channels = image.shape
     pad_y, pad_x = _padding(height, config), _padding(width, config)
@@ -532,13 +527,15 @@ def _denoise_window(task: Task, label: str, image: np.ndarray, settings: TaskPre
     def finish(output: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(output[pad_y[0] : pad_y[0] + height, pad_x[0] : pad_x[0] + width])
 
-    objective = _weighted_mse(_to_tensor(padded, device), _to_tensor(known[:, :, None], device))
+    target, evidence = _to_tensor(padded, device), _to_tensor(known[:, :, None], device)
+    objective = _weighted_mse(target, evidence)
     if tv_weight > 0:
         objective = _plus_total_variation(objective, tv_weight)
     return _fit_task(task=task, objective=objective, output_shape=padded.shape, settings=settings,
                      device=device, iterations=iterations, seed=seed, finish=finish,
                      progress=progress, cancel_requested=cancel_requested, preview=preview,
-                     stats=stats, label=label)
+                     stats=stats, label=label,
+                     stop_noisy=None if noise_sigma is None else NoisyTarget(target, noise_sigma, evidence))
 
 
 def _denoise_like(task: Task, label: str, image: np.ndarray, iterations: int | None, seed: int,
@@ -554,19 +551,21 @@ def _denoise_like(task: Task, label: str, image: np.ndarray, iterations: int | N
     net_pixels = settings.net.padded_side(height) * settings.net.padded_side(width)
     tiled = _tile_grid(settings.net, torch_device, height, width, tile) is not None
     fits = _fit_count(fits, preset, settings, torch_device, net_pixels, tiled)
-    # One total-variation weight for every fit and tile, from the whole image's noise level.
-    tv_weight = settings.total_variation_weight(estimate_noise_sigma(image)) if settings.tv_weight else 0.0
+    # One noise level for every fit and tile (the total-variation weight and the stopping
+    # rule's discrepancy test), estimated in the whole image.
+    noise_sigma = estimate_noise_sigma(image)
+    tv_weight = settings.total_variation_weight(noise_sigma) if settings.tv_weight else 0.0
 
     def fit_image(inputs, fit_seed, fit_progress, fit_cancel, fit_preview, fit_stats):
         (oriented,) = inputs
         grid = _tile_grid(settings.net, torch_device, *oriented.shape[:2], tile)
         if grid is None:
             return _denoise_window(task, label, oriented, settings, torch_device, iterations, fit_seed,
-                                   fit_progress, fit_cancel, fit_preview, fit_stats, tv_weight)
+                                   fit_progress, fit_cancel, fit_preview, fit_stats, tv_weight, noise_sigma)
 
         def fit_window(crop, origin, tile_progress, tile_cancel, tile_preview, tile_stats):
             return _denoise_window(task, label, crop, settings, torch_device, iterations, fit_seed,
-                                   tile_progress, tile_cancel, tile_preview, tile_stats, tv_weight)
+                                   tile_progress, tile_cancel, tile_preview, tile_stats, tv_weight, noise_sigma)
 
         return tiles.fit_tiles(oriented, fit_window, grid, progress=fit_progress, cancel_requested=fit_cancel,
                                preview=fit_preview, stats=fit_stats, label=label)
