@@ -25,6 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -92,7 +95,8 @@ def record(args) -> None:
                             preview=preview, preview_interval_s=0.0)
                         best = max(path, key=lambda e: e["psnr"])
                         line = {"image": image, "size": size, "sigma": sigma, "noise": args.noise, "seed": seed,
-                                "settings": args.settings,
+                                "settings": args.settings, "torch": torch.__version__,
+                                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
                                 "threads": args.threads, "iterations": iterations,
                                 "estimated_sigma": estimate_noise_sigma(noisy) * 255,
                                 "noisy_psnr": dip_bench.psnr(noisy, clean),
@@ -124,12 +128,15 @@ def plateau_rule(drop: float, patience: int, min_iterations: int = 200) -> Rule:
     return decide
 
 
-def discrepancy_rule(factor: float, fallback: Rule | None = None, min_iterations: int = 200) -> Rule:
+def discrepancy_rule(factor: float, fallback: Rule | None = None, min_iterations: int = 200,
+                     exponent: float = 0.0, cap: float = 1.0) -> Rule:
     """Morozov's discrepancy principle with the estimated noise level: return the first check
-    whose RMS residual to the noisy input is at most ``factor`` × σ̂ (or ``fallback``'s check,
-    whichever comes first; without one, the last check)."""
+    whose RMS residual to the noisy input is at most f × σ̂ (or ``fallback``'s check,
+    whichever comes first; without one, the last check). f = ``factor`` at 64² and
+    1 − (1 − factor) · (64 / side) ** ``exponent`` elsewhere, at most ``cap``."""
     def decide(run: dict[str, Any], path: list[dict[str, float]]) -> int:
-        bound = factor * run["estimated_sigma"] / 255
+        scaled = min(cap, 1.0 - (1.0 - factor) * (64 / run["size"]) ** exponent)
+        bound = scaled * run["estimated_sigma"] / 255
         other = fallback(run, path) if fallback is not None else len(path) - 1
         for i, entry in enumerate(path[: other + 1]):
             if entry["residual"] <= bound and entry["iteration"] >= min_iterations:
@@ -147,7 +154,20 @@ def score(args) -> None:
         # The engine's estimate as it is now (the recorded one is the estimator of the day).
         noisy = noisy_case(run["image"], run["size"], run["sigma"] / 255, run["noise"])[1]
         run["estimated_sigma"] = estimate_noise_sigma(noisy) * 255
-    rules: dict[str, Rule] = {"current (1 %, 8)": plateau_rule(0.01, 8)}
+    from engine.dip import presets
+
+    def engine_rule(run: dict[str, Any], path: list[dict[str, float]]) -> int:
+        """The `fast` preset's own rule for this size, as the engine runs it now."""
+        rule = presets.FAST["denoise"].stopping_rule(run["size"] ** 2)
+        assert rule is not None
+        fallback = None if rule.patience is None else plateau_rule(rule.min_relative_drop, rule.patience,
+                                                                   rule.min_iterations)
+        if rule.discrepancy_factor is None:
+            assert fallback is not None
+            return fallback(run, path)
+        return discrepancy_rule(rule.discrepancy_factor, fallback, rule.min_iterations)(run, path)
+
+    rules: dict[str, Rule] = {"engine (fast preset)": engine_rule, "plateau 1% 8 (before)": plateau_rule(0.01, 8)}
     for drop in (0.01, 0.02, 0.03, 0.05):
         for patience in (4, 6, 8, 12):
             rules[f"plateau {drop:.0%} {patience}"] = plateau_rule(drop, patience)
@@ -156,6 +176,10 @@ def score(args) -> None:
         for patience in (8, 12, 16):
             rules[f"discrepancy {factor} or plateau 1% {patience}"] = discrepancy_rule(
                 factor, plateau_rule(0.01, patience))
+    for exponent in (0.5, 0.66, 1.0):
+        for cap in (0.975, 0.98, 1.0):
+            rules[f"discrepancy 0.95 × (64/side)^{exponent} ≤ {cap} or plateau 1% 12"] = discrepancy_rule(
+                0.95, plateau_rule(0.01, 12), exponent=exponent, cap=cap)
     report: dict[str, Any] = {"runs": len(runs), "rules": {}}
     for name, rule in rules.items():
         short = []
@@ -174,7 +198,11 @@ def score(args) -> None:
          "residual_over_estimate_at_best": round(
              max(r["path"], key=lambda e: e["psnr"])["residual"] * 255 / r["estimated_sigma"], 3)}
         for r in runs]
-    print(json.dumps({"runs": report["runs"]}))
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent).stdout.strip()
+    print(json.dumps({"runs": report["runs"], "files": [str(n) for n in args.paths], "scored": {
+        "date": time.strftime("%Y-%m-%d"), "commit": commit, "max_iterations_per_side": args.max_per_side}},
+        ensure_ascii=False))
     for name, scored in report["rules"].items():
         print(json.dumps({"rule": name, **scored}, ensure_ascii=False))
     for run in report["runs_at_best"]:

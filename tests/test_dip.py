@@ -356,6 +356,14 @@ def test_preset_iteration_rules() -> None:
     # Denoise-like thresholds keep the 1/sqrt(side) scaling.
     dejpeg = presets.task_preset("fast", "dejpeg", torch.device("cpu"), 256 * 256)
     assert dejpeg.stopping_rule(256 * 256).settled_below == pytest.approx(1.25e-3)
+    # Denoising stops by the discrepancy test, whose factor nears 1 on larger inputs (a net
+    # fits less of a larger image's noise by its peak), capped; the plateau test is the fallback.
+    for preset in (presets.FAST, presets.QUALITY):
+        denoise = preset["denoise"]
+        assert denoise.stop is presets.DENOISE_STOP and denoise.stop.patience == 12
+        factors = [denoise.stopping_rule(side * side).discrepancy_factor for side in (64, 128, 256, 512, 4096)]
+        assert factors == pytest.approx([0.95, 0.9646, 0.975, 0.98, 0.98], abs=1e-4)
+        assert denoise.stopping_rule(256 * 256).settled_below is None
 
 
 def test_noise_estimate_follows_the_added_noise(f16: np.ndarray) -> None:

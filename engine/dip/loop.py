@@ -175,9 +175,9 @@ class StoppingRule:
     this × the input's estimated noise level (Morozov's discrepancy principle): a denoised
     image should differ from its input by about the noise, and once the average is closer
     than that it is fitting the noise. At the averaged output's PSNR peak the ratio was
-    0.92–0.98 (σ 15–50, white and signal-dependent noise, three photos, three seeds, 64² and
-    128²); the plateau test stays as the fallback for noise the estimate misjudges (see
-    README, "Automatic stopping").
+    0.92–0.98 (σ 15–50, white and signal-dependent noise, three photos, three seeds, 64² to
+    256²; nearer 1 on larger images, see `presets.DENOISE_STOP`); the plateau test stays as
+    the fallback for noise the estimate misjudges (README, "Automatic stopping").
     """
 
     check_every: int = 25
