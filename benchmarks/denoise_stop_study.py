@@ -43,6 +43,11 @@ import dip_bench  # noqa: E402
 CHECK_EVERY = 25
 
 
+def _commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent).stdout.strip()
+
+
 def noisy_case(image: str, size: int, sigma: float, noise: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     clean, _ = dip_bench.denoise_case(image, size, sigma)
     rng = np.random.default_rng(seed)
@@ -96,6 +101,7 @@ def record(args) -> None:
                         best = max(path, key=lambda e: e["psnr"])
                         line = {"image": image, "size": size, "sigma": sigma, "noise": args.noise, "seed": seed,
                                 "settings": args.settings, "torch": torch.__version__,
+                                "recorded": {"date": time.strftime("%Y-%m-%d"), "commit": _commit()},
                                 "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
                                 "threads": args.threads, "iterations": iterations,
                                 "estimated_sigma": estimate_noise_sigma(noisy) * 255,
@@ -198,10 +204,9 @@ def score(args) -> None:
          "residual_over_estimate_at_best": round(
              max(r["path"], key=lambda e: e["psnr"])["residual"] * 255 / r["estimated_sigma"], 3)}
         for r in runs]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parent).stdout.strip()
-    print(json.dumps({"runs": report["runs"], "files": [str(n) for n in args.paths], "scored": {
-        "date": time.strftime("%Y-%m-%d"), "commit": commit, "max_iterations_per_side": args.max_per_side}},
+    recorded_on = sorted({f"{r.get('machine', 'machine not recorded')}, torch {r.get('torch', '?')}" for r in runs})
+    print(json.dumps({"runs": report["runs"], "files": [str(n) for n in args.paths], "recorded_on": recorded_on, "scored": {
+        "date": time.strftime("%Y-%m-%d"), "commit": _commit(), "max_iterations_per_side": args.max_per_side}},
         ensure_ascii=False))
     for name, scored in report["rules"].items():
         print(json.dumps({"rule": name, **scored}, ensure_ascii=False))

@@ -278,13 +278,14 @@ class _StopMonitor:
                  weight: torch.Tensor | None = None, noisy: NoisyTarget | None = None) -> None:
         self.rule = rule
         self.weight = weight
-        self.noisy = noisy
-        if noisy is not None:
+        # The discrepancy test's input, when the rule has one.
+        self.noisy = noisy if rule.discrepancy_factor is not None else None
+        if self.noisy is not None:
             # Mean over the evidence's pixels and channels: the denominator of the RMS.
-            evidence = (noisy.weight.sum() if noisy.weight is not None
-                        else torch.tensor(float(noisy.image.shape[-2] * noisy.image.shape[-1])))
-            self.residual_count = evidence.to(noisy.image.device) * noisy.image.shape[1]
-            self.residual_bound = float(rule.discrepancy_factor or 0.0) * noisy.noise_sigma
+            image, weight = self.noisy.image, self.noisy.weight
+            evidence = weight.sum() if weight is not None else float(image.shape[-2] * image.shape[-1])
+            self.residual_count = evidence * image.shape[1]
+            self.residual_bound = rule.discrepancy_factor * self.noisy.noise_sigma
         self.last = {name: a.clone() for name, a in averaged.items()}
         self.kept = {name: a.clone() for name, a in averaged.items()}
         any_tensor = next(iter(averaged.values()))
@@ -330,7 +331,7 @@ class _StopMonitor:
         settled: torch.Tensor | None = None
         if self.rule.settled_below is not None:
             settled = change < self.rule.settled_below
-        if self.rule.discrepancy_factor is not None and self.noisy is not None:
+        if self.noisy is not None:
             noisy = self.noisy
             squared = (averaged[noisy.output] - noisy.image).square()
             if noisy.weight is not None:
