@@ -4,6 +4,8 @@ rules on the recorded paths (one run serves every rule).
     python benchmarks/denoise_stop_study.py record --images F16,122048,135069 --sizes 64,128 \
         --seeds 0,1,2 --out /tmp/paths.jsonl
     python benchmarks/denoise_stop_study.py score /tmp/paths.jsonl
+    python benchmarks/denoise_stop_study.py record --images F16 --sizes 512 --seeds 0 \
+        --settings quality-gpu --device cuda --per-side 14 --out /tmp/paths-gpu.jsonl   # on a GPU
 
 ``record`` runs the ``fast`` denoise settings (the light net, one fit, the automatic stop off;
 ``--settings quality-gpu``: the paper's net) for ``--per-side`` iterations per pixel of side
@@ -66,13 +68,17 @@ def record(args) -> None:
     from engine.dip.noise_level import estimate_noise_sigma
 
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    if device.type == "cuda":
+        machine += f", {torch.cuda.get_device_name(device)}"
     settings = presets.QUALITY["denoise"] if args.settings == "quality-gpu" else presets.FAST["denoise"]
     with open(args.out, "a") as out:
         for image in args.images.split(","):
             for size in (int(s) for s in args.sizes.split(",")):
                 for sigma in (float(s) for s in args.sigmas.split(",")):
                     clean, noisy = noisy_case(image, size, sigma / 255, args.noise)
-                    target = torch.from_numpy(noisy.transpose(2, 0, 1).copy())[None]
+                    target = torch.from_numpy(noisy.transpose(2, 0, 1).copy())[None].to(device)
                     iterations = int(args.per_side * size)
                     for seed in (int(s) for s in args.seeds.split(",")):
                         path: list[dict[str, float]] = []
@@ -95,15 +101,14 @@ def record(args) -> None:
                         loop.fit_generators(
                             lambda outputs: torch.nn.functional.mse_loss(outputs["image"], target),
                             [loop.Generator("image", settings.net, 3)], (size, size),
-                            iterations=iterations, device="cpu", seed=seed, lr=settings.lr,
+                            iterations=iterations, device=args.device, seed=seed, lr=settings.lr,
                             reg_noise_std=settings.reg_noise_std, ema=settings.ema,
                             preview=preview, preview_interval_s=0.0)
                         best = max(path, key=lambda e: e["psnr"])
                         line = {"image": image, "size": size, "sigma": sigma, "noise": args.noise, "seed": seed,
                                 "settings": args.settings, "torch": torch.__version__,
                                 "recorded": {"date": time.strftime("%Y-%m-%d"), "commit": _commit()},
-                                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-                                "threads": args.threads, "iterations": iterations,
+                                "machine": machine, "device": device.type, "threads": args.threads, "iterations": iterations,
                                 "estimated_sigma": estimate_noise_sigma(noisy) * 255,
                                 "noisy_psnr": dip_bench.psnr(noisy, clean),
                                 "best": {"iteration": best["iteration"], "psnr": best["psnr"]},
@@ -225,6 +230,8 @@ def main() -> None:
     rec.add_argument("--noise", choices=("white", "shot"), default="white")
     rec.add_argument("--per-side", type=float, default=26.0, help="iterations per pixel of side")
     rec.add_argument("--threads", type=int, default=1)
+    rec.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (the fit's device; every check's "
+                     "averaged output is copied to the host, so a GPU run is slower than the engine's)")
     rec.add_argument("--settings", choices=("fast", "quality-gpu"), default="fast",
                      help="quality-gpu: the paper's net, as `quality` runs it on a GPU")
     rec.add_argument("--out", required=True)
