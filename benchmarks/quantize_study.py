@@ -3,7 +3,7 @@
 interleaved rounds) and PSNR on the held-out split of the training folders.
 
     python benchmarks/quantize_study.py [--nets sharpen,rdn_x2,rdn_x4,denoise] [--side 256]
-                                        [--max-images N] [--out DIR]
+                                        [--calibration-degradation training|test] [--max-images N] [--out DIR]
 
 int8 here is ONNX Runtime's static quantization (``onnxruntime.quantization.quantize_static``):
 QDQ format, weights int8 per output channel, activations uint8 with ranges calibrated (min/max)
@@ -43,8 +43,9 @@ NETS = ("sharpen", "rdn_x2", "rdn_x4", "denoise")
 CALIBRATION_SIDE = 192  # side of each calibration crop before degradation (a ×4 net sees 48²)
 
 
-def calibration_inputs(name: str, count: int) -> list[np.ndarray]:
-    """``count`` N×C×H×W net inputs from the training split, degraded as the net was trained."""
+def calibration_inputs(name: str, count: int, degradation: str = "training") -> list[np.ndarray]:
+    """``count`` N×C×H×W net inputs from the training split, degraded as the net was trained
+    (``degradation="test"``: as the PSNR below measures it — σ=1.6 blur, white σ=25 noise)."""
     train, _ = split_files(list_images(nets_bench.TRAIN_FOLDERS), nets_bench.VAL_FRACTION)
     rng = np.random.default_rng(0)
     chosen = rng.choice(len(train), size=min(count, len(train)), replace=False)
@@ -60,6 +61,9 @@ def calibration_inputs(name: str, count: int) -> list[np.ndarray]:
         crop = image[y:y + side, x:x + side]
         if scale > 1:
             degraded = degrade.bicubic_downscale(crop, scale)
+        elif degradation == "test":
+            degraded = (np.clip(degrade.gaussian_blur(crop, nets_bench.BLUR_SIGMA), 0.0, 1.0) if name == "sharpen"
+                        else degrade.validation_noise(crop, rng))
         elif name == "sharpen":
             degraded = degrade.sharpen_degradation(crop, rng)
         else:
@@ -68,14 +72,14 @@ def calibration_inputs(name: str, count: int) -> list[np.ndarray]:
     return inputs
 
 
-def quantize(name: str, source: Path, target: Path, calibration: int) -> dict[str, Any]:
+def quantize(name: str, source: Path, target: Path, calibration: int, degradation: str) -> dict[str, Any]:
     """Write the int8 model and its card next to it; return the card's quantization entry."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     model = runner.load_model(source, "cpu", threads=1)
-    feeds = iter([{model.input_name: x} for x in calibration_inputs(name, calibration)])
+    feeds = iter([{model.input_name: x} for x in calibration_inputs(name, calibration, degradation)])
 
     class Feeds(CalibrationDataReader):
         def get_next(self):
@@ -90,6 +94,7 @@ def quantize(name: str, source: Path, target: Path, calibration: int) -> dict[st
                         calibrate_method=CalibrationMethod.MinMax)
     entry = {"method": "onnxruntime quantize_static, QDQ, int8 per-channel weights, uint8 activations, MinMax",
              "calibration_crops": calibration, "calibration_side": CALIBRATION_SIDE,
+             "calibration_degradation": degradation,
              "float32_sha256": runner.file_sha256(source)}
     card = runner.read_card(source)
     card.setdefault("export", {})["sha256"] = runner.file_sha256(target)
@@ -135,6 +140,8 @@ def main() -> int:
     parser.add_argument("--side", type=int, default=256, help="input side for the timing (default 256)")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--calibration", type=int, default=64, help="calibration crops per net")
+    parser.add_argument("--calibration-degradation", choices=("training", "test"), default="training",
+                        help="degrade the calibration crops as in training (default) or as the PSNR test does")
     parser.add_argument("--max-images", type=int, default=None, help="at most N held-out images")
     parser.add_argument("--out", type=Path, default=None, help="keep the int8 models and cards here")
     args = parser.parse_args()
@@ -155,7 +162,7 @@ def main() -> int:
         for name in args.nets.split(","):
             source = runner.find_model(name)
             target = out / f"{name}.onnx"
-            entry = quantize(name, source, target, args.calibration)
+            entry = quantize(name, source, target, args.calibration, args.calibration_degradation)
             variants = {"float32": runner.load_model(source, "cpu", threads=1),
                         "int8": runner.load_model(target, "cpu", threads=1)}
             seconds = seconds_per_run(variants, args.side, args.rounds)
