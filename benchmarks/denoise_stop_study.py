@@ -50,6 +50,18 @@ def _commit() -> str:
                           cwd=Path(__file__).resolve().parent).stdout.strip()
 
 
+def _cpu_model() -> str:
+    """The CPU's model name and its widest vector extension (Linux; paths differ by SIMD width)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "CPU model unknown"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{name}, {vector}"
+
+
 def noisy_case(image: str, size: int, sigma: float, noise: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     clean, _ = dip_bench.denoise_case(image, size, sigma)
     rng = np.random.default_rng(seed)
@@ -69,7 +81,7 @@ def record(args) -> None:
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    machine = f"{platform.machine()}, {os.cpu_count()} cores ({_cpu_model()})"
     if device.type == "cuda":
         machine += f", {torch.cuda.get_device_name(device)}"
     settings = presets.QUALITY["denoise"] if args.settings == "quality-gpu" else presets.FAST["denoise"]
