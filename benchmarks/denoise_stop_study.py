@@ -21,7 +21,10 @@ level at mid-grey) noise.
 ``score`` estimates the noise level again with the engine's estimator as it is now (the noisy
 inputs are reproducible), replays each rule's decisions check by check (the live rule reads its state one
 check late; replaying that lag changes nothing but the stop by one check, so it is ignored)
-and reports, per rule, how far below the run's best averaged output the returned one is.
+and reports, per rule, how far below the run's best averaged output the returned one is. The
+rules see each path only up to where the CPU's iteration cap would end the run
+(``--cpu-budget N``: N iterations at 256², default the engine's; 0 = no cap, as on a GPU);
+the best is that of the path up to ``--max-per-side``.
 """
 from __future__ import annotations
 
@@ -172,12 +175,22 @@ def score(args) -> None:
     runs = [json.loads(line) for name in args.paths for line in Path(name).read_text().splitlines() if line.strip()]
     from engine.dip.noise_level import estimate_noise_sigma
 
+    from engine.dip import presets
+
+    # The CPU's cap on iterations × pixels (`presets.CPU_PIXEL_ITERATION_BUDGET`), given as
+    # iterations at 256²; 0 = none (a GPU).
+    budget = (presets.CPU_PIXEL_ITERATION_BUDGET if args.cpu_budget is None else args.cpu_budget * 256 * 256)
     for run in runs:  # the preset's own maximum, not the recording's
         run["path"] = [e for e in run["path"] if e["iteration"] <= args.max_per_side * run["size"]]
+        # Rules are scored against the best of that path; on a CPU they see it only up to the cap.
+        run["uncapped"] = run["path"]
+        run["best_psnr"] = max(e["psnr"] for e in run["path"])
+        if budget:
+            cap = max(presets.MIN_ITERATIONS, budget / run["size"] ** 2)
+            run["path"] = [e for e in run["path"] if e["iteration"] <= cap]
         # The engine's estimate as it is now (the recorded one is the estimator of the day).
         noisy = noisy_case(run["image"], run["size"], run["sigma"] / 255, run["noise"])[1]
         run["estimated_sigma"] = estimate_noise_sigma(noisy) * 255
-    from engine.dip import presets
 
     def engine_rule(run: dict[str, Any], path: list[dict[str, float]]) -> int:
         """The `fast` preset's own rule for this size, as the engine runs it now."""
@@ -208,22 +221,23 @@ def score(args) -> None:
         short = []
         for run in runs:
             path = run["path"]
-            best = max(e["psnr"] for e in path)
-            short.append(best - path[rule(run, path)]["psnr"])
+            short.append(run["best_psnr"] - path[rule(run, path)]["psnr"])
         report["rules"][name] = {"mean_short_db": round(float(np.mean(short)), 3),
                                  "worst_short_db": round(float(np.max(short)), 3),
                                  "short_db": [round(v, 2) for v in short]}
     report["runs_at_best"] = [
         {"case": f"{r['image']} {r['size']} σ{r['sigma']:g} {r['noise']} seed {r['seed']}",
          "estimated_sigma": round(r["estimated_sigma"], 2),
-         "best_iteration": max(r["path"], key=lambda e: e["psnr"])["iteration"],
-         "best_psnr": round(max(e["psnr"] for e in r["path"]), 2),
+         "best_iteration": max(r["uncapped"], key=lambda e: e["psnr"])["iteration"],
+         "best_psnr": round(r["best_psnr"], 2),
          "residual_over_estimate_at_best": round(
-             max(r["path"], key=lambda e: e["psnr"])["residual"] * 255 / r["estimated_sigma"], 3)}
+             max(r["uncapped"], key=lambda e: e["psnr"])["residual"] * 255 / r["estimated_sigma"], 3),
+         "cpu_cap": r["path"][-1]["iteration"] if budget else None}
         for r in runs]
     recorded_on = sorted({f"{r.get('machine', 'machine not recorded')}, torch {r.get('torch', '?')}" for r in runs})
     print(json.dumps({"runs": report["runs"], "files": [str(n) for n in args.paths], "recorded_on": recorded_on, "scored": {
-        "date": time.strftime("%Y-%m-%d"), "commit": _commit(), "max_iterations_per_side": args.max_per_side}},
+        "date": time.strftime("%Y-%m-%d"), "commit": _commit(), "max_iterations_per_side": args.max_per_side,
+        "cpu_budget_iterations_at_256": round(budget / (256 * 256)) if budget else None}},
         ensure_ascii=False))
     for name, scored in report["rules"].items():
         print(json.dumps({"rule": name, **scored}, ensure_ascii=False))
@@ -251,6 +265,9 @@ def main() -> None:
     score_parser.add_argument("paths", nargs="+")
     score_parser.add_argument("--max-per-side", type=float, default=22.0,
                               help="the preset's iteration maximum per pixel of side (fast: 22)")
+    score_parser.add_argument("--cpu-budget", type=int, default=None,
+                              help="the CPU's iteration cap as iterations at 256² (default: the engine's; "
+                                   "0 = none, as on a GPU); paths are cut there")
     args = parser.parse_args()
     record(args) if args.command == "record" else score(args)
 

@@ -32,9 +32,12 @@ TV_REFERENCE_SIGMA = 25 / 255
 TV_FALLOFF_EXPONENT = 4
 
 # Without stopping a run never exceeds this many iterations on the CPU per pixel of the net
-# input (~3000 its of a 256² light net): a large image gets fewer iterations and a blurrier
-# but timely result rather than an hours-long run.
-CPU_PIXEL_ITERATION_BUDGET = 256 * 256 * 3000
+# input: a large image gets fewer iterations and a blurrier but timely result rather than an
+# hours-long run. 4500 its of a 256² light net (~19 min on one core) lets the stopping rule
+# decide at 256²: recorded σ=25 denoise paths there peak at 1500 (smooth Berkeley 135069),
+# 3050 (F16), 3600 and past 4000 (textured 122048, two seeds), which 3000, the budget before,
+# cut 0.2–0.3 dB short (`benchmarks/denoise_stop_study.py`, README "Automatic stopping").
+CPU_PIXEL_ITERATION_BUDGET = 256 * 256 * 4500
 MIN_ITERATIONS = 300
 
 
