@@ -173,19 +173,18 @@ def discrepancy_rule(factor: float, fallback: Rule | None = None, min_iterations
 
 def score(args) -> None:
     runs = [json.loads(line) for name in args.paths for line in Path(name).read_text().splitlines() if line.strip()]
+    from engine.dip import presets
     from engine.dip.noise_level import estimate_noise_sigma
 
-    from engine.dip import presets
-
     # The CPU's cap on iterations × pixels (`presets.CPU_PIXEL_ITERATION_BUDGET`), given as
-    # iterations at 256²; 0 = none (a GPU).
+    # iterations at 256²; 0 = none. Paths recorded on a GPU are never cut (no cap there).
     budget = (presets.CPU_PIXEL_ITERATION_BUDGET if args.cpu_budget is None else args.cpu_budget * 256 * 256)
     for run in runs:  # the preset's own maximum, not the recording's
         run["path"] = [e for e in run["path"] if e["iteration"] <= args.max_per_side * run["size"]]
         # Rules are scored against the best of that path; on a CPU they see it only up to the cap.
         run["uncapped"] = run["path"]
         run["best_psnr"] = max(e["psnr"] for e in run["path"])
-        if budget:
+        if budget and run.get("device", "cpu") == "cpu":
             cap = max(presets.MIN_ITERATIONS, budget / run["size"] ** 2)
             run["path"] = [e for e in run["path"] if e["iteration"] <= cap]
         # The engine's estimate as it is now (the recorded one is the estimator of the day).
@@ -232,7 +231,7 @@ def score(args) -> None:
          "best_psnr": round(r["best_psnr"], 2),
          "residual_over_estimate_at_best": round(
              max(r["uncapped"], key=lambda e: e["psnr"])["residual"] * 255 / r["estimated_sigma"], 3),
-         "cpu_cap": r["path"][-1]["iteration"] if budget else None}
+         "cpu_cap": r["path"][-1]["iteration"] if budget and r.get("device", "cpu") == "cpu" else None}
         for r in runs]
     recorded_on = sorted({f"{r.get('machine', 'machine not recorded')}, torch {r.get('torch', '?')}" for r in runs})
     print(json.dumps({"runs": report["runs"], "files": [str(n) for n in args.paths], "recorded_on": recorded_on, "scored": {
