@@ -10,12 +10,15 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from . import __version__
 from .errors import BadInput, Cancelled, EngineError
 from .logs import LOGGER_NAME, diagnostics, setup_logging
 from .ops import OPS, JobContext, OpSpec, run_op
+
+if TYPE_CHECKING:
+    from .imageio import LoadedImage
 
 log = logging.getLogger(LOGGER_NAME)
 EXIT_ENGINE, EXIT_BAD_INPUT, EXIT_CANCELLED = 1, 2, 130
@@ -104,9 +107,10 @@ def _layer_stack_folder(folder: Path) -> Path:
     return folder
 
 
-def _write_layer_stack(folder: Path, layers: list, sample_type: str, op: str, params: dict) -> Path:
-    """One PNG per result (16-bit when the input was deeper than 8) plus manifest.json: the
-    stack top first, with what GIMP would set (blend, opacity, mask, visibility)."""
+def _write_layer_stack(folder: Path, layers: list, loaded: LoadedImage, op: str, params: dict) -> Path:
+    """One PNG per result (16-bit when the input was deeper than 8, with the input's colour
+    profile) plus manifest.json: the stack top first, with what GIMP would set (blend,
+    opacity, mask, visibility)."""
     import json
 
     from .imageio import write_image
@@ -114,7 +118,7 @@ def _write_layer_stack(folder: Path, layers: list, sample_type: str, op: str, pa
     entries = []
     for layer in layers:
         file_name = f"{layer.role}.png"
-        write_image(folder / file_name, layer.pixels, sample_type)
+        write_image(folder / file_name, layer.pixels, loaded.sample_type, loaded.icc_profile)
         entries.append({"file": file_name, "role": layer.role, "title": layer.title, "kind": layer.kind,
                         "blend": layer.blend, "opacity": layer.opacity, "mask": layer.mask,
                         "visible": layer.visible})
@@ -145,14 +149,14 @@ def _run_file_op(args: argparse.Namespace) -> int:
     bar = None if args.quiet else ProgressBar()
     layers = run_op(spec.name, loaded.pixels, mask, params, JobContext(bar), second=second)
     if spec.layered:
-        manifest = _write_layer_stack(args.output, layers, loaded.sample_type, spec.name, params)
+        manifest = _write_layer_stack(args.output, layers, loaded, spec.name, params)
         if not args.quiet:
             print(f"wrote {len(layers)} layers and {manifest}", file=sys.stderr)
         return 0
-    write_image(args.output, layers[0].pixels, loaded.sample_type)
+    write_image(args.output, layers[0].pixels, loaded.sample_type, loaded.icc_profile)
     for extra in layers[1:]:
         extra_path = args.output.with_name(f"{args.output.stem}-{extra.role}{args.output.suffix}")
-        write_image(extra_path, extra.pixels, loaded.sample_type)
+        write_image(extra_path, extra.pixels, loaded.sample_type, loaded.icc_profile)
     if not args.quiet:
         print(f"wrote {args.output}", file=sys.stderr)
     return 0

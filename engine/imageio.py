@@ -4,10 +4,16 @@ Images inside the engine are float32 H×W×C arrays in [0, 1] (C = 1 grey, 2 gre
 3 RGB, 4 RGBA). Files remember their sample type (``u8``/``u16``/``f32``) so that a 16-bit
 PNG comes back out as a 16-bit PNG: Pillow reduces 16-bit colour PNGs to 8 bits, so those
 go through pypng; TIFF goes through tifffile.
+
+An embedded ICC colour profile (a phone's Display P3, a camera's Adobe RGB) is read and written
+back with the result, so the output shows the same colours as the input: the pixels are
+processed as stored, so they still mean colours in the source's space.
 """
 from __future__ import annotations
 
+import io
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +25,14 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 WRITABLE = {".png", ".tif", ".tiff", ".jpg", ".jpeg", ".webp", ".bmp"}
 _MAX_FOR_DTYPE = {"u8": 255.0, "u16": 65535.0}
 CONVERSION_BAND_BYTES = 16 << 20  # float temporaries of from_float stay this small
+TIFF_ICC_PROFILE_TAG = 34675  # InterColorProfile
 
 
 @dataclass
 class LoadedImage:
     pixels: np.ndarray  # float32 H×W×C in [0, 1] (f32 sources may exceed it)
     sample_type: str  # "u8", "u16" or "f32": what the file stored
+    icc_profile: bytes | None = None  # the file's colour profile, when it fits the pixels
 
     @property
     def has_alpha(self) -> bool:
@@ -65,6 +73,22 @@ def _png_bit_depth(path: Path) -> int:
     with path.open("rb") as handle:
         head = handle.read(26)
     return head[24] if head.startswith(PNG_SIGNATURE) and len(head) >= 26 else 8
+
+
+def profile_fits(profile: bytes | None, channels: int) -> bool:
+    """Is ``profile`` an ICC profile for pixels of this many channels? (Its header's colour
+    space: 'GRAY' for grey (+ alpha), 'RGB ' for colour; a CMYK file's profile does not
+    describe the RGB we convert it to.)"""
+    if not profile or len(profile) < 128:
+        return False
+    return profile[16:20] == (b"GRAY" if channels <= 2 else b"RGB ")
+
+
+def _pillow_icc_profile(path: Path) -> bytes | None:
+    from PIL import Image
+
+    with Image.open(path) as img:  # reads the header and metadata, not the pixels
+        return img.info.get("icc_profile")
 
 
 def _read_png16(path: Path) -> np.ndarray:
@@ -108,13 +132,18 @@ def read_image(path: str | Path) -> LoadedImage:
         if suffix in (".tif", ".tiff"):
             import tifffile
 
-            raw = tifffile.imread(str(path))
+            with tifffile.TiffFile(str(path)) as tiff:
+                raw = tiff.asarray()
+                tag = tiff.pages[0].tags.get(TIFF_ICC_PROFILE_TAG)
+                profile = bytes(tag.value) if tag is not None else None
             if raw.ndim == 3 and raw.shape[0] in (1, 2, 3, 4) and raw.shape[2] > 4:
                 raw = np.moveaxis(raw, 0, -1)  # planar TIFF
         elif _png_bit_depth(path) == 16:
             raw = _read_png16(path)
+            profile = _pillow_icc_profile(path)
         else:
             raw = _read_with_pillow(path)
+            profile = _pillow_icc_profile(path)
     except BadInput:
         raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure is the file's fault
@@ -131,7 +160,7 @@ def read_image(path: str | Path) -> LoadedImage:
         sample_type = "f32"
     else:
         raise BadInput(f"{path.name}: unsupported sample type {raw.dtype}")
-    return LoadedImage(to_float(raw), sample_type)
+    return LoadedImage(to_float(raw), sample_type, profile if profile_fits(profile, raw.shape[2]) else None)
 
 
 def read_mask(path: str | Path, size: tuple[int, int]) -> np.ndarray:
@@ -169,11 +198,25 @@ def check_writable(path: str | Path) -> Path:
     return path
 
 
-def write_image(path: str | Path, pixels: np.ndarray, sample_type: str) -> None:
-    """Write float32 H×W×C pixels; keep ``sample_type`` where the format can hold it."""
+def _with_png_icc_profile(png_bytes: bytes, profile: bytes) -> bytes:
+    """A PNG file with an iCCP chunk (profile name, compression method 0, zlib data) added
+    right after IHDR, where the PNG spec wants it (before PLTE and IDAT)."""
+    import png
+
+    chunks = list(png.Reader(bytes=png_bytes).chunks())
+    iccp = b"ICC profile\0\0" + zlib.compress(profile)
+    out = io.BytesIO()
+    png.write_chunks(out, [chunks[0], (b"iCCP", iccp), *chunks[1:]])
+    return out.getvalue()
+
+
+def write_image(path: str | Path, pixels: np.ndarray, sample_type: str, icc_profile: bytes | None = None) -> None:
+    """Write float32 H×W×C pixels; keep ``sample_type`` where the format can hold it, and
+    embed ``icc_profile`` where the format can (PNG, TIFF, JPEG, WebP; not BMP)."""
     path = check_writable(path)
     suffix = path.suffix.lower()
     channels = pixels.shape[2]
+    profile = icc_profile if profile_fits(icc_profile, channels) else None
     try:
         if suffix in (".tif", ".tiff"):
             import tifffile
@@ -181,16 +224,18 @@ def write_image(path: str | Path, pixels: np.ndarray, sample_type: str) -> None:
             data = from_float(pixels, sample_type)
             photometric = "rgb" if channels >= 3 else "minisblack"
             extrasamples = ["unassalpha"] if channels in (2, 4) else None
+            extratags = [(TIFF_ICC_PROFILE_TAG, 7, len(profile), profile, True)] if profile else []
             tifffile.imwrite(str(path), data if channels > 1 else data[:, :, 0],
-                             photometric=photometric, extrasamples=extrasamples)
+                             photometric=photometric, extrasamples=extrasamples, extratags=extratags)
         elif suffix == ".png" and sample_type in ("u16", "f32"):
             import png
 
             data = from_float(pixels, "u16")
             writer = png.Writer(width=data.shape[1], height=data.shape[0], bitdepth=16,
                                 greyscale=channels <= 2, alpha=channels in (2, 4))
-            with path.open("wb") as handle:
-                writer.write(handle, data.reshape(data.shape[0], -1).tolist())
+            encoded = io.BytesIO()
+            writer.write(encoded, data.reshape(data.shape[0], -1).tolist())
+            path.write_bytes(_with_png_icc_profile(encoded.getvalue(), profile) if profile else encoded.getvalue())
         else:
             from PIL import Image
 
@@ -200,6 +245,9 @@ def write_image(path: str | Path, pixels: np.ndarray, sample_type: str) -> None:
                 channels -= 1
             # fromarray infers L / LA / RGB / RGBA from the channel count
             image = Image.fromarray(np.ascontiguousarray(data[:, :, 0] if channels == 1 else data))
-            image.save(path, **({"quality": 95} if suffix in (".jpg", ".jpeg") else {}))
+            options: dict = {"quality": 95} if suffix in (".jpg", ".jpeg") else {}
+            if profile and suffix != ".bmp":
+                options["icc_profile"] = profile
+            image.save(path, **options)
     except OSError as exc:
         raise BadInput(f"cannot write {path}: {exc.strerror or exc}") from None

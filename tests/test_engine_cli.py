@@ -59,6 +59,22 @@ def test_inpaint_cli_keeps_known_pixels_16bit(tmp_path):
     assert not np.array_equal(out[hole], image[hole])
 
 
+@pytest.mark.parametrize("op, output", [("sharpen", "out.png"), ("upscale", "out.jpg")])
+def test_the_colour_profile_comes_through(tmp_path, op, output):
+    # A photo tagged with its colour space (here sRGB built by Little CMS; a phone would say
+    # Display P3): the result must carry it, or viewers show other colours.
+    from PIL import ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    pixels = np.random.default_rng(2).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "photo.jpg", quality=95, icc_profile=profile)
+    result = run_cli(op, tmp_path / "photo.jpg", "-o", tmp_path / output, "--passes", "1", "--quiet")
+    assert result.returncode == 0, result.stderr
+    with Image.open(tmp_path / output) as written:
+        assert written.info.get("icc_profile") == profile
+        assert written.size == ((64, 48) if op == "upscale" else (32, 24))
+
+
 @pytest.mark.parametrize("args, message", [
     (["denoise", "missing.png", "-o", "out.png"], "input file not found"),
     (["denoise", "{bad}", "-o", "out.png"], "cannot read"),

@@ -66,3 +66,43 @@ def test_bad_files_are_bad_input(tmp_path):
         write_image(tmp_path / "no" / "dir.png", np.zeros((2, 2, 3), np.float32), "u8")
     with pytest.raises(BadInput, match="cannot write"):
         write_image(tmp_path / "a.xyz", np.zeros((2, 2, 3), np.float32), "u8")
+
+
+def _icc_profile(colour_space: bytes) -> bytes:
+    """A real profile (Little CMS's sRGB) for RGB; else a 132-byte ICC header naming
+    ``colour_space``: all the reader and writer look at (they carry a profile, never apply it)."""
+    if colour_space == b"RGB ":
+        from PIL import ImageCms
+
+        return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    header = bytearray(132)
+    header[0:4] = (132).to_bytes(4, "big")
+    header[12:16] = b"mntr"
+    header[16:20] = colour_space
+    header[36:40] = b"acsp"
+    return bytes(header)
+
+
+@pytest.mark.parametrize(("suffix", "sample_type", "channels"), [
+    (".png", "u8", 3), (".png", "u8", 4), (".png", "u16", 3), (".png", "u16", 1), (".tif", "u16", 3),
+    (".tif", "f32", 4), (".jpg", "u8", 3), (".jpg", "u8", 4), (".webp", "u8", 3), (".png", "u8", 2)])
+def test_colour_profile_is_carried_through(tmp_path, suffix, sample_type, channels):
+    profile = _icc_profile(b"GRAY" if channels <= 2 else b"RGB ")
+    pixels = np.random.default_rng(3).random((6, 5, channels), dtype=np.float32)
+    write_image(tmp_path / f"a{suffix}", pixels, sample_type, profile)
+    loaded = read_image(tmp_path / f"a{suffix}")
+    assert loaded.icc_profile == profile
+    assert loaded.sample_type == sample_type
+    if suffix in (".png", ".tif"):  # lossless: the pixels are as without a profile
+        write_image(tmp_path / f"b{suffix}", pixels, sample_type)
+        assert read_image(tmp_path / f"b{suffix}").icc_profile is None
+        np.testing.assert_array_equal(loaded.pixels, read_image(tmp_path / f"b{suffix}").pixels)
+
+
+def test_a_profile_for_other_channels_is_dropped(tmp_path):
+    # A CMYK JPEG's profile does not describe the RGB it is read as, nor an RGB profile a grey image.
+    Image.new("CMYK", (8, 6), (10, 200, 30, 0)).save(tmp_path / "c.jpg", icc_profile=_icc_profile(b"CMYK"))
+    assert read_image(tmp_path / "c.jpg").icc_profile is None
+    write_image(tmp_path / "g.png", np.zeros((4, 4, 1), np.float32), "u8", _icc_profile(b"RGB "))
+    assert read_image(tmp_path / "g.png").icc_profile is None
+    assert Image.open(tmp_path / "g.png").info.get("icc_profile") is None
