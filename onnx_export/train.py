@@ -7,7 +7,9 @@
     python -m onnx_export.train --model unet --task denoise --data DIR... --out ckpt/denoise.pt ...
     ... [--init-from CHECKPOINT]   start from another checkpoint's weights (its commands go in the card);
                                    an RDN with more blocks (--D) than the checkpoint's starts as
-                                   the checkpoint's net, the added blocks passing their input on
+                                   the checkpoint's net, the added blocks passing their input on;
+                                   a U-Net with a larger --base likewise (the added channels are
+                                   read with zero weights until training grows them)
 
 ``--steps`` is the total: with ``--resume`` an existing checkpoint is continued up to it (the
 architecture then comes from the checkpoint; architecture flags, if given, must agree).
@@ -40,6 +42,7 @@ from .data import PatchData, psnr
 from . import degrade
 from .degrade import bicubic_upscale
 from .models.rdn import block_count, deepen_state
+from .models.unet import source_base, widen_state
 from .models import KIND_TASKS, TASKS, PatchDiscriminator, build_model, model_params, runtime_facts
 
 CHECKPOINT_FORMAT = 1
@@ -243,6 +246,12 @@ def main(argv: list[str] | None = None) -> int:
             model.load_state_dict(deepen_state(source, model))
             print(f"initialised from {args.init_from}: its {block_count(source)} blocks, "
                   f"{params['D'] - block_count(source)} added as identities", flush=True)
+        elif args.model == "unet" and "stem.weight" in source and source_base(source) < params["base"]:
+            # A wider net grown from a trained one: the added channels are read with zero
+            # weights, so training starts at the source's quality (see unet.widen_state).
+            model.load_state_dict(widen_state(source, model))
+            print(f"initialised from {args.init_from}: base {source_base(source)} widened to "
+                  f"{params['base']} (added channels read with zero weights)", flush=True)
         else:
             taken = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
             model.load_state_dict(taken, strict=False)

@@ -493,6 +493,45 @@ def test_a_deeper_rdn_grown_from_a_trained_one_starts_as_that_net(tmp_path: Path
     assert psnr_grown == pytest.approx(psnr_first, abs=1e-4)  # lr 0: the grown net is the first one
 
 
+def test_a_wider_unet_grown_from_a_trained_one_starts_as_that_net(tmp_path: Path, tiny_images: Path) -> None:
+    from onnx_export import train
+    from onnx_export.models.unet import UNet, UNetConfig, widen_state
+
+    torch.manual_seed(0)
+    narrow = UNet(UNetConfig(base=4, depth=2, max_channels=12))  # levels 4, 8, 12: the cap bites
+    for p in narrow.parameters():  # a "trained" net: no zero weights anywhere
+        p.data.normal_(0, 0.1)
+    wide = UNet(UNetConfig(base=6, depth=2, max_channels=12))  # levels 6, 12, 12
+    wide.load_state_dict(widen_state(narrow.state_dict(), wide))
+    x = torch.rand(1, 3, 16, 12)
+    with torch.no_grad():
+        assert torch.allclose(wide(x), narrow(x), atol=1e-6)
+    # Training wakes the added channels: the head's new columns get a gradient at once (they
+    # multiply the new channels' non-zero activations), the new channels after the first step.
+    opt = torch.optim.Adam(wide.parameters(), lr=1e-3)
+    wide(x).square().mean().backward()
+    assert wide.head.weight.grad[:, 4:].abs().sum() > 0
+    opt.step()
+    opt.zero_grad()
+    wide(x).square().mean().backward()
+    assert wide.stem.weight.grad[4:].abs().sum() > 0 and wide.fuses[0].weight.grad[:4, 4:6].abs().sum() > 0
+    with pytest.raises(ValueError, match="narrower net of the same depth"):
+        widen_state(wide.state_dict(), narrow)
+    with pytest.raises(ValueError, match="narrower net of the same depth"):
+        widen_state(narrow.state_dict(), UNet(UNetConfig(base=6, depth=3, max_channels=12)))
+
+    # Through the trainer: --init-from a checkpoint with a smaller --base.
+    arch = ["--model", "unet", "--data", str(tiny_images), "--batch", "2", "--patch", "16", "--val-every", "1",
+            "--depth", "2", "--threads", "1", "--lr", "0"]
+    first = tmp_path / "first.pt"
+    assert train.main([*arch, "--base", "4", "--out", str(first), "--steps", "1"]) == 0
+    wider = tmp_path / "wider.pt"
+    assert train.main([*arch, "--base", "6", "--out", str(wider), "--steps", "1", "--init-from", str(first)]) == 0
+    psnr_first = json.loads(first.with_suffix(".json").read_text())["validation"]["last"]["psnr"]
+    psnr_wider = json.loads(wider.with_suffix(".json").read_text())["validation"]["last"]["psnr"]
+    assert psnr_wider == pytest.approx(psnr_first, abs=1e-4)  # lr 0: the wider net is the first one
+
+
 def test_training_smoke_unet_with_patchgan(tmp_path: Path, tiny_images: Path) -> None:
     from onnx_export import train
 

@@ -117,3 +117,55 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, degraded: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([degraded, candidate], dim=1))
+
+
+def level_channels(config: UNetConfig) -> list[int]:
+    return [min(config.base * 2 ** i, config.max_channels) for i in range(config.depth + 1)]
+
+
+def source_base(state: dict[str, torch.Tensor]) -> int:
+    """The ``base`` of the U-Net a state dict was saved from (its stem's output channels)."""
+    return int(state["stem.weight"].shape[0])
+
+
+def widen_state(source: dict[str, torch.Tensor], model: UNet) -> dict[str, torch.Tensor]:
+    """Weights for ``model`` that compute exactly what ``source`` (a U-Net of the same depth
+    with fewer channels per level) computes: a wider net that starts where a trained one stopped.
+
+    At every level the source's channels come first. Each conv's source rows (outputs) read the
+    source's input channels with the source's weights and the added input channels with zero
+    weights, so the source's activations are reproduced exactly; the added rows (the new
+    channels) keep their random start, and the head reads them with zero weights, so the output
+    is unchanged. Training then grows them: the first step gives the head's zero columns a
+    gradient (they multiply the new channels' non-zero activations), and through them the new
+    channels; had the new rows been zeroed too, every added weight would stay stuck at zero.
+    The fusion convs read [up-sampled features, skip] concatenated: both halves are mapped.
+    """
+    cfg = model.config
+    old_base = source_base(source)
+    src_cfg = UNetConfig(base=old_base, depth=cfg.depth, max_channels=cfg.max_channels)
+    src_ch, dst_ch = level_channels(src_cfg), level_channels(cfg)
+    if any(s > d for s, d in zip(src_ch, dst_ch)) or f"downs.{cfg.depth - 1}.weight" not in source \
+            or f"downs.{cfg.depth}.weight" in source:
+        raise ValueError(f"the source (base {old_base}) does not fit this net (base {cfg.base}, depth {cfg.depth}): "
+                         "only a narrower net of the same depth can be widened")
+
+    def place(name: str, rows: list[int], cols: list[int]) -> None:
+        """Copy the source conv into the source rows/columns; zero the rest of those rows."""
+        weight, bias = state[f"{name}.weight"], state[f"{name}.bias"]
+        old_w, old_b = source[f"{name}.weight"], source[f"{name}.bias"]
+        rows_t = torch.tensor(rows)
+        weight[rows_t] = 0.0
+        weight[rows_t[:, None], torch.tensor(cols)[None, :]] = old_w
+        bias[rows_t] = old_b
+
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    first = lambda n: list(range(n))  # noqa: E731 - the source's channels lead each level
+    place("stem", first(src_ch[0]), [0, 1, 2])
+    for i in range(cfg.depth):
+        place(f"downs.{i}", first(src_ch[i + 1]), first(src_ch[i]))
+        place(f"ups.{i}", first(src_ch[i]), first(src_ch[i + 1]))
+        place(f"fuses.{i}", first(src_ch[i]), first(src_ch[i]) + [dst_ch[i] + c for c in range(src_ch[i])])
+    place("bottleneck", first(src_ch[-1]), first(src_ch[-1]))
+    place("head", [0, 1, 2], first(src_ch[0]))
+    return state
