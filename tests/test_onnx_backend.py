@@ -455,7 +455,6 @@ def test_initial_card_is_prepended_once_to_a_chain_of_initialisations() -> None:
 
 
 def test_a_deeper_rdn_grown_from_a_trained_one_starts_as_that_net(tmp_path: Path, tiny_images: Path) -> None:
-    from onnx_export import train
     from onnx_export.models.rdn import deepen_state
 
     torch.manual_seed(0)
@@ -483,18 +482,24 @@ def test_a_deeper_rdn_grown_from_a_trained_one_starts_as_that_net(tmp_path: Path
 
     # Through the trainer: --init-from a checkpoint with fewer blocks, --D more.
     arch = ["--model", "rdn", "--scale", "2", "--data", str(tiny_images), "--batch", "2", "--patch", "8",
-            "--val-every", "1", "--C", "1", "--G", "4", "--G0", "8", "--threads", "1", "--lr", "0"]
-    first = tmp_path / "first.pt"
-    assert train.main([*arch, "--D", "2", "--out", str(first), "--steps", "1"]) == 0
-    grown = tmp_path / "grown.pt"
-    assert train.main([*arch, "--D", "3", "--out", str(grown), "--steps", "1", "--init-from", str(first)]) == 0
+            "--val-every", "1", "--C", "1", "--G", "4", "--G0", "8", "--threads", "1"]
+    _assert_trainer_grows_without_change(tmp_path, arch, ["--D", "2"], ["--D", "3"])
+
+
+def _assert_trainer_grows_without_change(tmp_path: Path, arch: list[str], small: list[str], big: list[str]) -> None:
+    """Train ``small`` one step, then ``big`` --init-from it at learning rate 0: the grown net
+    must validate exactly as the small one did."""
+    from onnx_export import train
+
+    first, grown = tmp_path / "first.pt", tmp_path / "grown.pt"
+    assert train.main([*arch, *small, "--lr", "0", "--out", str(first), "--steps", "1"]) == 0
+    assert train.main([*arch, *big, "--lr", "0", "--out", str(grown), "--steps", "1", "--init-from", str(first)]) == 0
     psnr_first = json.loads(first.with_suffix(".json").read_text())["validation"]["last"]["psnr"]
     psnr_grown = json.loads(grown.with_suffix(".json").read_text())["validation"]["last"]["psnr"]
-    assert psnr_grown == pytest.approx(psnr_first, abs=1e-4)  # lr 0: the grown net is the first one
+    assert psnr_grown == pytest.approx(psnr_first, abs=1e-4)
 
 
 def test_a_wider_unet_grown_from_a_trained_one_starts_as_that_net(tmp_path: Path, tiny_images: Path) -> None:
-    from onnx_export import train
     from onnx_export.models.unet import UNet, UNetConfig, widen_state
 
     torch.manual_seed(0)
@@ -522,14 +527,8 @@ def test_a_wider_unet_grown_from_a_trained_one_starts_as_that_net(tmp_path: Path
 
     # Through the trainer: --init-from a checkpoint with a smaller --base.
     arch = ["--model", "unet", "--data", str(tiny_images), "--batch", "2", "--patch", "16", "--val-every", "1",
-            "--depth", "2", "--threads", "1", "--lr", "0"]
-    first = tmp_path / "first.pt"
-    assert train.main([*arch, "--base", "4", "--out", str(first), "--steps", "1"]) == 0
-    wider = tmp_path / "wider.pt"
-    assert train.main([*arch, "--base", "6", "--out", str(wider), "--steps", "1", "--init-from", str(first)]) == 0
-    psnr_first = json.loads(first.with_suffix(".json").read_text())["validation"]["last"]["psnr"]
-    psnr_wider = json.loads(wider.with_suffix(".json").read_text())["validation"]["last"]["psnr"]
-    assert psnr_wider == pytest.approx(psnr_first, abs=1e-4)  # lr 0: the wider net is the first one
+            "--depth", "2", "--threads", "1"]
+    _assert_trainer_grows_without_change(tmp_path, arch, ["--base", "4"], ["--base", "6"])
 
 
 def test_training_smoke_unet_with_patchgan(tmp_path: Path, tiny_images: Path) -> None:
