@@ -109,7 +109,7 @@ def _layer_stack_folder(folder: Path) -> Path:
 
 def _write_layer_stack(folder: Path, layers: list, loaded: LoadedImage, op: str, params: dict) -> Path:
     """One PNG per result (16-bit when the input was deeper than 8, with the input's colour
-    profile) plus manifest.json: the stack top first, with what GIMP would set (blend,
+    profile and EXIF) plus manifest.json: the stack top first, with what GIMP would set (blend,
     opacity, mask, visibility)."""
     import json
 
@@ -118,7 +118,7 @@ def _write_layer_stack(folder: Path, layers: list, loaded: LoadedImage, op: str,
     entries = []
     for layer in layers:
         file_name = f"{layer.role}.png"
-        write_image(folder / file_name, layer.pixels, loaded.sample_type, loaded.icc_profile)
+        write_image(folder / file_name, layer.pixels, loaded.sample_type, loaded.metadata)
         entries.append({"file": file_name, "role": layer.role, "title": layer.title, "kind": layer.kind,
                         "blend": layer.blend, "opacity": layer.opacity, "mask": layer.mask,
                         "visible": layer.visible})
@@ -153,10 +153,10 @@ def _run_file_op(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"wrote {len(layers)} layers and {manifest}", file=sys.stderr)
         return 0
-    write_image(args.output, layers[0].pixels, loaded.sample_type, loaded.icc_profile)
+    write_image(args.output, layers[0].pixels, loaded.sample_type, loaded.metadata)
     for extra in layers[1:]:
         extra_path = args.output.with_name(f"{args.output.stem}-{extra.role}{args.output.suffix}")
-        write_image(extra_path, extra.pixels, loaded.sample_type, loaded.icc_profile)
+        write_image(extra_path, extra.pixels, loaded.sample_type, loaded.metadata)
     if not args.quiet:
         print(f"wrote {args.output}", file=sys.stderr)
     return 0

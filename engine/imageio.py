@@ -5,9 +5,11 @@ Images inside the engine are float32 H×W×C arrays in [0, 1] (C = 1 grey, 2 gre
 PNG comes back out as a 16-bit PNG: Pillow reduces 16-bit colour PNGs to 8 bits, so those
 go through pypng; TIFF goes through tifffile.
 
-An embedded ICC colour profile (a phone's Display P3, a camera's Adobe RGB) is read and written
-back with the result, so the output shows the same colours as the input: the pixels are
-processed as stored, so they still mean colours in the source's space.
+Metadata goes with the result (`FileMetadata`): an embedded ICC colour profile (a phone's
+Display P3, a camera's Adobe RGB), because the pixels are processed as stored and so still
+mean colours in the source's space — without it viewers show other colours; and the EXIF
+record (camera, date taken, …), with its orientation set to upright (the pixels were turned
+upright on reading) and its pixel dimensions set to the result's.
 """
 from __future__ import annotations
 
@@ -26,13 +28,22 @@ WRITABLE = {".png", ".tif", ".tiff", ".jpg", ".jpeg", ".webp", ".bmp"}
 _MAX_FOR_DTYPE = {"u8": 255.0, "u16": 65535.0}
 CONVERSION_BAND_BYTES = 16 << 20  # float temporaries of from_float stay this small
 TIFF_ICC_PROFILE_TAG = 34675  # InterColorProfile
+EXIF_ORIENTATION, EXIF_IFD = 0x0112, 0x8769
+EXIF_PIXEL_X_DIMENSION, EXIF_PIXEL_Y_DIMENSION = 0xA002, 0xA003
+EXIF_HEADER = b"Exif\0\0"  # Pillow's EXIF bytes start with it; a PNG eXIf chunk does not
+
+
+@dataclass(frozen=True)
+class FileMetadata:
+    icc_profile: bytes | None = None  # the file's colour profile, when it fits the pixels
+    exif: bytes | None = None  # the file's EXIF record as Pillow writes it (EXIF_HEADER first)
 
 
 @dataclass
 class LoadedImage:
     pixels: np.ndarray  # float32 H×W×C in [0, 1] (f32 sources may exceed it)
     sample_type: str  # "u8", "u16" or "f32": what the file stored
-    icc_profile: bytes | None = None  # the file's colour profile, when it fits the pixels
+    metadata: FileMetadata = FileMetadata()
 
     @property
     def has_alpha(self) -> bool:
@@ -84,11 +95,35 @@ def profile_fits(profile: bytes | None, channels: int) -> bool:
     return profile[16:20] == (b"GRAY" if channels <= 2 else b"RGB ")
 
 
-def _pillow_icc_profile(path: Path) -> bytes | None:
+def _pillow_metadata(path: Path) -> tuple[bytes | None, bytes | None]:
+    """The file's ICC profile and EXIF record, as Pillow reads them (None where absent)."""
     from PIL import Image
 
     with Image.open(path) as img:  # reads the header and metadata, not the pixels
-        return img.info.get("icc_profile")
+        exif = img.getexif()
+        return img.info.get("icc_profile"), (exif.tobytes() if len(exif) else None)
+
+
+def exif_for_result(exif: bytes | None, width: int, height: int) -> bytes | None:
+    """The source's EXIF record made true of the result: upright (the reader applied the
+    orientation to the pixels) and, where it states them, the result's pixel dimensions."""
+    if not exif:
+        return None
+    from PIL import Image
+
+    record = Image.Exif()
+    try:
+        record.load(exif)
+    except Exception:  # noqa: BLE001 - a damaged EXIF record is dropped, never fatal
+        return None
+    if EXIF_ORIENTATION in record:
+        record[EXIF_ORIENTATION] = 1
+    if EXIF_IFD in record:
+        details = record.get_ifd(EXIF_IFD)
+        for tag, value in ((EXIF_PIXEL_X_DIMENSION, width), (EXIF_PIXEL_Y_DIMENSION, height)):
+            if tag in details:
+                details[tag] = value
+    return record.tobytes()
 
 
 def _read_png16(path: Path) -> np.ndarray:
@@ -135,15 +170,15 @@ def read_image(path: str | Path) -> LoadedImage:
             with tifffile.TiffFile(str(path)) as tiff:
                 raw = tiff.asarray()
                 tag = tiff.pages[0].tags.get(TIFF_ICC_PROFILE_TAG)
-                profile = bytes(tag.value) if tag is not None else None
+                profile, exif = (bytes(tag.value) if tag is not None else None), None
             if raw.ndim == 3 and raw.shape[0] in (1, 2, 3, 4) and raw.shape[2] > 4:
                 raw = np.moveaxis(raw, 0, -1)  # planar TIFF
         elif _png_bit_depth(path) == 16:
             raw = _read_png16(path)
-            profile = _pillow_icc_profile(path)
+            profile, exif = _pillow_metadata(path)
         else:
             raw = _read_with_pillow(path)
-            profile = _pillow_icc_profile(path)
+            profile, exif = _pillow_metadata(path)
     except BadInput:
         raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure is the file's fault
@@ -160,7 +195,8 @@ def read_image(path: str | Path) -> LoadedImage:
         sample_type = "f32"
     else:
         raise BadInput(f"{path.name}: unsupported sample type {raw.dtype}")
-    return LoadedImage(to_float(raw), sample_type, profile if profile_fits(profile, raw.shape[2]) else None)
+    metadata = FileMetadata(profile if profile_fits(profile, raw.shape[2]) else None, exif)
+    return LoadedImage(to_float(raw), sample_type, metadata)
 
 
 def read_mask(path: str | Path, size: tuple[int, int]) -> np.ndarray:
@@ -198,25 +234,32 @@ def check_writable(path: str | Path) -> Path:
     return path
 
 
-def _with_png_icc_profile(png_bytes: bytes, profile: bytes) -> bytes:
-    """A PNG file with an iCCP chunk (profile name, compression method 0, zlib data) added
-    right after IHDR, where the PNG spec wants it (before PLTE and IDAT)."""
+def _with_png_metadata(png_bytes: bytes, profile: bytes | None, exif: bytes | None) -> bytes:
+    """A PNG file with an iCCP chunk (profile name, compression method 0, zlib data) and an
+    eXIf chunk added right after IHDR (the PNG spec wants both before IDAT)."""
     import png
 
     chunks = list(png.Reader(bytes=png_bytes).chunks())
-    iccp = b"ICC profile\0\0" + zlib.compress(profile)
+    added = []
+    if profile:
+        added.append((b"iCCP", b"ICC profile\0\0" + zlib.compress(profile)))
+    if exif:
+        added.append((b"eXIf", exif.removeprefix(EXIF_HEADER)))
     out = io.BytesIO()
-    png.write_chunks(out, [chunks[0], (b"iCCP", iccp), *chunks[1:]])
+    png.write_chunks(out, [chunks[0], *added, *chunks[1:]])
     return out.getvalue()
 
 
-def write_image(path: str | Path, pixels: np.ndarray, sample_type: str, icc_profile: bytes | None = None) -> None:
-    """Write float32 H×W×C pixels; keep ``sample_type`` where the format can hold it, and
-    embed ``icc_profile`` where the format can (PNG, TIFF, JPEG, WebP; not BMP)."""
+def write_image(path: str | Path, pixels: np.ndarray, sample_type: str, metadata: FileMetadata | None = None) -> None:
+    """Write float32 H×W×C pixels; keep ``sample_type`` where the format can hold it, and the
+    source's ``metadata`` where the format can: the ICC profile in PNG, TIFF, JPEG and WebP,
+    EXIF in PNG, JPEG and WebP (BMP holds neither)."""
     path = check_writable(path)
     suffix = path.suffix.lower()
     channels = pixels.shape[2]
-    profile = icc_profile if profile_fits(icc_profile, channels) else None
+    metadata = metadata or FileMetadata()
+    profile = metadata.icc_profile if profile_fits(metadata.icc_profile, channels) else None
+    exif = exif_for_result(metadata.exif, pixels.shape[1], pixels.shape[0])
     try:
         if suffix in (".tif", ".tiff"):
             import tifffile
@@ -235,7 +278,7 @@ def write_image(path: str | Path, pixels: np.ndarray, sample_type: str, icc_prof
                                 greyscale=channels <= 2, alpha=channels in (2, 4))
             encoded = io.BytesIO()
             writer.write(encoded, data.reshape(data.shape[0], -1).tolist())
-            path.write_bytes(_with_png_icc_profile(encoded.getvalue(), profile) if profile else encoded.getvalue())
+            path.write_bytes(_with_png_metadata(encoded.getvalue(), profile, exif))
         else:
             from PIL import Image
 
@@ -246,8 +289,8 @@ def write_image(path: str | Path, pixels: np.ndarray, sample_type: str, icc_prof
             # fromarray infers L / LA / RGB / RGBA from the channel count
             image = Image.fromarray(np.ascontiguousarray(data[:, :, 0] if channels == 1 else data))
             options: dict = {"quality": 95} if suffix in (".jpg", ".jpeg") else {}
-            if profile and suffix != ".bmp":
-                options["icc_profile"] = profile
+            if suffix != ".bmp":  # Pillow's BMP writer takes neither
+                options.update({k: v for k, v in (("icc_profile", profile), ("exif", exif)) if v})
             image.save(path, **options)
     except OSError as exc:
         raise BadInput(f"cannot write {path}: {exc.strerror or exc}") from None

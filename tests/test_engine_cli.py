@@ -60,18 +60,22 @@ def test_inpaint_cli_keeps_known_pixels_16bit(tmp_path):
 
 
 @pytest.mark.parametrize("op, output", [("sharpen", "out.png"), ("upscale", "out.jpg")])
-def test_the_colour_profile_comes_through(tmp_path, op, output):
+def test_the_colour_profile_and_exif_come_through(tmp_path, op, output):
     # A photo tagged with its colour space (here sRGB built by Little CMS; a phone would say
-    # Display P3): the result must carry it, or viewers show other colours.
+    # Display P3) and its camera's EXIF: the result must carry both, or viewers show other
+    # colours and photo libraries lose the date taken.
     from PIL import ImageCms
 
     profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x010F] = "PhoneMaker"
     pixels = np.random.default_rng(2).integers(0, 256, (24, 32, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(tmp_path / "photo.jpg", quality=95, icc_profile=profile)
+    Image.fromarray(pixels).save(tmp_path / "photo.jpg", quality=95, icc_profile=profile, exif=exif)
     result = run_cli(op, tmp_path / "photo.jpg", "-o", tmp_path / output, "--passes", "1", "--quiet")
     assert result.returncode == 0, result.stderr
     with Image.open(tmp_path / output) as written:
         assert written.info.get("icc_profile") == profile
+        assert written.getexif().get(0x010F) == "PhoneMaker"
         assert written.size == ((64, 48) if op == "upscale" else (32, 24))
 
 

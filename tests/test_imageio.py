@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from engine.errors import BadInput
-from engine.imageio import from_float, read_image, read_mask, to_float, write_image
+from engine.imageio import FileMetadata, from_float, read_image, read_mask, to_float, write_image
 
 
 @pytest.mark.parametrize("channels", [1, 2, 3, 4])
@@ -89,20 +89,48 @@ def _icc_profile(colour_space: bytes) -> bytes:
 def test_colour_profile_is_carried_through(tmp_path, suffix, sample_type, channels):
     profile = _icc_profile(b"GRAY" if channels <= 2 else b"RGB ")
     pixels = np.random.default_rng(3).random((6, 5, channels), dtype=np.float32)
-    write_image(tmp_path / f"a{suffix}", pixels, sample_type, profile)
+    write_image(tmp_path / f"a{suffix}", pixels, sample_type, FileMetadata(icc_profile=profile))
     loaded = read_image(tmp_path / f"a{suffix}")
-    assert loaded.icc_profile == profile
+    assert loaded.metadata.icc_profile == profile
     assert loaded.sample_type == sample_type
     if suffix in (".png", ".tif"):  # lossless: the pixels are as without a profile
         write_image(tmp_path / f"b{suffix}", pixels, sample_type)
-        assert read_image(tmp_path / f"b{suffix}").icc_profile is None
+        assert read_image(tmp_path / f"b{suffix}").metadata == FileMetadata()
         np.testing.assert_array_equal(loaded.pixels, read_image(tmp_path / f"b{suffix}").pixels)
 
 
 def test_a_profile_for_other_channels_is_dropped(tmp_path):
     # A CMYK JPEG's profile does not describe the RGB it is read as, nor an RGB profile a grey image.
     Image.new("CMYK", (8, 6), (10, 200, 30, 0)).save(tmp_path / "c.jpg", icc_profile=_icc_profile(b"CMYK"))
-    assert read_image(tmp_path / "c.jpg").icc_profile is None
-    write_image(tmp_path / "g.png", np.zeros((4, 4, 1), np.float32), "u8", _icc_profile(b"RGB "))
-    assert read_image(tmp_path / "g.png").icc_profile is None
+    assert read_image(tmp_path / "c.jpg").metadata.icc_profile is None
+    write_image(tmp_path / "g.png", np.zeros((4, 4, 1), np.float32), "u8", FileMetadata(icc_profile=_icc_profile(b"RGB ")))
+    assert read_image(tmp_path / "g.png").metadata.icc_profile is None
     assert Image.open(tmp_path / "g.png").info.get("icc_profile") is None
+
+
+@pytest.mark.parametrize(("suffix", "sample_type"), [(".jpg", "u8"), (".png", "u8"), (".png", "u16"), (".webp", "u8")])
+def test_exif_is_carried_upright_with_the_results_size(tmp_path, suffix, sample_type):
+    # A phone photo stored sideways: 40×30 pixels, orientation 6 ("turn 90° clockwise").
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "PhoneMaker"
+    details = exif.get_ifd(0x8769)
+    details[0x9003] = "2026:01:02 03:04:05"  # date taken
+    details[0xA002], details[0xA003] = 40, 30
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "phone.jpg", exif=exif)
+    loaded = read_image(tmp_path / "phone.jpg")
+    assert loaded.pixels.shape == (40, 30, 3)  # turned upright on reading
+    bigger = np.repeat(np.repeat(loaded.pixels, 2, axis=0), 2, axis=1)  # as an ×2 upscale would
+    write_image(tmp_path / f"out{suffix}", bigger, sample_type, loaded.metadata)
+    with Image.open(tmp_path / f"out{suffix}") as written:
+        assert written.size == (60, 80)
+        record = written.getexif()
+        assert record[0x010F] == "PhoneMaker" and record[0x0112] == 1  # upright: viewers must not turn it again
+        details = record.get_ifd(0x8769)
+        assert details[0x9003] == "2026:01:02 03:04:05"
+        assert (details[0xA002], details[0xA003]) == (60, 80)
+
+
+def test_a_damaged_exif_record_is_dropped_not_fatal(tmp_path):
+    write_image(tmp_path / "a.jpg", np.zeros((4, 4, 3), np.float32), "u8", FileMetadata(exif=b"Exif\0\0garbage"))
+    assert read_image(tmp_path / "a.jpg").metadata.exif is None
