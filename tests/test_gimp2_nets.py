@@ -46,6 +46,7 @@ def test_upscale_returns_a_new_displayed_image_of_the_same_precision(facts: dict
     assert case["size"] == [40, 32] and case["bytes_per_channel"] == 2
     assert case["layers"] == [["Upscaled (Source)", [0, 0], 40, 32, 1]]  # RGBA_IMAGE
     assert case["displayed"] == [True] and case["undo_enabled"] and case["same_profile"]
+    assert case["same_metadata"] and case["same_resolution"]
     source = _raw(facts, "upscale-source.raw", (16, 20, 4), "<u2") / 65535.0
     out = _raw(facts, "upscale-result.raw", (32, 40, 4), "<u2") / 65535.0
     np.testing.assert_allclose(out[..., :3], np.clip(bilinear(source[..., :3], 2), 0, 1), atol=1.5 / 65535)

@@ -97,6 +97,58 @@ def test_upscale_opens_a_new_image_and_leaves_the_source_alone(nets_gimp: Gimp3C
     assert facts["precision16"] and facts["size16"] == [4 * 24, 4 * 16]
 
 
+def test_a_wide_gamut_photo_keeps_its_colours_profile_and_metadata(nets_gimp: Gimp3Chroot) -> None:
+    """An Adobe RGB photo, as a camera's opens: the engine must get and give back the stored
+    values (in sRGB terms its saturated colours lie outside [0, 1] and 8 bits would clip
+    them), and an upscale's new image must keep the profile, metadata and resolution."""
+    rgba = _pixels(4, 4)
+    rgba[:8, :, :3] = (255, 0, 0)  # the most saturated red Adobe RGB holds: beyond sRGB's gamut
+    nets_gimp.to_host(f"{EXCHANGE}/wide.raw").write_bytes(rgba.tobytes())
+    facts = run_in_gimp(nets_gimp, """
+        gi.require_version("Babl", "0.1")
+        from gi.repository import Babl
+
+        def own(drawable, name):  # a pixel format in the drawable's own colour space
+            return Babl.get_name(Babl.format_with_space(name, drawable.get_format()))
+
+        image = Gimp.Image.new(SIZE, SIZE, Gimp.ImageBaseType.RGB)
+        image.set_color_profile(Gimp.ColorProfile.new_rgb_adobe())
+        layer = Gimp.Layer.new(image, "Source", SIZE, SIZE, Gimp.ImageType.RGBA_IMAGE, 100.0, Gimp.LayerMode.NORMAL)
+        image.insert_layer(layer, None, 0)
+        layer.get_buffer().set(Gegl.Rectangle.new(0, 0, SIZE, SIZE), own(layer, "R'G'B'A u8"), read_raw("wide.raw"))
+        layer.get_buffer().flush()
+        # (GIMP's own XML form: GExiv2's tag methods need a typelib trixie's GIMP lacks.)
+        image.set_metadata(Gimp.Metadata.deserialize(
+            '<?xml version="1.0" encoding="UTF-8"?><metadata>'
+            '<tag name="Exif.Image.Make">PhoneMaker</tag></metadata>'))
+        image.set_resolution(240.0, 240.0)
+
+        facts["upscale"], values = run_for_values("plug-in-neural-restore-upscale", image, layer,
+                                                  scale="2", device="cpu", passes="1")
+        new = values[0]
+        facts["profile"] = new.get_color_profile().get_description()
+        facts["metadata"] = new.get_metadata().serialize()
+        facts["resolution"] = list(new.get_resolution()[-2:])
+        big = new.get_layers()[0]
+        dump_layer(big, "wide-up.raw", own(big, "R'G'B'A u8"))
+        new.delete()
+        facts["sharpen"], _ = run_for_values("plug-in-neural-restore-sharpen", image, layer, device="cpu", passes="1")
+        top = image.get_layers()[0]
+        dump_layer(top, "wide-sharp.raw", own(top, "R'G'B'A u8"))
+        image.delete()
+    """.replace("SIZE", str(SIZE)))
+    assert facts["upscale"] == "success" and facts["sharpen"] == "success", facts
+    assert "Adobe" in facts["profile"] and facts["resolution"] == [240.0, 240.0]
+    assert '<tag name="Exif.Image.Make">PhoneMaker</tag>' in facts["metadata"]
+    # The identity sharpen net gives back the stored values exactly; the bilinear ×2 net
+    # their bilinear enlargement (reds included: no clipping to sRGB on the way).
+    sharp = np.frombuffer(nets_gimp.to_host(f"{EXCHANGE}/wide-sharp.raw").read_bytes(), np.uint8)
+    np.testing.assert_array_equal(sharp.reshape(SIZE, SIZE, 4), rgba)
+    up = np.frombuffer(nets_gimp.to_host(f"{EXCHANGE}/wide-up.raw").read_bytes(), np.uint8)
+    want = np.clip(bilinear(rgba[..., :3] / 255.0, 2), 0, 1)
+    assert np.abs(up.reshape(2 * SIZE, 2 * SIZE, 4)[..., :3] / 255.0 - want).max() <= 0.6 / 255
+
+
 def test_sharpen_adds_a_layer_masked_to_the_selection(nets_gimp: Gimp3Chroot) -> None:
     rgb = _pixels(1, 3)
     nets_gimp.to_host(f"{EXCHANGE}/sharp.raw").write_bytes(rgb.tobytes())

@@ -56,6 +56,8 @@ layer.set_offsets(5, 3)
 before = fill(layer, 1)
 dump("upscale-source.raw", before)
 image.color_profile = tuple(range(1, 129))  # stands for an ICC profile the user assigned
+image.metadata = '<?xml version="1.0"?><metadata><tag name="Exif.Image.Make">PhoneMaker</tag></metadata>'
+image.resolution = (240.0, 240.0)
 error, new = attempt(UPSCALE, image, layer, 0, 0, CPU)
 facts["upscale"] = {"error": error, "source_same": bytes(layer.data) == before,
                     "source_layers": [l.name for l in image.layers]}
@@ -65,6 +67,7 @@ if new is not None:
         "layers": [[l.name, list(l.offsets), l.width, l.height, l.type] for l in new.layers],
         "displayed": [d.image is new for d in gimpfu.DISPLAYS], "undo_enabled": new.undo_enabled,
         "same_profile": new.color_profile == image.color_profile,
+        "same_metadata": new.metadata == image.metadata, "same_resolution": new.resolution == image.resolution,
     })
     dump("upscale-result.raw", new.layers[0].data)
 

@@ -206,6 +206,8 @@ class Image(object):
         self.undo_enabled = True
         self.dirty = False
         self.color_profile = ()  # ICC bytes as PDB INT8ARRAY values; () = built-in sRGB
+        self.metadata = ""  # GimpMetadata serialised (XML), as gimp-image-get-metadata returns it
+        self.resolution = (72.0, 72.0)  # a new image's default
 
     def undo_group_start(self):
         self.undo_depth += 1
@@ -292,6 +294,19 @@ class _Pdb(object):
             raise RuntimeError("gimp-image-set-color-profile: num-bytes does not match the data")
         image.color_profile = tuple(color_profile)
         _log("gimp_image_set_color_profile", num_bytes)
+
+    def gimp_image_get_metadata(self, image):
+        return image.metadata
+
+    def gimp_image_set_metadata(self, image, metadata_string):
+        image.metadata = metadata_string
+        _log("gimp_image_set_metadata", len(metadata_string))
+
+    def gimp_image_get_resolution(self, image):
+        return image.resolution
+
+    def gimp_image_set_resolution(self, image, xresolution, yresolution):
+        image.resolution = (float(xresolution), float(yresolution))
 
     def gimp_image_undo_disable(self, image):
         image.undo_enabled = False

@@ -87,6 +87,12 @@ class Gimp2Host(object):
             profile_size, profile = pdb.gimp_image_get_color_profile(self.image)
             if profile_size:
                 pdb.gimp_image_set_color_profile(image, profile_size, profile)
+            # The camera's metadata (serialised; GIMP updates the pixel size in it on export)
+            # and the resolution, as Image > Scale Image leaves it.
+            metadata = pdb.gimp_image_get_metadata(self.image)
+            if metadata:
+                pdb.gimp_image_set_metadata(image, metadata)
+            pdb.gimp_image_set_resolution(image, *pdb.gimp_image_get_resolution(self.image))
             layer = gimp.Layer(image, name, buf.width, buf.height, self.drawable.type, 100.0,
                                gimpfu.LAYER_MODE_NORMAL)
             pdb.gimp_image_insert_layer(image, layer, None, 0)

@@ -8,6 +8,12 @@ gi.require_version("Gimp", "3.0")
 gi.require_version("Gegl", "0.4")
 from gi.repository import Gegl, Gimp  # noqa: E402
 
+try:
+    gi.require_version("Babl", "0.1")
+    from gi.repository import Babl  # noqa: E402
+except (ImportError, ValueError):  # a GIMP without Babl's typelib: sRGB names only
+    Babl = None
+
 from ..filters import SourceInfo, refuse_item  # noqa: E402
 
 # NEURAL_RESTORE_PROGRESS_LOG=<file>: append every progress update (time, fraction, text).
@@ -30,15 +36,25 @@ def _wire_dtype(image):
     return "f32"  # linear integers, half, u32, float, double
 
 
-def _babl_format(channels, dtype):
+def _babl_format(channels, dtype, drawable):
+    """The pixel format for the wire, in the drawable's own colour space.
+
+    A bare name ("R'G'B'A u8") means sRGB: GIMP would convert an Adobe RGB or Display P3
+    image to sRGB on reading (clipping its wide-gamut colours in 8 and 16 bits) and back on
+    writing. In the image's own space the engine gets the stored values, as from a file.
+    """
     model = {1: "Y'", 2: "Y'A", 3: "R'G'B'", 4: "R'G'B'A"}[channels]
-    return "%s %s" % (model, _BABL_TYPE[dtype])
+    name = "%s %s" % (model, _BABL_TYPE[dtype])
+    if Babl is None:
+        return name
+    return Babl.get_name(Babl.format_with_space(name, drawable.get_format()))
 
 
 def _write_pixels(drawable, buf):
     """Store a WireBuffer's pixels in a drawable of its size (its top-left corner)."""
     target = drawable.get_buffer()
-    target.set(Gegl.Rectangle.new(0, 0, buf.width, buf.height), _babl_format(buf.channels, buf.dtype), buf.data)
+    target.set(Gegl.Rectangle.new(0, 0, buf.width, buf.height), _babl_format(buf.channels, buf.dtype, drawable),
+               buf.data)
     target.flush()
 
 
@@ -132,7 +148,7 @@ class Gimp3Host(object):
     def read_pixels(self, source):
         rect = Gegl.Rectangle.new(0, 0, source.width, source.height)
         drawable = getattr(source, "item", None) or self._drawable
-        data = drawable.get_buffer().get(rect, 1.0, _babl_format(source.channels, source.dtype),
+        data = drawable.get_buffer().get(rect, 1.0, _babl_format(source.channels, source.dtype, drawable),
                                          Gegl.AbyssPolicy.CLAMP)
         return bytes(data)
 
@@ -169,6 +185,12 @@ class Gimp3Host(object):
             profile = self.image.get_color_profile()
             if profile is not None:
                 image.set_color_profile(profile)
+            # What Image > Duplicate would keep: the camera's metadata (GIMP updates the pixel
+            # size in it on export) and the resolution, as Image > Scale Image leaves it.
+            metadata = self.image.get_metadata()
+            if metadata is not None:
+                image.set_metadata(metadata)
+            image.set_resolution(*self.image.get_resolution()[-2:])
             layer = Gimp.Layer.new(image, name, buf.width, buf.height, self._drawable.type(), 100.0,
                                    Gimp.LayerMode.NORMAL)
             image.insert_layer(layer, None, 0)
