@@ -277,7 +277,8 @@ def write_image(path: str | Path, pixels: np.ndarray, sample_type: str, metadata
             writer = png.Writer(width=data.shape[1], height=data.shape[0], bitdepth=16,
                                 greyscale=channels <= 2, alpha=channels in (2, 4))
             encoded = io.BytesIO()
-            writer.write(encoded, data.reshape(data.shape[0], -1).tolist())
+            # Row by row: a whole-image .tolist() would hold every sample as a Python int.
+            writer.write(encoded, (row.tolist() for row in data.reshape(data.shape[0], -1)))
             path.write_bytes(_with_png_metadata(encoded.getvalue(), profile, exif))
         else:
             from PIL import Image
