@@ -439,7 +439,9 @@ _SHARPEN_AMOUNT = Param("amount", int, 100, "percent of the recovered detail add
 # `benchmarks/nets_bench.py --only estimates` (results/2026-11-22-nets-estimates-cpu.json;
 # bare 256² runs gave 17-30 % less and the estimates came out low).
 # Two threads measured 1.6-1.9× faster: more threads are counted at 0.9 each.
-_NET_SECONDS_PER_MEGAPIXEL = {"rdn_x2": 4.59, "rdn_x4": 3.22, "sharpen": 0.54, "denoise": 0.54}
+# Sharpen: the base-24 net of session 13 took 1.57× the base-16 net's time in the same
+# --only estimates run (2.66 vs 1.69 s, results/2026-12-02-nets-sharpen-base24-cpu.json): 0.54 × 1.57.
+_NET_SECONDS_PER_MEGAPIXEL = {"rdn_x2": 4.59, "rdn_x4": 3.22, "sharpen": 0.85, "denoise": 0.54}
 
 
 def _net_seconds(name: str, device: str, height: int, width: int, passes: int) -> float | None:
