@@ -1,7 +1,8 @@
 """Trained-nets benchmark (JSON on stdout): upscale and sharpen quality, ONNX Runtime vs torch
 speed, and (with --big) peak memory and seams of a 6000×4000 ×2 upscale.
 
-    python benchmarks/nets_bench.py [--models DIR] [--max-images N] [--only upscale,sharpen,denoise,speed,estimates]
+    python benchmarks/nets_bench.py [--models DIR] [--max-images N]
+                                    [--only upscale,sharpen,denoise,inpaint,speed,estimates]
                                     [--set NAME=DIR ...] [--speed-sizes 256,512] [--speed-repeats 9]
                                     [--estimate-side 1024]
                                     [--big [--big-size 6000x4000]] > benchmarks/results/nets.json
@@ -27,6 +28,14 @@ point it at your copy of Set5, Set14, BSD100, Urban100 — the same protocol run
   true σ*), with seconds per image. Also the DIP engine's own denoise cases
   (``benchmarks/dip_bench.py``'s ``denoise_case``: F16 256², Berkeley 122048 and 135069 128²,
   σ=25, the same noisy pixels), so the net sits beside the DIP results recorded for them.
+- inpaint: the engine's op (``run_op("inpaint", method net)``, the hole window and pre-fill
+  included) with 1 and 8 passes, against its own starting point (``engine.fill``'s smooth
+  fill) and skimage's biharmonic inpainting; PSNR (RGB) inside the hole. On centred 192² crops
+  with one seeded random hole per kind (``degrade.inpaint_hole``: strokes, shapes, scattered
+  pixels, mixed; seeded by the image's name), and on the DIP benchmark's inpainting cases
+  (``benchmarks/dip_bench.py`` at 256: the paper's kate / library / vase masks, half of
+  barbara's and kate's pixels missing, the three block holes), whose DIP results are recorded
+  in the README — so the net sits beside them.
 - upscale and sharpen are also run with 8 passes (the net averaged over the image's
   mirrored/turned copies, ``runner.run_model(..., passes=8)``; what the ops do automatically
   up to 1 megapixel): the ``*_8_passes`` fields.
@@ -69,7 +78,7 @@ SPLIT_SET = "train-split-validation"
 DIP_PHOTOS = ["denoising/F16_GT.png", "restoration/kate.png", "restoration/barbara.png", "sr/zebra_GT.png",
               "inpainting/library.png", "inpainting/vase.png", "flash_no_flash/cave01_00_flash.jpg"]
 CROP = 192
-NET_NAMES = ("rdn_x2", "rdn_x4", "sharpen", "denoise")
+NET_NAMES = ("rdn_x2", "rdn_x4", "sharpen", "denoise", "inpaint")
 BLUR_SIGMA = 1.6
 
 from engine.onnx import runner  # noqa: E402
@@ -296,6 +305,76 @@ def bench_denoise(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
     return report
 
 
+# -- inpaint -----------------------------------------------------------------------------------
+
+def inpaint_row(truth: np.ndarray, hole: np.ndarray) -> dict[str, Any]:
+    """PSNR inside the hole and seconds: the net (the engine's op, 1 and 8 passes), the smooth
+    pre-fill it starts from, biharmonic."""
+    from skimage.restoration import inpaint_biharmonic
+
+    from engine.fill import smooth_fill
+    from engine.ops import run_op
+
+    damaged = np.where(hole[..., None], 0.0, truth).astype(np.float32)
+    mask = hole.astype(np.float32)
+    results = {
+        "net": timed(lambda: run_op("inpaint", damaged, mask, {"method": "net", "passes": 1})[0].pixels),
+        "net_8_passes": timed(lambda: run_op("inpaint", damaged, mask, {"method": "net", "passes": 8})[0].pixels),
+        "smooth_fill": timed(lambda: smooth_fill(damaged, hole)),
+        "biharmonic": timed(lambda: inpaint_biharmonic(damaged, hole, channel_axis=-1)),
+    }
+    row: dict[str, Any] = {"hole_fraction": round(float(hole.mean()), 3)}
+    row.update({name: round(psnr(out, truth, where=hole), 3) for name, (out, _) in results.items()})
+    row["seconds"] = {name: round(seconds, 3) for name, (_, seconds) in results.items()}
+    return row
+
+
+def bench_inpaint(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
+    os.environ["NEURAL_RESTORE_MODELS"] = str(models)  # the op finds its net there
+    fields = ("net", "net_8_passes", "smooth_fill", "biharmonic")
+    report: dict[str, Any] = {}
+    for kind in degrade.HOLE_KINDS:
+        for set_name, files in sets.items():
+            rows = []
+            for path, truth in centre_crops(files):
+                rng = np.random.default_rng(int.from_bytes(f"{path.name}/{kind}".encode()[:8].ljust(8, b"\0"), "little"))
+                hole = degrade.inpaint_hole(*truth.shape[:2], rng, kind=kind)
+                rows.append({"image": path.name, "folder": path.parent.name, **inpaint_row(truth, hole)})
+            report[f"{kind}/{set_name}"] = {
+                "images": len(rows), "hole_fraction_mean": mean([r["hole_fraction"] for r in rows]),
+                **{f"psnr_in_hole_{k}": mean([r[k] for r in rows]) for k in fields},
+                "gain_over_biharmonic_db": mean([r["net"] - r["biharmonic"] for r in rows]),
+                "gain_8_passes_over_biharmonic_db": mean([r["net_8_passes"] - r["biharmonic"] for r in rows]),
+                "seconds_mean": {k: mean([r["seconds"][k] for r in rows]) for k in fields},
+                "per_image": rows,
+            }
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import dip_bench  # the DIP benchmark's exact cases (its module imports torch: fine here)
+
+    from PIL import Image
+
+    size = 256
+    cases: dict[str, Any] = {}
+    for name in ("kate", "library", "vase"):
+        image = dip_bench.resized_to(Image.open(dip_bench.DATA / "inpainting" / f"{name}.png").convert("RGB"), size)
+        mask = Image.open(dip_bench.DATA / "inpainting" / f"{name}_mask.png").convert("L").resize(image.size,
+                                                                                                  Image.NEAREST)
+        cases[f"inpaint {name} (paper mask)"] = inpaint_row(dip_bench.as_float(image), np.asarray(mask) < 128)
+    for name in dip_bench.MISSING_IMAGES:
+        truth = dip_bench.centre_crop(dip_bench.as_float(dip_bench.open_photo(
+            dip_bench.DATA / "restoration" / f"{name}.png")), size)
+        hole = np.random.default_rng(dip_bench.MISSING_SEED).random(truth.shape[:2]) < dip_bench.MISSING_FRACTION
+        cases[f"missing50 {name}"] = inpaint_row(truth, hole)
+    for name, (path, centre) in dip_bench.BLOCK_CASES.items():
+        truth = dip_bench.as_float(dip_bench.resized_to(dip_bench.open_photo(path), size))
+        cases[f"block {name}"] = inpaint_row(truth, dip_bench.block_hole(truth.shape[:2], centre))
+    for row in cases.values():
+        row["net_over_biharmonic_db"] = round(row["net"] - row["biharmonic"], 2)
+        row["net_8_passes_over_biharmonic_db"] = round(row["net_8_passes"] - row["biharmonic"], 2)
+    report[f"dip_bench_cases_{size}"] = cases
+    return report
+
+
 # -- speed: ONNX Runtime vs torch eager --------------------------------------------------------
 
 # glibc hands big freed blocks straight back to the OS, so by default every torch eager run
@@ -452,7 +531,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, default=None, help="model folder (default: the engine's)")
     parser.add_argument("--max-images", type=int, default=None, help="at most N images per set (quick runs)")
-    parser.add_argument("--only", default="upscale,sharpen,denoise,speed,estimates")
+    parser.add_argument("--only", default="upscale,sharpen,denoise,inpaint,speed,estimates")
     parser.add_argument("--set", dest="extra_sets", type=parse_set, action="append", default=[],
                         metavar="NAME=DIR", help="also measure on this folder of ground-truth images (repeatable)")
     parser.add_argument("--speed-sizes", default="256,512", help="square input sides, comma-separated")
@@ -493,6 +572,8 @@ def main() -> int:
         report["sharpen"] = bench_sharpen(sets, models)
     if "denoise" in only:
         report["denoise"] = bench_denoise(sets, models)
+    if "inpaint" in only:
+        report["inpaint"] = bench_inpaint(sets, models)
     if "speed" in only:
         report["speed"] = bench_speed(models, sizes, args.speed_repeats)
     if "estimates" in only:

@@ -171,10 +171,47 @@ def _denoise_like(task_name: str, title: str) -> OpRunner:
     return run
 
 
+def hole_window(hole: np.ndarray, margin: int) -> tuple[slice, slice]:
+    """The hole's bounding box grown by ``margin`` px on each side, within the image."""
+    rows, cols = np.flatnonzero(hole.any(axis=1)), np.flatnonzero(hole.any(axis=0))
+    height, width = hole.shape
+    return (slice(max(0, int(rows[0]) - margin), min(height, int(rows[-1]) + 1 + margin)),
+            slice(max(0, int(cols[0]) - margin), min(width, int(cols[-1]) + 1 + margin)))
+
+
+def _inpaint_with_net(colour: np.ndarray, hole: np.ndarray, params: dict[str, Any],
+                      ctx: JobContext) -> np.ndarray:
+    """The colour channels with the hole filled by the trained net: a smooth push-pull fill
+    (engine.fill) that the net adds texture and edges to, run on the hole's box plus context
+    (the net's reach, or half the box's longer side if larger: the fill's sources)."""
+    from .fill import smooth_fill
+    from .onnx import runner
+
+    model = runner.load_model(runner.find_model("inpaint"), params["device"])
+    reach = int(model.card.get("architecture", {}).get("receptive_radius", 64))
+    rows, cols = np.flatnonzero(hole.any(axis=1)), np.flatnonzero(hole.any(axis=0))
+    box_side = max(int(rows[-1] - rows[0]), int(cols[-1] - cols[0])) + 1
+    window = hole_window(hole, max(reach, box_side // 2))
+    crop, crop_hole = colour[window], hole[window]  # never all hole: the image is not
+    grey = crop.shape[2] == 1
+    rgb = np.repeat(crop, 3, axis=2) if grey else crop
+    passes = net_passes(params["passes"], *rgb.shape[:2])
+    ctx.progress(0.0, f"inpaint net on {'GPU' if model.on_gpu else 'CPU'}"
+                      + (f", {passes} passes" if passes > 1 else ""))
+    filled = smooth_fill(rgb, crop_hole)
+    net_input = np.concatenate([filled, crop_hole[:, :, None].astype(np.float32)], axis=2)
+    out = runner.run_rgb(model, net_input, progress=ctx.progress, cancel_requested=ctx.cancel_requested,
+                         passes=passes)
+    np.clip(out, 0.0, 1.0, out=out)
+    if grey:
+        out = out.mean(axis=2, keepdims=True)
+    result = colour.copy()
+    result[window] = np.where(crop_hole[:, :, None], out, crop)
+    return result
+
+
 def _inpaint(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
              ctx: JobContext) -> list[ResultLayer]:
-    from .dip import tasks
-
     assert mask is not None
     weight = mask.astype(np.float32)  # 1 = fill; partial values (feathered selection) blend
     hole = weight > 0
@@ -193,7 +230,12 @@ def _inpaint(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
         result = np.where(hole[:, :, None], w * filled + (1.0 - w) * image, image)
         return [ResultLayer("image", "Inpainted", result.astype(np.float32))]
 
-    return _run_dip(tasks.inpaint, (np.clip(colour, 0.0, 1.0), hole), params, ctx, finish)
+    colour = np.clip(colour, 0.0, 1.0)
+    if params["method"] == "net":
+        return finish(_inpaint_with_net(colour, hole, params, ctx))
+    from .dip import tasks
+
+    return _run_dip(tasks.inpaint, (colour, hole), params, ctx, finish)
 
 
 def _dip_estimate(task: str) -> OpEstimator:
@@ -441,7 +483,7 @@ _SHARPEN_AMOUNT = Param("amount", int, 100, "percent of the recovered detail add
 # Two threads measured 1.6-1.9× faster: more threads are counted at 0.9 each.
 # Sharpen: the base-24 net of session 13 took 1.57× the base-16 net's time in the same
 # --only estimates run (2.66 vs 1.69 s, results/2026-12-02-nets-sharpen-base24-cpu.json): 0.54 × 1.57.
-_NET_SECONDS_PER_MEGAPIXEL = {"rdn_x2": 4.59, "rdn_x4": 3.22, "sharpen": 0.85, "denoise": 0.54}
+_NET_SECONDS_PER_MEGAPIXEL = {"rdn_x2": 4.59, "rdn_x4": 3.22, "sharpen": 0.85, "denoise": 0.54, "inpaint": 0.6}
 
 
 def _net_seconds(name: str, device: str, height: int, width: int, passes: int) -> float | None:
@@ -467,6 +509,13 @@ def _upscale_estimate(params: dict[str, Any], height: int, width: int) -> float 
                                         params["iterations"] or None, height * scale, width * scale,
                                         params["fits"] or None)
     return _net_seconds(f"rdn_x{params['scale']}", params["device"], height, width, params["passes"])
+
+
+def _inpaint_estimate(params: dict[str, Any], height: int, width: int) -> float | None:
+    """For the whole layer: the real run works on the hole's box and its context only."""
+    if params["method"] == "dip":
+        return _dip_estimate("inpaint")(params, height, width)
+    return _net_seconds("inpaint", params["device"], height, width, params["passes"])
 
 
 def _denoise_estimate(params: dict[str, Any], height: int, width: int) -> float | None:
@@ -501,14 +550,22 @@ _DENOISE_PARAMS = _DIP_PARAMS + (
           "(the settings above are for dip)", choices=("net", "dip")),
     _NET_PASSES,
 )
+# Inpaint likewise: the trained net fills in seconds (a smooth fill plus the texture and edges
+# it learnt), DIP in minutes (fits the one image: better where the picture repeats itself,
+# e.g. stripes and fabric). Method and passes come after the DIP settings, as for denoise.
+_INPAINT_PARAMS = _DIP_PARAMS + (
+    Param("method", str, "net", "net: trained U-Net, seconds; dip: Deep Image Prior, minutes "
+          "(the settings above are for dip)", choices=("net", "dip")),
+    _NET_PASSES,
+)
 
 OPS: dict[str, OpSpec] = {
     spec.name: spec
     for spec in (
         OpSpec("denoise", "Remove noise with a trained U-Net (seconds) or a Deep Image Prior (minutes); "
                "the noise level need not be known", _denoise, _DENOISE_PARAMS, estimate=_denoise_estimate),
-        OpSpec("inpaint", "Deep Image Prior inpainting of the masked pixels", _inpaint, _DIP_PARAMS,
-               needs_mask=True, estimate=_dip_estimate("inpaint")),
+        OpSpec("inpaint", "Fill the masked pixels with a trained U-Net (seconds) or a Deep Image Prior "
+               "(minutes)", _inpaint, _INPAINT_PARAMS, needs_mask=True, estimate=_inpaint_estimate),
         OpSpec("dejpeg", "Deep Image Prior removal of JPEG artefacts (quality not needed)",
                _denoise_like("dejpeg", "JPEG artifacts removed"), _DIP_PARAMS,
                estimate=_dip_estimate("dejpeg")),

@@ -14,6 +14,9 @@ Tasks:
   (noise/JPEG probabilities adjustable for training; validation always uses the defaults).
 - ``denoise``: clean P×P crops (flipped / turned) with ``degrade.denoise_degradation``'s
   blind noise; validation: white Gaussian σ=25/255 (``degrade.validation_noise``).
+- ``inpaint``: clean P×P crops with a random hole (``degrade.inpaint_hole``); the input is
+  ``degrade.inpaint_input`` (4 channels: pre-filled image + hole) and ``Sample.weight`` is the
+  hole, so the loss counts only the pixels the net must invent.
 
 Validation images are the same every time: upscale uses the standard protocol (whole image,
 or a centred crop of at most ``val_max_side``), sharpen and denoise degrade each with an rng seeded
@@ -30,7 +33,7 @@ from PIL import Image
 
 from . import degrade
 
-TASKS = ("upscale", "sharpen", "denoise")
+TASKS = ("upscale", "sharpen", "denoise", "inpaint")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
@@ -88,8 +91,9 @@ def augment(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarr
 
 @dataclass
 class Sample:
-    source: np.ndarray  # net input, N×3×h×w float32
+    source: np.ndarray  # net input, N×3×h×w float32 (inpaint: N×4×h×w)
     target: np.ndarray  # N×3×(s·h)×(s·w) float32
+    weight: np.ndarray | None = None  # N×1×h×w: where the loss counts (inpaint: the hole)
 
 
 class PatchData:
@@ -132,7 +136,7 @@ class PatchData:
         return hr, lr
 
     def batch(self, size: int, rng: np.random.Generator) -> Sample:
-        sources, targets = [], []
+        sources, targets, weights = [], [], []
         p, s = self.patch, self.scale
         for _ in range(size):
             hr, lr = self._pair(self.train_files[int(rng.integers(len(self.train_files)))])
@@ -146,12 +150,19 @@ class PatchData:
                 y = int(rng.integers(hr.shape[0] - p + 1))
                 x = int(rng.integers(hr.shape[1] - p + 1))
                 (tgt,) = augment([hr[y:y + p, x:x + p].astype(np.float32) / 255.0], rng)
-                src = (degrade.denoise_degradation(tgt, rng) if self.task == "denoise" else
-                       degrade.sharpen_degradation(tgt, rng, self.noise_probability, self.jpeg_probability,
-                                                   self.blur_mix))
+                if self.task == "inpaint":
+                    hole = degrade.inpaint_hole(p, p, rng)
+                    src = degrade.inpaint_input(tgt, hole)
+                    weights.append(hole[None].astype(np.float32))
+                elif self.task == "denoise":
+                    src = degrade.denoise_degradation(tgt, rng)
+                else:
+                    src = degrade.sharpen_degradation(tgt, rng, self.noise_probability, self.jpeg_probability,
+                                                      self.blur_mix)
             sources.append(src.transpose(2, 0, 1))
             targets.append(tgt.transpose(2, 0, 1))
-        return Sample(np.stack(sources).astype(np.float32), np.stack(targets).astype(np.float32))
+        return Sample(np.stack(sources).astype(np.float32), np.stack(targets).astype(np.float32),
+                      np.stack(weights) if weights else None)
 
     # -- validation -----------------------------------------------------------------------
     def validation(self, multiple: int = 1) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -174,8 +185,12 @@ class PatchData:
                 out.append((path.name, degrade.bicubic_downscale(hr, self.scale), hr))
             else:
                 rng = np.random.default_rng(int(name_hash(path) * 2 ** 32))
-                degraded = (degrade.validation_noise(hr, rng) if self.task == "denoise"
-                            else degrade.sharpen_degradation(hr, rng))
+                if self.task == "inpaint":
+                    degraded = degrade.inpaint_input(hr, degrade.inpaint_hole(h, w, rng))
+                elif self.task == "denoise":
+                    degraded = degrade.validation_noise(hr, rng)
+                else:
+                    degraded = degrade.sharpen_degradation(hr, rng)
                 out.append((path.name, degraded, hr))
         self._validation[multiple] = out
         return out
@@ -186,10 +201,14 @@ def rgb_to_y(img: np.ndarray) -> np.ndarray:
     return 16.0 + (65.481 * img[..., 0] + 128.553 * img[..., 1] + 24.966 * img[..., 2])
 
 
-def psnr(result: np.ndarray, target: np.ndarray, shave: int = 0, y_only: bool = False) -> float:
-    """PSNR in dB of H×W×3 images in [0, 1]; ``shave`` px dropped on each side; on Y if asked."""
+def psnr(result: np.ndarray, target: np.ndarray, shave: int = 0, y_only: bool = False,
+         where: np.ndarray | None = None) -> float:
+    """PSNR in dB of H×W×3 images in [0, 1]; ``shave`` px dropped on each side; on Y if asked;
+    over the pixels where ``where`` (H×W bool) is true if given (an inpainted hole)."""
     a = np.clip(result.astype(np.float64), 0.0, 1.0)
     b = target.astype(np.float64)
+    if where is not None:
+        a, b = a[where], b[where]
     if y_only:
         a, b, peak = rgb_to_y(a), rgb_to_y(b), 255.0
     else:

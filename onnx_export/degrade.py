@@ -12,6 +12,9 @@ All functions take and return float32 H×W×C arrays in [0, 1]. Randomness alway
   signal-dependent (shot + read noise, as a camera's raw noise), or the same noise in every
   channel (luminance grain), σ up to 55/255; sometimes 8-bit rounding and/or JPEG after it.
   ``validation_noise`` is the fixed benchmark case: white Gaussian σ=25/255, clipped.
+- Inpainting: ``inpaint_hole`` draws a random hole (strokes, compact shapes, scattered pixels,
+  or strokes and shapes); ``inpaint_input`` makes the net's 4-channel input from it (the
+  image with the hole smoothly pre-filled, plus the hole).
 """
 from __future__ import annotations
 
@@ -194,3 +197,67 @@ def denoise_degradation(img: np.ndarray, rng: np.random.Generator) -> np.ndarray
 def validation_noise(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The benchmark's case (as for CBM3D and the DIP engine): white Gaussian σ=25/255, clipped."""
     return np.clip(add_noise(img.astype(np.float32, copy=False), VALIDATION_NOISE_SIGMA, rng), 0.0, 1.0)
+
+
+# -- inpainting: random holes -------------------------------------------------------------
+# What users select to fill, drawn at random: strokes (scratches, wires, text, hairs),
+# compact shapes (a blemish, an object, a date stamp), scattered pixels (dead pixels, the
+# DIP paper's 50 %-missing case), and strokes plus shapes together.
+HOLE_KINDS = ("strokes", "shapes", "scattered", "mixed")
+HOLE_MIX = (0.35, 0.3, 0.15, 0.2)
+MAX_HOLE_SHARE = 0.85  # some image must be left to fill from
+
+
+def _strokes(draw: "ImageDraw.ImageDraw", height: int, width: int, rng: np.random.Generator) -> None:
+    for _ in range(int(rng.integers(1, 7))):
+        points = [(float(rng.uniform(0, width)), float(rng.uniform(0, height)))]
+        for _ in range(int(rng.integers(1, 5))):
+            angle, length = rng.uniform(0, 2 * math.pi), rng.uniform(0.1, 0.5) * max(height, width)
+            x, y = points[-1]
+            points.append((x + length * math.cos(angle), y + length * math.sin(angle)))
+        stroke = int(rng.choice([1, 2, 3, 4, 6, 8, 12, 16], p=[.1, .15, .15, .15, .15, .12, .1, .08]))
+        draw.line(points, fill=255, width=stroke, joint="curve")
+
+
+def _shapes(draw: "ImageDraw.ImageDraw", height: int, width: int, rng: np.random.Generator) -> None:
+    side = min(height, width)
+    for _ in range(int(rng.integers(1, 4))):
+        h, w = (float(v) for v in rng.uniform(0.06, 0.5, size=2) * side)
+        y, x = float(rng.uniform(-h / 2, height - h / 2)), float(rng.uniform(-w / 2, width - w / 2))
+        if rng.random() < 0.5:
+            draw.rectangle((x, y, x + w, y + h), fill=255)
+        else:
+            draw.ellipse((x, y, x + w, y + h), fill=255)
+
+
+def inpaint_hole(height: int, width: int, rng: np.random.Generator, kind: str | None = None) -> np.ndarray:
+    """One random hole (H×W bool, true = to fill) of ``kind`` (one of ``HOLE_KINDS``; None:
+    drawn from ``HOLE_MIX``); never empty and never more than ``MAX_HOLE_SHARE`` of the image."""
+    from PIL import ImageDraw
+
+    if kind is not None and kind not in HOLE_KINDS:
+        raise ValueError(f"unknown hole kind {kind!r}; known: {', '.join(HOLE_KINDS)}")
+    fixed_kind = kind
+    while True:
+        kind = fixed_kind or rng.choice(HOLE_KINDS, p=list(HOLE_MIX))
+        if kind == "scattered":
+            hole = rng.random((height, width)) < rng.uniform(0.1, 0.8)
+        else:
+            canvas = Image.new("L", (width, height), 0)
+            draw = ImageDraw.Draw(canvas)
+            if kind in ("strokes", "mixed"):
+                _strokes(draw, height, width, rng)
+            if kind in ("shapes", "mixed"):
+                _shapes(draw, height, width, rng)
+            hole = np.asarray(canvas) > 127
+        if hole.any() and hole.mean() <= MAX_HOLE_SHARE:
+            return hole
+
+
+def inpaint_input(img: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """The inpainting net's input: the image with the hole smoothly filled (``engine.fill``,
+    as the engine does it), and the hole as a fourth channel (1 = to fill)."""
+    from engine.fill import smooth_fill
+
+    filled = smooth_fill(img.astype(np.float32, copy=False), hole)
+    return np.concatenate([filled, hole[:, :, None].astype(np.float32)], axis=2)

@@ -61,7 +61,7 @@ def export_onnx(model: nn.Module, out: Path, opset: int = DEFAULT_OPSET) -> str:
     """Write ``out``; returns which exporter wrote it."""
     model = model.eval()
     m = int(getattr(model, "size_multiple", 1))
-    example = torch.rand(1, 3, max(2, m) * 2, max(2, m) * 3)
+    example = torch.rand(1, input_channels(model), max(2, m) * 2, max(2, m) * 3)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         with warnings.catch_warnings():
@@ -87,6 +87,11 @@ def export_onnx(model: nn.Module, out: Path, opset: int = DEFAULT_OPSET) -> str:
         return "dynamo"
 
 
+def input_channels(model: nn.Module) -> int:
+    """3 (RGB), or 4 for an inpainting U-Net (RGB + the hole)."""
+    return int(getattr(getattr(model, "config", None), "in_channels", 3))
+
+
 def check_parity(model: nn.Module, onnx_path: Path, sizes: list[tuple[int, int]] | None = None,
                  seed: int = 0) -> list[dict[str, Any]]:
     """Max |torch − ORT| at each size, same random input (CPU, float32)."""
@@ -96,7 +101,7 @@ def check_parity(model: nn.Module, onnx_path: Path, sizes: list[tuple[int, int]]
     gen = torch.Generator().manual_seed(seed)
     results = []
     for h, w in sizes or parity_sizes(model):
-        x = torch.rand(1, 3, h, w, generator=gen)
+        x = torch.rand(1, input_channels(model), h, w, generator=gen)
         with torch.no_grad():
             want = model(x).numpy()
         got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
@@ -132,6 +137,7 @@ def export_with_card(model: nn.Module, kind: str, out: Path, card: dict[str, Any
         "output_name": OUTPUT_NAME,
         "input_range": [0.0, 1.0],
         "channels": "RGB",
+        "input_channels": facts["input_channels"],
     }
     card["export"] = {
         "file": out.name, "sha256": file_sha256(out), "bytes": out.stat().st_size,

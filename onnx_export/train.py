@@ -5,11 +5,13 @@
     python -m onnx_export.train --model unet --data DIR... --out ckpt/sharpen.pt --steps N \
         --batch 8 --patch 96 [--base 32 --depth 4] [--gan-weight 0.005] [--noise-prob 0.5 --jpeg-prob 0.3]
     python -m onnx_export.train --model unet --task denoise --data DIR... --out ckpt/denoise.pt ...
+    python -m onnx_export.train --model unet --task inpaint --data DIR... --out ckpt/inpaint.pt ...
     ... [--init-from CHECKPOINT]   start from another checkpoint's weights (its commands go in the card);
                                    an RDN with more blocks (--D) than the checkpoint's starts as
                                    the checkpoint's net, the added blocks passing their input on;
                                    a U-Net with a larger --base likewise (the added channels are
-                                   read with zero weights until training grows them)
+                                   read with zero weights until training grows them), and an
+                                   inpainting U-Net from a 3-channel one (the hole channel too)
 
 ``--steps`` is the total: with ``--resume`` an existing checkpoint is continued up to it (the
 architecture then comes from the checkpoint; architecture flags, if given, must agree).
@@ -18,7 +20,8 @@ the name-hash validation split every ``--val-every`` steps and at the end, and a
 written each time. The model card (``<out>.json``) records architecture, data, steps,
 validation history and every command that built the checkpoint.
 
-Loss: L1 (the RDN/EDSR choice: sharper than L2 at equal PSNR); for the U-Net optionally plus
+Loss: L1 (the RDN/EDSR choice: sharper than L2 at equal PSNR; for inpainting over the hole
+only, and validation PSNR is measured over the hole); for the U-Net optionally plus
 ``--gan-weight`` × LSGAN loss from a conditional PatchGAN. Adam, cosine-decayed learning rate.
 """
 from __future__ import annotations
@@ -42,8 +45,9 @@ from .data import PatchData, psnr
 from . import degrade
 from .degrade import bicubic_upscale
 from .models.rdn import block_count, deepen_state
-from .models.unet import source_base, widen_state
-from .models import KIND_TASKS, TASKS, PatchDiscriminator, build_model, model_params, runtime_facts
+from .models.unet import source_base, source_in_channels, widen_state
+from .models import (KIND_TASKS, TASK_IN_CHANNELS, TASKS, PatchDiscriminator, build_model, model_params,
+                     runtime_facts)
 
 CHECKPOINT_FORMAT = 1
 ARCH_FLAGS = {"rdn": ("C", "D", "G", "G0", "upscaling", "input_skip"), "unet": ("base", "depth", "max_channels")}
@@ -61,7 +65,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m onnx_export.train", description=__doc__.split("\n")[0])
     p.add_argument("--model", choices=("rdn", "unet"), required=True)
     p.add_argument("--scale", type=int, choices=(2, 3, 4), help="rdn only (default 2)")
-    p.add_argument("--task", choices=("sharpen", "denoise"),
+    p.add_argument("--task", choices=("sharpen", "denoise", "inpaint"),
                    help="unet only: what it learns to undo (default sharpen; a checkpoint keeps its own)")
     p.add_argument("--data", nargs="+", required=True, help="image folders (or files)")
     p.add_argument("--out", type=Path, required=True, help="checkpoint path (.pt)")
@@ -128,6 +132,8 @@ def _arch_from_args(args: argparse.Namespace) -> dict[str, Any]:
     params = {**DEFAULT_ARCH[args.model], **given}
     if args.model == "rdn":
         params["scale"] = args.scale or 2
+    elif args.task in TASK_IN_CHANNELS:
+        params["in_channels"] = TASK_IN_CHANNELS[args.task]
     return params
 
 
@@ -159,11 +165,15 @@ def evaluate(model: torch.nn.Module, data: PatchData, device: torch.device) -> d
     """Mean validation PSNR of the net and of the trivial baseline (bicubic / the input)."""
     model.eval()
     scores, baselines = [], []
-    upscale = data.task == "upscale"
+    upscale, inpaint = data.task == "upscale", data.task == "inpaint"
     for _name, src, tgt in data.validation(multiple=int(getattr(model, "size_multiple", 1))):
         x = torch.from_numpy(src.transpose(2, 0, 1)[None].copy()).to(device)
         out = model(x)[0].clamp(0, 1).cpu().numpy().transpose(1, 2, 0)
-        if upscale:
+        if inpaint:  # over the hole: elsewhere the result is the input
+            hole = src[:, :, 3] > 0.5
+            scores.append(psnr(out, tgt, where=hole))
+            baselines.append(psnr(src[:, :, :3], tgt, where=hole))
+        elif upscale:
             scores.append(psnr(out, tgt, shave=data.scale, y_only=True))
             baselines.append(psnr(bicubic_upscale(src, data.scale), tgt, shave=data.scale, y_only=True))
         else:
@@ -173,7 +183,8 @@ def evaluate(model: torch.nn.Module, data: PatchData, device: torch.device) -> d
     if not scores:
         return {}
     return {"psnr": float(np.mean(scores)), "baseline_psnr": float(np.mean(baselines)),
-            "images": len(scores), "metric": "Y-PSNR, shave=scale" if upscale else "RGB PSNR"}
+            "images": len(scores),
+            "metric": "Y-PSNR, shave=scale" if upscale else "RGB PSNR in the hole" if inpaint else "RGB PSNR"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,12 +257,14 @@ def main(argv: list[str] | None = None) -> int:
             model.load_state_dict(deepen_state(source, model))
             print(f"initialised from {args.init_from}: its {block_count(source)} blocks, "
                   f"{params['D'] - block_count(source)} added as identities", flush=True)
-        elif args.model == "unet" and "stem.weight" in source and source_base(source) < params["base"]:
+        elif args.model == "unet" and "stem.weight" in source and (
+                source_base(source) < params["base"] or source_in_channels(source) < params.get("in_channels", 3)):
             # A wider net grown from a trained one: the added channels are read with zero
             # weights, so training starts at the source's quality (see unet.widen_state).
             model.load_state_dict(widen_state(source, model))
             print(f"initialised from {args.init_from}: base {source_base(source)} widened to "
-                  f"{params['base']} (added channels read with zero weights)", flush=True)
+                  f"{params['base']}, {source_in_channels(source)} input channels to "
+                  f"{params.get('in_channels', 3)} (added channels read with zero weights)", flush=True)
         else:
             taken = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
             model.load_state_dict(taken, strict=False)
@@ -282,7 +295,11 @@ def main(argv: list[str] | None = None) -> int:
         src = torch.from_numpy(sample.source).to(device)
         tgt = torch.from_numpy(sample.target).to(device)
         out = model(src)
-        loss = F.l1_loss(out, tgt)
+        if sample.weight is not None:  # inpainting: only the hole counts
+            weight = torch.from_numpy(sample.weight).to(device)
+            loss = (torch.abs(out - tgt) * weight).sum() / (weight.sum() * out.shape[1]).clamp_min(1.0)
+        else:
+            loss = F.l1_loss(out, tgt)
         if disc is not None and args.gan_weight > 0:
             fake_score = disc(src, out)
             loss = loss + args.gan_weight * F.mse_loss(fake_score, torch.ones_like(fake_score))
@@ -313,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
 def degradation_text(args: argparse.Namespace, task: str) -> str:
     if task == "upscale":
         return "antialiased bicubic downscale (Pillow)"
+    if task == "inpaint":
+        return (f"random holes: strokes / compact shapes / scattered pixels / strokes and shapes (shares "
+                f"{', '.join(f'{v:.2f}' for v in degrade.HOLE_MIX)}), at most "
+                f"{degrade.MAX_HOLE_SHARE:.0%} of a patch; input: push-pull pre-fill (engine.fill) + the hole")
     if task == "denoise":
         return (f"one of white Gaussian / signal-dependent (shot + read) / luminance-only noise "
                 f"(shares {', '.join(f'{v:.2f}' for v in degrade.NOISE_MIX)}), σ ≤ "

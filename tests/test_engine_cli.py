@@ -50,7 +50,7 @@ def test_inpaint_cli_keeps_known_pixels_16bit(tmp_path):
     mask[15:25, 12:22] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
     result = run_cli("inpaint", tmp_path / "in.tif", "--mask", tmp_path / "mask.png", "-o", tmp_path / "out.tif",
-                     "--iterations", "60", "--quiet")
+                     "--method", "dip", "--iterations", "60", "--quiet")
     assert result.returncode == 0, result.stderr
     out = tifffile.imread(tmp_path / "out.tif")
     assert out.dtype == np.uint16

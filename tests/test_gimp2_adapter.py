@@ -66,7 +66,8 @@ def test_runs_under_python_2_7_and_registers_both_filters(facts: dict[str, Any])
         assert proc["menu"] == "<Image>/Filters/Enhance/Neural"
         if name in dip:
             own = ["mode"] if name.endswith("decompose") else []
-            newer = ["method", "passes"] if name.endswith("denoise") else []  # after, for positional callers
+            # After the DIP settings, for positional callers from before the trained nets.
+            newer = ["method", "passes"] if name.endswith(("denoise", "inpaint-selection")) else []
             assert proc["params"] == ["image", "drawable"] + own + ["iterations", "seed", "device", "preset"] + newer
         assert proc["imagetypes"] == "RGB*, GRAY*"
 

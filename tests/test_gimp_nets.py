@@ -237,6 +237,41 @@ def test_denoise_runs_the_installed_net_by_default(nets_gimp: Gimp3Chroot) -> No
     assert psnr(out) > psnr(noisy) + 5.0
 
 
+def test_inpaint_selection_runs_the_installed_net_by_default(nets_gimp: Gimp3Chroot) -> None:
+    """Inpaint Selection with its default settings (method: the trained network) on a photo
+    crop with two scratches selected: an "Inpaint" layer above the source that keeps every
+    unselected pixel and fills the scratches better than the smooth fill it starts from."""
+    from engine.fill import smooth_fill
+    from tests.test_inpaint_net import _photo
+
+    truth = np.round(_photo(SIZE, top=150, left=150) * 255).astype(np.uint8)
+    nets_gimp.to_host(f"{EXCHANGE}/scratched.raw").write_bytes(truth.tobytes())
+    facts = run_in_gimp(nets_gimp, """
+        image, layer = make_image("scratched.raw", "R'G'B' u8", Gimp.ImageType.RGB_IMAGE, (64, 64), (4, 3))
+        image.select_rectangle(Gimp.ChannelOps.REPLACE, 4 + 30, 3, 5, 64)
+        image.select_rectangle(Gimp.ChannelOps.ADD, 4, 3 + 20, 64, 6)
+        facts["status"], _ = run_for_values("plug-in-neural-restore-inpaint-selection", image, layer, device="cpu")
+        facts["names"] = [l.get_name() for l in image.get_layers()]
+        dump_layer(image.get_layers()[0], "inpainted.raw", "R'G'B' u8")
+        dump_layer(layer, "scratched-after.raw", "R'G'B' u8")
+        image.delete()
+    """, models=None)
+    assert facts["status"] == "success", facts
+    assert facts["names"] == ["Inpaint", "Source"]
+    assert nets_gimp.to_host(f"{EXCHANGE}/scratched-after.raw").read_bytes() == truth.tobytes()
+    out = np.frombuffer(nets_gimp.to_host(f"{EXCHANGE}/inpainted.raw").read_bytes(), np.uint8).reshape(SIZE, SIZE, 3)
+    hole = np.zeros((SIZE, SIZE), bool)
+    hole[:, 30:35] = True
+    hole[20:26, :] = True
+    np.testing.assert_array_equal(out[~hole], truth[~hole])
+
+    def psnr(a: np.ndarray) -> float:
+        return 10 * np.log10(255.0 ** 2 / np.mean((a[hole].astype(np.float64) - truth[hole]) ** 2))
+
+    fill = np.round(smooth_fill(truth.astype(np.float32) / 255, hole) * 255)
+    assert psnr(out) > psnr(fill) + 1.0
+
+
 def test_damaged_model_fails_cleanly_in_gimp(nets_gimp: Gimp3Chroot, tmp_path: Path) -> None:
     broken = ENGINE_VENV.parent / "broken-nets"
     shutil.rmtree(broken, ignore_errors=True)

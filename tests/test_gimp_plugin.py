@@ -148,7 +148,7 @@ def test_inpaint_fills_only_the_selection(gimp: Gimp3Chroot) -> None:
         image, layer = make_image("photo.raw", "R'G'B' u8", Gimp.ImageType.RGB_IMAGE, (64, 64), (6, 5))
         image.select_rectangle(Gimp.ChannelOps.REPLACE, 6 + 26, 5 + 14, 14, 12)
         facts["status"], facts["message"] = run_filter("plug-in-neural-restore-inpaint-selection", image, layer,
-                                                       iterations=300, seed=2)
+                                                       method="dip", iterations=300, seed=2)
         facts["layers"] = describe(image)
         dump_layer(layer, "photo-after.raw", "R'G'B' u8")
         dump_layer(image.get_layers()[0], "inpainted.raw", "R'G'B' u8")

@@ -576,6 +576,43 @@ def test_training_a_denoise_unet_records_its_task(tmp_path: Path, tiny_images: P
     assert exported["task"] == exported["runtime"]["task"] == "denoise"
 
 
+def test_an_inpainting_unet_trains_on_the_hole_grows_from_a_3_channel_net_and_exports(
+        tmp_path: Path, tiny_images: Path) -> None:
+    from onnx_export import export, train
+    from onnx_export.models.unet import UNet, UNetConfig, widen_state
+
+    # The hole channel is read with zero weights: the grown net computes the source net on RGB.
+    torch.manual_seed(0)
+    rgb_net = UNet(UNetConfig(base=4, depth=2, max_channels=8))
+    for p in rgb_net.parameters():
+        p.data.normal_(0, 0.1)
+    hole_net = UNet(UNetConfig(base=4, depth=2, max_channels=8, in_channels=4))
+    hole_net.load_state_dict(widen_state(rgb_net.state_dict(), hole_net))
+    x = torch.rand(1, 4, 16, 12)
+    with torch.no_grad():
+        assert torch.allclose(hole_net(x), rgb_net(x[:, :3]), atol=1e-6)
+
+    net = ["--model", "unet", "--data", str(tiny_images), "--batch", "2", "--patch", "16", "--base", "4",
+           "--depth", "2", "--max-channels", "8", "--threads", "1", "--val-every", "1"]
+    rgb_ckpt, ckpt = tmp_path / "denoise.pt", tmp_path / "inpaint.pt"
+    assert train.main([*net, "--task", "denoise", "--lr", "0", "--out", str(rgb_ckpt), "--steps", "1"]) == 0
+    assert train.main([*net, "--task", "inpaint", "--lr", "0", "--out", str(ckpt), "--steps", "1",
+                       "--init-from", str(rgb_ckpt)]) == 0
+    card = json.loads(ckpt.with_suffix(".json").read_text())
+    assert card["task"] == "inpaint" and card["architecture"]["params"]["in_channels"] == 4
+    assert card["validation"]["last"]["metric"] == "RGB PSNR in the hole"
+    # A zero-head net returns the pre-fill; grown from a net whose head is zero (untrained, lr 0)
+    # it still does: the validation scores the smooth fill's own PSNR in the hole.
+    assert card["validation"]["last"]["psnr"] == pytest.approx(card["validation"]["last"]["baseline_psnr"], abs=1e-4)
+    # One training step with a weighted loss moves the net, and only the hole counts.
+    assert train.main([*net, "--out", str(ckpt), "--steps", "3", "--resume"]) == 0
+    onnx_path = tmp_path / "inpaint.onnx"
+    assert export.main([str(ckpt), "-o", str(onnx_path)]) == 0
+    exported = json.loads(onnx_path.with_suffix(".json").read_text())
+    assert exported["runtime"]["task"] == "inpaint" and exported["runtime"]["input_channels"] == 4
+    assert exported["export"]["parity"]["max_abs_diff"] < 1e-4
+
+
 def test_sharpen_mix_probabilities_touch_training_only(tiny_images: Path) -> None:
     img = _test_image(32, 40)
     blur_only = np.clip(degrade.random_blur(img, np.random.default_rng(3)), 0.0, 1.0)
@@ -623,7 +660,7 @@ def test_patch_data_shapes(tiny_images: Path) -> None:
 SHIPPED = REPO / "engine" / "models"
 
 
-@pytest.mark.parametrize("name", ["rdn_x2", "rdn_x4", "sharpen", "denoise"])
+@pytest.mark.parametrize("name", ["rdn_x2", "rdn_x4", "sharpen", "denoise", "inpaint"])
 def test_weight_checkpoints_are_the_shipped_nets(name: str) -> None:
     """onnx_export/checkpoints/NAME.pt (what --init-from starts a longer run from) holds the
     weights of the shipped NAME.onnx, not an older or newer net."""
@@ -633,7 +670,7 @@ def test_weight_checkpoints_are_the_shipped_nets(name: str) -> None:
     arch = model.card["architecture"]
     net = build_model(arch["kind"], arch["params"]).eval()
     net.load_state_dict(torch.load(REPO / "onnx_export" / "checkpoints" / f"{name}.pt", weights_only=True)["model"])
-    x = np.random.default_rng(0).random((1, 3, 24, 32), dtype=np.float32)
+    x = np.random.default_rng(0).random((1, model.input_channels, 24, 32), dtype=np.float32)
     with torch.no_grad():
         want = net(torch.from_numpy(x)).numpy()
     assert np.abs(model.infer(x) - want).max() < PARITY_TOL

@@ -47,7 +47,7 @@ def test_inpaint_blends_a_feathered_mask_and_keeps_the_rest(config):
     mask[5:12, 15] = 128  # a feathered edge
     mask_buf = WireBuffer("mask", 24, 20, 1, "u8", mask.tobytes())
     with EngineProcess(config) as engine:
-        _, (out,) = engine.run("inpaint", {"iterations": 20}, [buf, mask_buf])
+        _, (out,) = engine.run("inpaint", {"iterations": 20, "method": "dip"}, [buf, mask_buf])
     pixels = np.frombuffer(out.data, np.uint8).reshape(20, 24, 3)
     np.testing.assert_array_equal(pixels[mask == 0], data[mask == 0])
     assert not np.array_equal(pixels[mask == 255], data[mask == 255])

@@ -450,14 +450,17 @@ def test_shipped_models_are_complete_small_and_load(monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("NEURAL_RESTORE_MODELS")
     assert runner.models_dir() == SHIPPED
     total = 0
-    for name, scale in (("rdn_x2", 2), ("rdn_x4", 4), ("sharpen", 1), ("denoise", 1)):
+    for name, scale in (("rdn_x2", 2), ("rdn_x4", 4), ("sharpen", 1), ("denoise", 1), ("inpaint", 1)):
         path = runner.find_model(name)
         card = runner.read_card(path)
         assert card["runtime"]["scale"] == scale and card["export"]["sha256"]
         assert card["export"]["parity"]["max_abs_diff"] < 1e-4
         total += path.stat().st_size
         model = runner.load_model(path, "cpu")  # also checks the checksum
-        out = runner.run_model(model, _image(16, 16, 3))
+        if name == "inpaint":  # RGB with the hole pre-filled, then the hole
+            out = runner.run_rgb(model, _image(16, 16, 4))
+        else:
+            out = runner.run_model(model, _image(16, 16, 3))
         assert out.shape == (16 * scale, 16 * scale, 3)
     assert total <= 40e6
 
@@ -473,7 +476,7 @@ def test_wheel_carries_the_models(tiny_models: Path, tmp_path: Path) -> None:
     spec.loader.exec_module(installer)
     src = installer.stage_engine_source(REPO, tmp_path / "src")
     (src / "engine" / "models").mkdir(exist_ok=True)
-    for name in ("rdn_x2", "rdn_x4", "sharpen", "denoise"):
+    for name in ("rdn_x2", "rdn_x4", "sharpen", "denoise", "inpaint"):
         for suffix in (".onnx", ".json"):
             (src / "engine" / "models" / (name + suffix)).write_bytes((tiny_models / (name + suffix)).read_bytes())
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
@@ -487,7 +490,7 @@ def test_wheel_carries_the_models(tiny_models: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     code = (f"import sys; sys.path.insert(0, {str(target)!r})\n"
             "from engine.onnx import runner\n"
-            "for name in ('rdn_x2', 'rdn_x4', 'sharpen', 'denoise'):\n"
+            "for name in ('rdn_x2', 'rdn_x4', 'sharpen', 'denoise', 'inpaint'):\n"
             "    path = runner.find_model(name)\n"
             "    assert path.with_suffix('.json').is_file()\n"
             "    runner.load_model(path, 'cpu')\n"

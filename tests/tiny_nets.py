@@ -3,7 +3,9 @@
 ``rdn_x2`` / ``rdn_x4``: RDNs whose detail head is zero, so they return exactly the bilinear
 enlargement of their input (the input skip): a test can check geometry, tiling, alpha and
 dtypes against ``bilinear(image, scale)``. ``sharpen`` and ``denoise``: U-Nets with their
-(default) zero head, i.e. the identity. The trained nets' quality is measured by benchmarks/nets_bench.py. Needs torch + onnx (the export tools).
+(default) zero head, i.e. the identity. ``inpaint``: the same with the hole as a fourth input
+channel, so it returns its input's pre-filled RGB: the hole comes back as ``engine.fill``'s
+smooth fill. The trained nets' quality is measured by benchmarks/nets_bench.py. Needs torch + onnx (the export tools).
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-MODEL_NAMES = ("rdn_x2", "rdn_x4", "sharpen", "denoise")
+MODEL_NAMES = ("rdn_x2", "rdn_x4", "sharpen", "denoise", "inpaint")
 
 
 def export_tiny_nets(folder: Path) -> Path:
@@ -30,6 +32,8 @@ def export_tiny_nets(folder: Path) -> Path:
     for task in ("sharpen", "denoise"):
         export_with_card(UNet(UNetConfig(base=4, depth=2, max_channels=8)).eval(), "unet", folder / f"{task}.onnx",
                          card={"task": task})
+    export_with_card(UNet(UNetConfig(base=4, depth=2, max_channels=8, in_channels=4)).eval(), "unet",
+                     folder / "inpaint.onnx", card={"task": "inpaint"})
     return folder
 
 

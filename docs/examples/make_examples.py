@@ -1,6 +1,6 @@
 """Make the README's before/after pictures with our own CLI, and record the exact commands.
 
-    python docs/examples/make_examples.py [denoise] [denoise_net] [inpaint] [upscale] [sharpen]
+    python docs/examples/make_examples.py [denoise] [denoise_net] [inpaint] [inpaint_net] [upscale] [sharpen]
     # needs ../shared/data (the DIP paper's images) and the dev environment (onnx_export)
 
 Writes the inputs, runs ``python -m engine denoise/inpaint/upscale/sharpen`` on them exactly
@@ -61,12 +61,12 @@ def side_by_side(paths: list[Path], out: Path) -> None:
 
 
 def main() -> None:
-    wanted = set(sys.argv[1:]) or {"denoise", "denoise_net", "inpaint", "upscale", "sharpen"}
+    wanted = set(sys.argv[1:]) or {"denoise", "denoise_net", "inpaint", "inpaint_net", "upscale", "sharpen"}
     results_path = HERE / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     rel = lambda p: str(p.relative_to(REPO))  # noqa: E731
     makers = {"denoise": make_denoise, "denoise_net": make_denoise_net, "inpaint": make_inpaint,
-              "upscale": make_upscale, "sharpen": make_sharpen}
+              "inpaint_net": make_inpaint_net, "upscale": make_upscale, "sharpen": make_sharpen}
     for name, make in makers.items():
         if name in wanted:
             results[name] = {**make(rel), **provenance(name)}
@@ -113,13 +113,31 @@ def make_inpaint(rel) -> dict:
     Image.fromarray(damaged).save(HERE / "kate-text.png")
     Image.fromarray((hole * 255).astype(np.uint8)).save(HERE / "kate-text-mask.png")
     command, seconds = run("inpaint", rel(HERE / "kate-text.png"), "--mask", rel(HERE / "kate-text-mask.png"),
-                           "-o", rel(HERE / "kate-inpainted.png"), "--seed", "0")
+                           "-o", rel(HERE / "kate-inpainted.png"), "--method", "dip",
+                           "--seed", "0")  # DIP (before the trained net, the default)
     filled = np.asarray(Image.open(HERE / "kate-inpainted.png").convert("RGB"))
     side_by_side([HERE / "kate-text.png", HERE / "kate-inpainted.png"], HERE / "inpaint-before-after.png")
     return {"command": command, "seconds": seconds,
             "psnr_damaged": round(psnr(damaged, np.asarray(truth)), 2),
             "psnr_inpainted": round(psnr(filled, np.asarray(truth)), 2),
             "hole_fraction": round(float(hole.mean()), 3)}
+
+
+def make_inpaint_net(rel) -> dict:
+    # Inpaint with the default method (the trained net) on the same text overlay as make_inpaint.
+    if not (HERE / "kate-text.png").exists():
+        make_inpaint(rel)
+    size = (160, 160)
+    truth = np.asarray(Image.open(DATA / "inpainting" / "kate.png").convert("RGB").resize(size, Image.LANCZOS))
+    damaged = np.asarray(Image.open(HERE / "kate-text.png").convert("RGB"))
+    hole = np.asarray(Image.open(HERE / "kate-text-mask.png").convert("L")) > 127
+    command, seconds = run("inpaint", rel(HERE / "kate-text.png"), "--mask", rel(HERE / "kate-text-mask.png"),
+                           "-o", rel(HERE / "kate-inpainted-net.png"))
+    filled = np.asarray(Image.open(HERE / "kate-inpainted-net.png").convert("RGB"))
+    side_by_side([HERE / "kate-text.png", HERE / "kate-inpainted-net.png", HERE / "kate-inpainted.png"],
+                 HERE / "inpaint-net-before-after.png")
+    return {"command": command, "seconds": seconds, "psnr_damaged": round(psnr(damaged, truth), 2),
+            "psnr_inpainted": round(psnr(filled, truth), 2), "hole_fraction": round(float(hole.mean()), 3)}
 
 
 def to_float(pixels: np.ndarray) -> np.ndarray:

@@ -146,8 +146,10 @@ class OnnxModel:
     def on_gpu(self) -> bool:
         return self.provider != "CPUExecutionProvider"
 
+    input_channels: int = 3  # 4 for the inpainting net: RGB (hole pre-filled), then the hole
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """N×3×h×w float32 → N×3×(s·h)×(s·w) float32 (unclipped)."""
+        """N×C×h×w float32 (C = ``input_channels``) → N×3×(s·h)×(s·w) float32 (unclipped)."""
         with self._lock:  # one run at a time per session keeps peak memory predictable
             return self.session.run([self.output_name], {self.input_name: batch})[0]
 
@@ -160,8 +162,8 @@ class OnnxModel:
         options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         side = max(self.size_multiple, 8)
         with self._lock:
-            self.session.run([self.output_name], {self.input_name: np.zeros((1, 3, side, side), np.float32)},
-                             options)
+            self.session.run([self.output_name],
+                             {self.input_name: np.zeros((1, self.input_channels, side, side), np.float32)}, options)
 
 
 _CACHE: dict[tuple[str, tuple[str, ...], int], tuple[int, OnnxModel]] = {}
@@ -212,10 +214,11 @@ def _describe(path: Path, session: Any, card: dict[str, Any]) -> OnnxModel:
         scale=int(rt.get("scale", 0)), size_multiple=int(rt.get("size_multiple", 1)),
         tile_overlap=int(rt.get("tile_overlap", tiling.DEFAULT_OVERLAP)),
         activation_floats_per_px=float(rt.get("activation_floats_per_px", 1024)),
+        input_channels=int(rt.get("input_channels", 3)),
     )
     if model.scale <= 0:
         # No card: the scale is whatever a probe run gives (the size rule is then assumed 1).
-        probe = np.zeros((1, 3, 32, 32), np.float32)
+        probe = np.zeros((1, model.input_channels, 32, 32), np.float32)
         model.scale = int(model.infer(probe).shape[2] // 32)
     return model
 
@@ -255,9 +258,11 @@ def run_rgb(model: OnnxModel, rgb: np.ndarray, *, tile: int | None = None, overl
             memory_budget_bytes: float | None = None,
             progress: Callable[[float, str], None] | None = None,
             cancel_requested: Callable[[], bool] | None = None, passes: int = 1) -> np.ndarray:
-    """H×W×3 → (s·H)×(s·W)×3 through the net (averaged over ``passes`` symmetries), tiled,
-    unclipped."""
+    """H×W×C (C = the net's ``input_channels``: RGB, then any guide) → (s·H)×(s·W)×3 through
+    the net (averaged over ``passes`` symmetries), tiled, unclipped."""
     passes = _checked_passes(passes)
+    if rgb.ndim != 3 or rgb.shape[2] != model.input_channels:
+        raise BadInput(f"{model.path.name} reads {model.input_channels} channels; got an array of shape {rgb.shape}")
     overlap = model.tile_overlap if overlap is None else overlap
     if tile is None:
         budget = memory_budget_bytes or (CUDA_BUDGET_BYTES if model.on_gpu else cpu_activation_budget(rgb, model.scale))
@@ -290,7 +295,10 @@ def run_model(model: OnnxModel, image: np.ndarray, *, tile: int | None = None, o
               memory_budget_bytes: float | None = None,
               progress: Callable[[float, str], None] | None = None,
               cancel_requested: Callable[[], bool] | None = None, passes: int = 1) -> np.ndarray:
-    """Restore/upscale an H×W×C (C = 1–4, alpha last if 2 or 4) float32 image in [0, 1]."""
+    """Restore/upscale an H×W×C (C = 1–4, alpha last if 2 or 4) float32 image in [0, 1] with a
+    net that reads RGB (the inpainting net needs its hole too: ``engine.ops``'s inpaint)."""
+    if model.input_channels != 3:
+        raise BadInput(f"{model.path.name} reads {model.input_channels} channels, not an image alone")
     if image.ndim != 3 or image.shape[2] not in (1, 2, 3, 4):
         raise BadInput(f"image must be H×W×C with 1–4 channels, got shape {image.shape}")
     channels = image.shape[2]

@@ -1,7 +1,8 @@
 """Run a fully convolutional net over a large image in overlapping tiles, without seams.
 
-numpy + Pillow only (no torch, no onnxruntime): the net is any callable from a 1×3×h×w
-float32 array to 1×3×(s·h)×(s·w).
+numpy + Pillow only (no torch, no onnxruntime): the net is any callable from a 1×C×h×w
+float32 array (C = 3, or more for a net with guide channels: the inpainting net's hole) to
+1×3×(s·h)×(s·w).
 
 How a tiling is laid out (per axis; the 2-D plan is the product of two 1-D plans):
 - The image is first reflect-padded so both sides are multiples of the net's size rule
@@ -132,13 +133,14 @@ def _pad_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
 def run_tiled(image: np.ndarray, infer: Infer, *, scale: int = 1, multiple: int = 1, tile: int = 512,
               overlap: int = DEFAULT_OVERLAP, progress: ProgressCallback | None = None,
               cancel_requested: CancelCallback | None = None) -> np.ndarray:
-    """Apply ``infer`` to an H×W×3 float32 image tile by tile; returns (s·H)×(s·W)×3 float32.
+    """Apply ``infer`` to an H×W×C float32 image (C ≥ 3: RGB, then any guide channels) tile by
+    tile; returns (s·H)×(s·W)×3 float32.
 
     ``progress(fraction, text)`` is called after each tile; ``cancel_requested()`` is asked
     before each tile and raises ``Cancelled`` when true.
     """
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"run_tiled wants H×W×3, got {image.shape}")
+    if image.ndim != 3 or image.shape[2] < 3:
+        raise ValueError(f"run_tiled wants H×W×C with C ≥ 3, got {image.shape}")
     height, width = image.shape[:2]
     plan = make_plan(height, width, tile, overlap, multiple)
     overlap = round_up(overlap, multiple) if overlap else 0

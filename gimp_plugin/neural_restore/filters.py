@@ -221,6 +221,14 @@ DENOISE_PARAMS = DIP_PARAMS + (
                 choices=(("net", "Trained network (fast)"), ("dip", "Deep Image Prior (slow)"))),
     PASSES_PARAM,
 )
+# Inpaint selection likewise: the trained network (seconds) or a Deep Image Prior (minutes).
+INPAINT_PARAMS = DIP_PARAMS + (
+    FilterParam("method", "choice", "net", "Method",
+                "net: trained network, seconds; dip: Deep Image Prior, minutes (fits this one image: "
+                "better on repeating patterns such as stripes; Quality, Iterations and Seed are its settings)",
+                choices=(("net", "Trained network (fast)"), ("dip", "Deep Image Prior (slow)"))),
+    PASSES_PARAM,
+)
 # Context read around a selection's bounds: more than the nets' tile overlap (16 px), so
 # the processed area's edges look like its inside.
 NET_CONTEXT = 32
@@ -241,7 +249,7 @@ DECOMPOSE_MODE_PARAM = FilterParam(
 DIALOG_FIRST = ("mode", "preset", "amount")
 
 
-# Filters with a method (Upscale, Denoise): what they make, the method, the network's
+# Filters with a method (Upscale, Denoise, Inpaint): what they make, the method, the network's
 # settings, then those of method dip.
 METHOD_DIALOG_FIRST = ("scale", "method", "device", "passes", "preset")
 
@@ -264,9 +272,9 @@ FILTERS = (
                "result is a new layer above the source, masked to the selection if there is one.",
                "Denoise", DENOISE_PARAMS, selection_bounds=True, context=DIP_CONTEXT, mask_result=True),
     FilterSpec("inpaint-selection", "inpaint", "_Inpaint Selection...",
-               "Fill the selected pixels from their surroundings with a Deep Image Prior; "
-               "the result is a new layer above the source.",
-               "Inpaint", DIP_PARAMS, needs_selection=True),
+               "Fill the selected pixels from their surroundings with a trained network (seconds) "
+               "or a Deep Image Prior (minutes); the result is a new layer above the source.",
+               "Inpaint", INPAINT_PARAMS, needs_selection=True),
     FilterSpec("remove-jpeg-artifacts", "dejpeg", "Remove _JPEG Artifacts...",
                "Remove JPEG blocking and ringing with a Deep Image Prior (the quality setting "
                "need not be known); the result is a new layer above the source, masked to the "

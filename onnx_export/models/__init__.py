@@ -14,8 +14,10 @@ from .unet import PatchDiscriminator, UNet, UNetConfig
 
 KINDS = ("rdn", "unet")
 TASKS = {"rdn": "upscale", "unet": "sharpen"}  # each kind's default task
-# What each kind can be trained for (the U-Net: blind sharpening or blind denoising).
-KIND_TASKS = {"rdn": ("upscale",), "unet": ("sharpen", "denoise")}
+# What each kind can be trained for (the U-Net: blind sharpening, blind denoising, or
+# inpainting, which gives it a fourth input channel: the hole).
+KIND_TASKS = {"rdn": ("upscale",), "unet": ("sharpen", "denoise", "inpaint")}
+TASK_IN_CHANNELS = {"inpaint": 4}  # the others read RGB
 
 
 def build_model(kind: str, params: dict[str, Any]) -> nn.Module:
@@ -38,10 +40,12 @@ def runtime_facts(model: nn.Module) -> dict[str, Any]:
         "receptive_radius": int(model.receptive_radius()),  # type: ignore[operator]
         "activation_floats_per_px": int(model.activation_floats_per_px()),  # type: ignore[operator]
         "parameters": sum(p.numel() for p in model.parameters()),
-        "input": "N×3×H×W float32 RGB in [0, 1]",
+        "input_channels": int(getattr(getattr(model, "config", None), "in_channels", 3)),
+        "input": ("N×3×H×W float32 RGB in [0, 1]" if getattr(getattr(model, "config", None), "in_channels", 3) == 3
+                  else "N×4×H×W float32: RGB in [0, 1] with the hole pre-filled, then the hole (1 = fill)"),
         "output": "N×3×(scale·H)×(scale·W) float32 RGB, clip to [0, 1]",
     }
 
 
-__all__ = ["KINDS", "TASKS", "KIND_TASKS", "RDN", "RDNConfig", "UNet", "UNetConfig", "PatchDiscriminator",
+__all__ = ["KINDS", "TASKS", "KIND_TASKS", "TASK_IN_CHANNELS", "RDN", "RDNConfig", "UNet", "UNetConfig", "PatchDiscriminator",
            "build_model", "model_params", "runtime_facts"]

@@ -14,6 +14,8 @@ Choices and why:
 - nearest upsampling + conv instead of transposed convs: no checkerboard in the detail.
 
 Tensors: input N×3×H×W RGB in [0, 1]; output N×3×H×W, not clipped (the runner clips).
+``in_channels`` > 3 adds guide channels after the RGB ones (inpainting: the hole, 1 = fill);
+the detail is then added to the first three (the pre-filled image).
 
 Size rule: H and W must be multiples of 2**depth (each stride-2 step halves exactly, each
 upsampling doubles back, and the skip concatenations need equal sizes). The runner pads
@@ -38,9 +40,10 @@ class UNetConfig:
     base: int = 32
     depth: int = 4
     max_channels: int = 256
+    in_channels: int = 3
 
     def __post_init__(self) -> None:
-        if self.base < 1 or self.depth < 1 or self.max_channels < self.base:
+        if self.base < 1 or self.depth < 1 or self.max_channels < self.base or self.in_channels < 3:
             raise ValueError(f"bad U-Net parameters: {self}")
 
     def as_dict(self) -> dict[str, int]:
@@ -56,7 +59,7 @@ class UNet(nn.Module):
         self.config = cfg
         self.size_multiple = 2 ** cfg.depth
         ch = [min(cfg.base * 2 ** i, cfg.max_channels) for i in range(cfg.depth + 1)]
-        self.stem = nn.Conv2d(3, ch[0], 3, padding=1)
+        self.stem = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
         self.downs = nn.ModuleList(nn.Conv2d(ch[i], ch[i + 1], 4, stride=2, padding=1)
                                    for i in range(cfg.depth))
         self.bottleneck = nn.Conv2d(ch[-1], ch[-1], 3, padding=1)
@@ -78,7 +81,8 @@ class UNet(nn.Module):
         for i in reversed(range(self.config.depth)):
             h = F.relu(self.ups[i](F.interpolate(h, scale_factor=2.0, mode="nearest")))
             h = F.relu(self.fuses[i](torch.cat([h, skips[i]], dim=1)))
-        return x + self.head(h)
+        image = x if self.config.in_channels == 3 else x[:, :3]  # 3 channels: no Slice in the graph
+        return image + self.head(h)
 
     def receptive_radius(self) -> int:
         """Input pixels on each side that can influence one output pixel (upper bound)."""
@@ -128,9 +132,15 @@ def source_base(state: dict[str, torch.Tensor]) -> int:
     return int(state["stem.weight"].shape[0])
 
 
+def source_in_channels(state: dict[str, torch.Tensor]) -> int:
+    return int(state["stem.weight"].shape[1])
+
+
 def widen_state(source: dict[str, torch.Tensor], model: UNet) -> dict[str, torch.Tensor]:
     """Weights for ``model`` that compute exactly what ``source`` (a U-Net of the same depth
-    with fewer channels per level) computes: a wider net that starts where a trained one stopped.
+    with fewer channels per level, or fewer input channels) computes: a wider net that starts
+    where a trained one stopped. Added input channels (an inpainting net's hole, grown from a
+    denoise net) are read with zero weights like added level channels.
 
     At every level the source's channels come first. Each conv's source rows (outputs) read the
     source's input channels with the source's weights and the added input channels with zero
@@ -142,10 +152,11 @@ def widen_state(source: dict[str, torch.Tensor], model: UNet) -> dict[str, torch
     The fusion convs read [up-sampled features, skip] concatenated: both halves are mapped.
     """
     cfg = model.config
-    old_base = source_base(source)
-    src_cfg = UNetConfig(base=old_base, depth=cfg.depth, max_channels=cfg.max_channels)
+    old_base, old_in = source_base(source), source_in_channels(source)
+    src_cfg = UNetConfig(base=old_base, depth=cfg.depth, max_channels=cfg.max_channels, in_channels=old_in)
     src_ch, dst_ch = level_channels(src_cfg), level_channels(cfg)
-    if any(s > d for s, d in zip(src_ch, dst_ch)) or f"downs.{cfg.depth - 1}.weight" not in source \
+    if any(s > d for s, d in zip(src_ch, dst_ch)) or old_in > cfg.in_channels \
+            or f"downs.{cfg.depth - 1}.weight" not in source \
             or f"downs.{cfg.depth}.weight" in source:
         raise ValueError(f"the source (base {old_base}) does not fit this net (base {cfg.base}, depth {cfg.depth}): "
                          "only a narrower net of the same depth can be widened")
@@ -161,7 +172,7 @@ def widen_state(source: dict[str, torch.Tensor], model: UNet) -> dict[str, torch
 
     state = {k: v.clone() for k, v in model.state_dict().items()}
     first = lambda n: list(range(n))  # noqa: E731 - the source's channels lead each level
-    place("stem", first(src_ch[0]), [0, 1, 2])
+    place("stem", first(src_ch[0]), first(old_in))
     for i in range(cfg.depth):
         place(f"downs.{i}", first(src_ch[i + 1]), first(src_ch[i]))
         place(f"ups.{i}", first(src_ch[i]), first(src_ch[i + 1]))
