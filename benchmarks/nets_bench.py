@@ -44,8 +44,9 @@ point it at your copy of Set5, Set14, BSD100, Urban100 — the same protocol run
   at each --speed-sizes side; once with glibc's default allocator (torch eager then
   page-faults its activations in on every run) and once with malloc keeping freed memory
   (torch at its best), each in its own process.
-- estimates: the engine's own tiled run (``runner.run_model``, 1 pass) on a ~1 megapixel
-  photo with 1 thread and with all usable cores: seconds per megapixel, the numbers the
+- estimates: the engine's own tiled run (``runner.run_model``, 1 pass; for inpaint the whole
+  op, fill included, with a hole spread over the photo) on a ~1 megapixel photo with 1 thread
+  and with all usable cores: seconds per megapixel, the numbers the
   dialog's time estimate is built from (``engine/ops.py``), and that estimate beside the time.
 - big (--big, a subprocess so its peak RSS is its own): ``run_op("upscale")`` on a smooth
   photo-like RGB image of --big-size plus the u8 conversion the plug-in's result takes;
@@ -464,6 +465,25 @@ def bench_estimates(models: Path, side: int, repeats: int = 2) -> dict[str, Any]
                 estimate = ops._net_seconds(name, "cpu", side, side, 1)
                 row.update(engine_estimate_s=estimate, estimate_over_measured=round(estimate / seconds, 2))
             report[f"{name}/threads_{threads}"] = row
+    # Inpaint: the whole op (smooth fill, then the 4-channel net), a hole whose window is the
+    # whole photo (scattered pixels: the estimate is for the whole layer); 1 thread by
+    # narrowing this process's CPU affinity, which is what the engine counts.
+    mask = (np.random.default_rng(0).random((side, side)) < 0.2).astype(np.float32)
+    allowed = os.sched_getaffinity(0)
+    for threads in sorted({1, available_cpu_threads()}):
+        runner.clear_cache()
+        os.sched_setaffinity(0, set(sorted(allowed)[:threads]))
+        try:
+            run = lambda: ops.run_op("inpaint", image, mask, {"method": "net", "passes": 1, "device": "cpu"})  # noqa: E731
+            ops.run_op("inpaint", image[:64, :64], mask[:64, :64], {"method": "net", "passes": 1, "device": "cpu"})
+            seconds = min(timed(run)[1] for _ in range(repeats))
+            estimate = ops._net_seconds("inpaint", "cpu", side, side, 1)
+        finally:
+            os.sched_setaffinity(0, allowed)
+        row = {"seconds": round(seconds, 2), "seconds_per_megapixel": round(seconds / megapixels, 2)}
+        if threads == len(allowed):
+            row.update(engine_estimate_s=estimate, estimate_over_measured=round(estimate / seconds, 2))
+        report[f"inpaint/threads_{threads}"] = row
     runner.clear_cache()
     return report
 

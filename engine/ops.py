@@ -483,7 +483,10 @@ _SHARPEN_AMOUNT = Param("amount", int, 100, "percent of the recovered detail add
 # Two threads measured 1.6-1.9× faster: more threads are counted at 0.9 each.
 # Sharpen: the base-24 net of session 13 took 1.57× the base-16 net's time in the same
 # --only estimates run (2.66 vs 1.69 s, results/2026-12-02-nets-sharpen-base24-cpu.json): 0.54 × 1.57.
-_NET_SECONDS_PER_MEGAPIXEL = {"rdn_x2": 4.59, "rdn_x4": 3.22, "sharpen": 0.85, "denoise": 0.54, "inpaint": 0.6}
+# Inpaint (the whole op: fill, then the net; session 14, results/2026-12-07-nets-estimates-inpaint-cpu.json):
+# 1.71 s/MP on a machine where the same run gave rdn_x2 10.7 and sharpen 2.18, i.e. 0.16 × rdn_x2
+# and 0.78 × sharpen: 0.7 on the scale above.
+_NET_SECONDS_PER_MEGAPIXEL = {"rdn_x2": 4.59, "rdn_x4": 3.22, "sharpen": 0.85, "denoise": 0.54, "inpaint": 0.7}
 
 
 def _net_seconds(name: str, device: str, height: int, width: int, passes: int) -> float | None:
