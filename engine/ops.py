@@ -555,12 +555,8 @@ _DENOISE_PARAMS = _DIP_PARAMS + (
 )
 # Inpaint likewise: the trained net fills in seconds (a smooth fill plus the texture and edges
 # it learnt), DIP in minutes (fits the one image: better where the picture repeats itself,
-# e.g. stripes and fabric). Method and passes come after the DIP settings, as for denoise.
-_INPAINT_PARAMS = _DIP_PARAMS + (
-    Param("method", str, "net", "net: trained U-Net, seconds; dip: Deep Image Prior, minutes "
-          "(the settings above are for dip)", choices=("net", "dip")),
-    _NET_PASSES,
-)
+# e.g. stripes and fabric). The same settings in the same order as denoise.
+_INPAINT_PARAMS = _DENOISE_PARAMS
 
 OPS: dict[str, OpSpec] = {
     spec.name: spec

@@ -212,23 +212,20 @@ UPSCALE_PARAMS = (
     # For method rdn only; newer, so after those.
     PASSES_PARAM,
 )
-# Denoise: the trained network (seconds) or a Deep Image Prior (minutes). After the DIP
-# settings, which came first: gimpfu (GIMP 2.10) scripts pass them by position.
-DENOISE_PARAMS = DIP_PARAMS + (
-    FilterParam("method", "choice", "net", "Method",
-                "net: trained network, seconds; dip: Deep Image Prior, minutes (fits this one image; "
-                "Quality, Iterations and Seed are its settings)",
-                choices=(("net", "Trained network (fast)"), ("dip", "Deep Image Prior (slow)"))),
-    PASSES_PARAM,
-)
-# Inpaint selection likewise: the trained network (seconds) or a Deep Image Prior (minutes).
-INPAINT_PARAMS = DIP_PARAMS + (
-    FilterParam("method", "choice", "net", "Method",
-                "net: trained network, seconds; dip: Deep Image Prior, minutes (fits this one image: "
-                "better on repeating patterns such as stripes; Quality, Iterations and Seed are its settings)",
-                choices=(("net", "Trained network (fast)"), ("dip", "Deep Image Prior (slow)"))),
-    PASSES_PARAM,
-)
+def _net_or_dip_params(dip_strength):
+    """A filter with both backends: the DIP settings first (gimpfu (GIMP 2.10) scripts pass
+    them by position, and they came first), then the method and the network's passes."""
+    return DIP_PARAMS + (
+        FilterParam("method", "choice", "net", "Method",
+                    "net: trained network, seconds; dip: Deep Image Prior, minutes (fits this one image%s; "
+                    "Quality, Iterations and Seed are its settings)" % dip_strength,
+                    choices=(("net", "Trained network (fast)"), ("dip", "Deep Image Prior (slow)"))),
+        PASSES_PARAM,
+    )
+
+
+DENOISE_PARAMS = _net_or_dip_params("")
+INPAINT_PARAMS = _net_or_dip_params(": better on repeating patterns such as stripes")
 # Context read around a selection's bounds: more than the nets' tile overlap (16 px), so
 # the processed area's edges look like its inside.
 NET_CONTEXT = 32
