@@ -536,7 +536,8 @@ def test_memory_budget_refusal_names_the_need(gimp: Gimp3Chroot) -> None:
 image, layer = rgb_image(48, 48)
 attempt("denoise", "plug-in-neural-restore-denoise", image, [layer], layer, "R'G'B' u8", iterations=5, method="dip")
 image.select_rectangle(Gimp.ChannelOps.REPLACE, 10, 10, 8, 8)
-attempt("inpaint", "plug-in-neural-restore-inpaint-selection", image, [layer], layer, "R'G'B' u8", iterations=5)
+attempt("inpaint", "plug-in-neural-restore-inpaint-selection", image, [layer], layer, "R'G'B' u8", iterations=5,
+        method="dip")
 """
     facts = _run(gimp, body, env={"NEURAL_RESTORE_MEMORY_BUDGET_MB": "1"})
     for case in ("denoise", "inpaint"):
