@@ -198,10 +198,12 @@ def _inpaint_with_net(colour: np.ndarray, hole: np.ndarray, params: dict[str, An
     passes = net_passes(params["passes"], *rgb.shape[:2])
     ctx.progress(0.0, f"inpaint net on {'GPU' if model.on_gpu else 'CPU'}"
                       + (f", {passes} passes" if passes > 1 else ""))
+    started = time.monotonic()
     filled = smooth_fill(rgb, crop_hole)
     net_input = np.concatenate([filled, crop_hole[:, :, None].astype(np.float32)], axis=2)
     out = runner.run_rgb(model, net_input, progress=ctx.progress, cancel_requested=ctx.cancel_requested,
                          passes=passes)
+    _record_speed("inpaint", model, time.monotonic() - started, rgb.shape[0] * rgb.shape[1], passes)
     np.clip(out, 0.0, 1.0, out=out)
     if grey:
         out = out.mean(axis=2, keepdims=True)
@@ -397,8 +399,25 @@ def _run_net(name: str, image: np.ndarray, device: str, ctx: JobContext, passes:
     passes = net_passes(passes, *image.shape[:2])
     ctx.progress(0.0, f"{name} on {'GPU' if model.on_gpu else 'CPU'}"
                       + (f", {passes} passes" if passes > 1 else ""))
-    return runner.run_model(model, image, progress=ctx.progress, cancel_requested=ctx.cancel_requested,
-                            passes=passes)
+    started = time.monotonic()
+    out = runner.run_model(model, image, progress=ctx.progress, cancel_requested=ctx.cancel_requested,
+                           passes=passes)
+    _record_speed(name, model, time.monotonic() - started, image.shape[0] * image.shape[1], passes)
+    return out
+
+
+def _speed_key(name: str, card: dict[str, Any]) -> str:
+    """Which model file a measured speed belongs to (engine.measured_speed)."""
+    return f"{name}:{str(card.get('export', {}).get('sha256', ''))[:16]}"
+
+
+def _record_speed(name: str, model: Any, seconds: float, pixels: int, passes: int) -> None:
+    if model.on_gpu:  # GPU estimates are not made (nothing measured to scale)
+        return
+    from .measured_speed import record
+    from .system import available_cpu_threads
+
+    record(_speed_key(name, model.card), seconds, pixels / 1e6, passes, available_cpu_threads())
 
 
 def _upscale(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
@@ -490,16 +509,21 @@ _NET_SECONDS_PER_MEGAPIXEL = {"rdn_x2": 4.59, "rdn_x4": 3.22, "sharpen": 0.85, "
 
 
 def _net_seconds(name: str, device: str, height: int, width: int, passes: int) -> float | None:
-    """Expected seconds of a shipped net on a height×width input; None on a GPU (not measured)."""
+    """Expected seconds of a shipped net on a height×width input; None on a GPU (not measured).
+    The rate measured on this machine by earlier runs of the same model file if there is
+    one (engine.measured_speed), else the built-in one."""
+    from .measured_speed import recorded, thread_factor
     from .onnx import runner  # no torch on this path
     from .system import available_cpu_threads
 
     try:
         if runner.choose_providers(device)[0] != "CPUExecutionProvider":
             return None
-    except EngineError:  # no onnxruntime, or CUDA requested without it: no estimate
+        card = runner.read_card(runner.find_model(name))
+    except EngineError:  # no onnxruntime, CUDA requested without it, no model file: no estimate
         return None
-    per_megapixel = _NET_SECONDS_PER_MEGAPIXEL[name] / max(1.0, 0.9 * available_cpu_threads())
+    one_thread = recorded(_speed_key(name, card)) or _NET_SECONDS_PER_MEGAPIXEL[name]
+    per_megapixel = one_thread / thread_factor(available_cpu_threads())
     return round(net_passes(passes, height, width) * per_megapixel * height * width / 1e6, 1)
 
 

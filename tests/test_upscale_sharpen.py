@@ -502,6 +502,41 @@ def test_wheel_carries_the_models(tiny_models: Path, tmp_path: Path) -> None:
     assert found.stdout.strip() == str(target / "engine" / "models")
 
 
+def test_estimates_follow_the_speed_measured_on_this_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from engine import measured_speed
+    from engine.system import available_cpu_threads
+
+    monkeypatch.setenv("NEURAL_RESTORE_LOG_DIR", str(tmp_path))  # the engine's state folder
+    params = {"device": "cpu", "passes": 1}
+    built_in = ops.estimate_seconds("sharpen", params, 1000, 1000)
+    assert built_in == round(ops._NET_SECONDS_PER_MEGAPIXEL["sharpen"]
+                             / measured_speed.thread_factor(available_cpu_threads()), 1)
+    ops.run_op("sharpen", _image(256, 256, 3), None, params)
+    ops.run_op("sharpen", _image(32, 32, 3), None, params)  # too small to say anything: not recorded
+    mask = np.zeros((256, 256), np.float32)
+    mask[::3] = 1.0  # the window is the whole image
+    ops.run_op("inpaint", _image(256, 256, 3), mask, params)
+    records = json.loads((tmp_path / "net-speeds.json").read_text())
+    sha = {name: runner.read_card(runner.find_model(name))["export"]["sha256"][:16] for name in ("sharpen", "inpaint")}
+    assert sorted(records) == [f"inpaint:{sha['inpaint']}", f"sharpen:{sha['sharpen']}"]
+    (rate,) = records[f"sharpen:{sha['sharpen']}"]
+    want = round(rate / measured_speed.thread_factor(available_cpu_threads()), 1)  # 1 megapixel, 1 pass
+    assert ops.estimate_seconds("sharpen", params, 1000, 1000) == want
+    # The last KEEP runs count, averaged.
+    for seconds in (1.0, 2.0, 3.0, 4.0):
+        measured_speed.record("sharpen:" + sha["sharpen"], seconds, 1.0, 1, 1)
+    assert measured_speed.recorded("sharpen:" + sha["sharpen"]) == pytest.approx(3.0)
+    # A damaged record is ignored: the built-in rate again.
+    (tmp_path / "net-speeds.json").write_text("{not json")
+    assert ops.estimate_seconds("sharpen", params, 1000, 1000) == built_in
+    # An unwritable state folder costs nothing but the record.
+    monkeypatch.setenv("NEURAL_RESTORE_LOG_DIR", "/proc/neural-restore-state")
+    (layer,) = ops.run_op("sharpen", _image(256, 256, 3), None, params)
+    assert layer.pixels.shape == (256, 256, 3)
+
+
 def test_net_ops_estimate_time_from_measured_rates_without_torch() -> None:
     # The dialog's time label: linear in pixels for the shipped nets, and computed without
     # importing torch (the ONNX path's promise); method dip falls back to the DIP tables.
