@@ -181,7 +181,7 @@ def hole_window(hole: np.ndarray, margin: int) -> tuple[slice, slice]:
 
 def _inpaint_with_net(colour: np.ndarray, hole: np.ndarray, params: dict[str, Any],
                       ctx: JobContext) -> np.ndarray:
-    """The colour channels with the hole filled by the trained net: a smooth push-pull fill
+    """The colour channels with the hole filled by the trained net: a smooth fill
     (engine.fill) that the net adds texture and edges to, run on the hole's box plus context
     (the net's reach, or half the box's longer side if larger: the fill's sources)."""
     from .fill import smooth_fill
@@ -189,8 +189,8 @@ def _inpaint_with_net(colour: np.ndarray, hole: np.ndarray, params: dict[str, An
 
     model = runner.load_model(runner.find_model("inpaint"), params["device"])
     reach = int(model.card.get("architecture", {}).get("receptive_radius", 64))
-    rows, cols = np.flatnonzero(hole.any(axis=1)), np.flatnonzero(hole.any(axis=0))
-    box_side = max(int(rows[-1] - rows[0]), int(cols[-1] - cols[0])) + 1
+    rows, cols = hole_window(hole, 0)
+    box_side = max(rows.stop - rows.start, cols.stop - cols.start)
     window = hole_window(hole, max(reach, box_side // 2))
     crop, crop_hole = colour[window], hole[window]  # never all hole: the image is not
     grey = crop.shape[2] == 1
@@ -538,17 +538,16 @@ def _upscale_estimate(params: dict[str, Any], height: int, width: int) -> float 
     return _net_seconds(f"rdn_x{params['scale']}", params["device"], height, width, params["passes"])
 
 
-def _inpaint_estimate(params: dict[str, Any], height: int, width: int) -> float | None:
-    """For the whole layer: the real run works on the hole's box and its context only."""
-    if params["method"] == "dip":
-        return _dip_estimate("inpaint")(params, height, width)
-    return _net_seconds("inpaint", params["device"], height, width, params["passes"])
+def _net_or_dip_estimate(task: str) -> OpEstimator:
+    """Denoise's and Inpaint's: the shipped net ``task`` or the DIP task of that name (Inpaint's
+    for the whole layer: the real run works on the hole's box and its context only)."""
 
+    def estimate(params: dict[str, Any], height: int, width: int) -> float | None:
+        if params["method"] == "dip":
+            return _dip_estimate(task)(params, height, width)
+        return _net_seconds(task, params["device"], height, width, params["passes"])
 
-def _denoise_estimate(params: dict[str, Any], height: int, width: int) -> float | None:
-    if params["method"] == "dip":
-        return _dip_estimate("denoise")(params, height, width)
-    return _net_seconds("denoise", params["device"], height, width, params["passes"])
+    return estimate
 
 
 def _sharpen_estimate(params: dict[str, Any], height: int, width: int) -> float | None:
@@ -586,9 +585,10 @@ OPS: dict[str, OpSpec] = {
     spec.name: spec
     for spec in (
         OpSpec("denoise", "Remove noise with a trained U-Net (seconds) or a Deep Image Prior (minutes); "
-               "the noise level need not be known", _denoise, _DENOISE_PARAMS, estimate=_denoise_estimate),
+               "the noise level need not be known", _denoise, _DENOISE_PARAMS, estimate=_net_or_dip_estimate("denoise")),
         OpSpec("inpaint", "Fill the masked pixels with a trained U-Net (seconds) or a Deep Image Prior "
-               "(minutes)", _inpaint, _INPAINT_PARAMS, needs_mask=True, estimate=_inpaint_estimate),
+               "(minutes)", _inpaint, _INPAINT_PARAMS, needs_mask=True,
+               estimate=_net_or_dip_estimate("inpaint")),
         OpSpec("dejpeg", "Deep Image Prior removal of JPEG artefacts (quality not needed)",
                _denoise_like("dejpeg", "JPEG artifacts removed"), _DIP_PARAMS,
                estimate=_dip_estimate("dejpeg")),

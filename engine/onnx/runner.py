@@ -140,13 +140,12 @@ class OnnxModel:
     size_multiple: int
     tile_overlap: int
     activation_floats_per_px: float
+    input_channels: int = 3  # 4 for the inpainting net: RGB (hole pre-filled), then the hole
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def on_gpu(self) -> bool:
         return self.provider != "CPUExecutionProvider"
-
-    input_channels: int = 3  # 4 for the inpainting net: RGB (hole pre-filled), then the hole
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """N×C×h×w float32 (C = ``input_channels``) → N×3×(s·h)×(s·w) float32 (unclipped)."""
