@@ -10,7 +10,7 @@ net on the noisy image alone with the Recorrupted-to-Recorrupted loss (Pang et a
 2021: input y + α·z, target y − z/α, z ~ N(0, σ²); for white Gaussian noise of std σ its
 expected loss is the loss against the clean image plus a constant) needs no clean data and,
 on a CPU, a few hundred small steps. σ is the engine's own estimate
-(``engine.dip.noise_level.estimate_noise_sigma``) unless ``--oracle-sigma``.
+(``engine.noise_level.estimate_noise_sigma``) unless ``--oracle-sigma``.
 
 Each case (the DIP benchmark's images and centre crops, ``dip_bench.denoise_case``) is run
 under each noise: ``clipped25`` is dip_bench's own input (σ 25/255, clipped to [0, 1] as an
@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from dip_bench import denoise_case  # noqa: E402
-from engine.dip.noise_level import estimate_noise_sigma  # noqa: E402
+from engine.noise_level import estimate_noise_sigma  # noqa: E402
 from onnx_export.models import build_model  # noqa: E402
 
 

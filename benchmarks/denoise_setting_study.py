@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dip_bench  # noqa: E402
-from engine.dip import loop, noise_level, presets, tasks  # noqa: E402
+from engine import noise_level  # noqa: E402
+from engine.dip import loop, presets, tasks  # noqa: E402
 
 
 def main() -> None:

@@ -80,7 +80,7 @@ def record(args) -> None:
     import torch
 
     from engine.dip import loop, presets
-    from engine.dip.noise_level import estimate_noise_sigma
+    from engine.noise_level import estimate_noise_sigma
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -174,7 +174,7 @@ def discrepancy_rule(factor: float, fallback: Rule | None = None, min_iterations
 def score(args) -> None:
     runs = [json.loads(line) for name in args.paths for line in Path(name).read_text().splitlines() if line.strip()]
     from engine.dip import presets
-    from engine.dip.noise_level import estimate_noise_sigma
+    from engine.noise_level import estimate_noise_sigma
 
     # The CPU's cap on iterations × pixels (`presets.CPU_PIXEL_ITERATION_BUDGET`), given as
     # iterations at 256²; 0 = none. Paths recorded on a GPU are never cut (no cap there).

@@ -28,6 +28,9 @@ point it at your copy of Set5, Set14, BSD100, Urban100 — the same protocol run
   true σ*), with seconds per image. Also the DIP engine's own denoise cases
   (``benchmarks/dip_bench.py``'s ``denoise_case``: F16 256², Berkeley 122048 and 135069 128²,
   σ=25, the same noisy pixels), so the net sits beside the DIP results recorded for them.
+  A net that reads the noise level gets the one the engine measures with the blind net
+  ``noise_probe`` (as the op does), which is also scored alone; its ``strength`` is swept
+  (50–200 %) on white σ=25, grey grain σ=25 and camera-like noise (blurred, JPEG'd).
 - inpaint: the engine's op (``run_op("inpaint", method net)``, the hole window and pre-fill
   included) with 1 and 8 passes, against its own starting point (``engine.fill``'s smooth
   fill) and skimage's biharmonic inpainting; PSNR (RGB) inside the hole. On centred 192² crops
@@ -79,7 +82,7 @@ SPLIT_SET = "train-split-validation"
 DIP_PHOTOS = ["denoising/F16_GT.png", "restoration/kate.png", "restoration/barbara.png", "sr/zebra_GT.png",
               "inpainting/library.png", "inpainting/vase.png", "flash_no_flash/cave01_00_flash.jpg"]
 CROP = 192
-NET_NAMES = ("rdn_x2", "rdn_x4", "sharpen", "denoise", "inpaint")
+NET_NAMES = ("rdn_x2", "rdn_x4", "sharpen", "noise_probe", "denoise", "inpaint")
 BLUR_SIGMA = 1.6
 
 from engine.onnx import runner  # noqa: E402
@@ -264,29 +267,45 @@ def noisy_copy(truth: np.ndarray, sigma: float, seed_text: str) -> np.ndarray:
     return np.clip(truth + noise, 0.0, 1.0).astype(np.float32)
 
 
-def denoise_row(model, truth: np.ndarray, noisy: np.ndarray, sigma: float) -> dict[str, Any]:
+def run_denoise_net(model, probe, noisy: np.ndarray, passes: int = 1, strength: float = 1.0) -> np.ndarray:
+    """The denoise net as the engine's op runs it: a level-reading net is told the noise level
+    the blind net ``probe`` measures in the image × ``strength``, a blind one nothing."""
+    from engine.noise_level import level_plane, probe_noise_level
+
+    guide = None
+    if model.input_channels == 4:
+        guide = level_plane(probe_noise_level(noisy, probe) * strength, *noisy.shape[:2])
+    return runner.run_model(model, noisy, passes=passes, guide=guide)
+
+
+def denoise_row(model, probe, truth: np.ndarray, noisy: np.ndarray, sigma: float) -> dict[str, Any]:
     import bm3d
 
-    net, net_s = timed(lambda: runner.run_model(model, noisy))
-    net8, net8_s = timed(lambda: runner.run_model(model, noisy, passes=8))
+    net, net_s = timed(lambda: run_denoise_net(model, probe, noisy))
+    net8, net8_s = timed(lambda: run_denoise_net(model, probe, noisy, passes=8))
     cbm3d, cbm3d_s = timed(lambda: np.clip(bm3d.bm3d_rgb(noisy, sigma / 255.0), 0.0, 1.0))
-    return {"noisy": round(psnr(noisy, truth), 3), "net": round(psnr(net, truth), 3),
-            "net_8_passes": round(psnr(net8, truth), 3), "cbm3d": round(psnr(cbm3d, truth), 3),
+    row = {"noisy": round(psnr(noisy, truth), 3), "net": round(psnr(net, truth), 3),
+           "net_8_passes": round(psnr(net8, truth), 3), "cbm3d": round(psnr(cbm3d, truth), 3)}
+    if probe is not None and model.input_channels == 4:  # the blind net it reads the level from, alone
+        row["blind_probe_net"] = round(psnr(runner.run_model(probe, noisy), truth), 3)
+    return {**row,
             "seconds": {"net": round(net_s, 3), "net_8_passes": round(net8_s, 3), "cbm3d": round(cbm3d_s, 2)}}
 
 
 def bench_denoise(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
     model = runner.load_model(models / "denoise.onnx", "cpu")
+    probe = runner.load_model(models / "noise_probe.onnx", "cpu") if model.input_channels == 4 else None
     report: dict[str, Any] = {}
     for sigma in DENOISE_SIGMAS:
         for set_name, files in sets.items():
             rows = []
             for path, truth in centre_crops(files):
-                row = denoise_row(model, truth, noisy_copy(truth, sigma, path.name), sigma)
+                row = denoise_row(model, probe, truth, noisy_copy(truth, sigma, path.name), sigma)
                 rows.append({"image": path.name, "folder": path.parent.name, **row})
             report[f"gaussian_sigma_{sigma}/{set_name}"] = {
                 "images": len(rows), **{f"psnr_{k}": mean([r[k] for r in rows])
-                                        for k in ("noisy", "net", "net_8_passes", "cbm3d")},
+                                        for k in ("noisy", "net", "net_8_passes", "cbm3d", "blind_probe_net")
+                                        if k in rows[0]},
                 "gain_over_cbm3d_db": mean([r["net"] - r["cbm3d"] for r in rows]),
                 "gain_8_passes_over_cbm3d_db": mean([r["net_8_passes"] - r["cbm3d"] for r in rows]),
                 "seconds_mean": {k: mean([r["seconds"][k] for r in rows]) for k in ("net", "net_8_passes", "cbm3d")},
@@ -301,8 +320,57 @@ def bench_denoise(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
     cases = {}
     for name, size in DIP_DENOISE_CASES:
         clean, noisy = denoise_case(name, size)
-        cases[f"{name} centre {size}x{size}"] = denoise_row(model, clean, noisy, 25.0)
+        cases[f"{name} centre {size}x{size}"] = denoise_row(model, probe, clean, noisy, 25.0)
     report["dip_bench_cases_sigma_25"] = cases
+    if model.input_channels == 4:
+        report["strength"] = bench_denoise_strength(sets[SPLIT_SET], model, probe)
+    return report
+
+
+DENOISE_STRENGTHS = (50, 75, 100, 125, 150, 200)
+
+
+def grey_grain(truth: np.ndarray, sigma: float, seed_text: str) -> np.ndarray:
+    """The same noise of σ in every channel (film-like grey grain), clipped."""
+    seed = int.from_bytes(seed_text.encode("utf-8")[:8].ljust(8, b"\0"), "little")
+    grain = np.random.default_rng(seed).normal(0.0, sigma / 255.0, truth.shape[:2] + (1,))
+    return np.clip(truth + grain, 0.0, 1.0).astype(np.float32)
+
+
+def camera_like_noise(truth: np.ndarray, sigma: float, seed_text: str) -> np.ndarray:
+    """Noise as a phone's JPEG carries it: white noise of σ, softened by a demosaicing-like
+    blur (Gaussian, 0.6 px: neighbouring pixels' noise correlates), 8-bit, JPEG quality 90.
+    The level-reading net was trained with blurred noise (sometimes JPEG'd); the blind
+    probe net was not."""
+    from onnx_export import degrade
+
+    seed = int.from_bytes(seed_text.encode("utf-8")[:8].ljust(8, b"\0"), "little")
+    noise = np.random.default_rng(seed).normal(0.0, sigma / 255.0, truth.shape).astype(np.float32)
+    noise = degrade.gaussian_blur(noise, 0.6)
+    return degrade.jpeg(np.clip(truth + noise, 0.0, 1.0), 90)
+
+
+def bench_denoise_strength(files: list[Path], model, probe) -> dict[str, Any]:
+    """PSNR (1 pass) at each strength, on white σ=25 noise, on grey grain σ=25 and on
+    camera-like noise of σ=35 (``camera_like_noise``), held-out crops, beside the blind net
+    (the probe) alone: is 100 % right, and what do other strengths buy?"""
+    report: dict[str, Any] = {}
+    cases = (("white_sigma_25", lambda t, n: noisy_copy(t, 25, n)),
+             ("grey_grain_sigma_25", lambda t, n: grey_grain(t, 25, n)),
+             ("camera_like_sigma_35", lambda t, n: camera_like_noise(t, 35, n)))
+    for case, make in cases:
+        rows = []
+        for path, truth in centre_crops(files):
+            noisy = make(truth, path.name)
+            rows.append({"image": path.name, "noisy": psnr(noisy, truth),
+                         "blind": psnr(runner.run_model(probe, noisy), truth),
+                         **{str(s): psnr(run_denoise_net(model, probe, noisy, strength=s / 100), truth)
+                            for s in DENOISE_STRENGTHS}})
+        report[case] = {"images": len(rows), "psnr_noisy": mean([r["noisy"] for r in rows]),
+                        "psnr_blind_probe_net": mean([r["blind"] for r in rows]),
+                        "psnr_by_strength": {str(s): mean([r[str(s)] for r in rows]) for s in DENOISE_STRENGTHS},
+                        "best_strength_per_image": {str(s): sum(max(DENOISE_STRENGTHS, key=lambda k: r[str(k)]) == s
+                                                                for r in rows) for s in DENOISE_STRENGTHS}}
     return report
 
 

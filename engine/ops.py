@@ -140,6 +140,8 @@ def _dip_kwargs(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
         kwargs["tile"] = params["tile"] or None  # 0 means "the largest that fits in memory"
     if "fits" in params:  # likewise: Double-DIP has no averaged fits
         kwargs["fits"] = params["fits"] or None  # 0 means "the preset's"
+    if "strength" in params:  # denoise: the share of the measured noise level to remove
+        kwargs["strength"] = params["strength"] / 100.0
     return kwargs
 
 
@@ -390,18 +392,20 @@ def net_passes(requested: int, height: int, width: int) -> int:
     return AUTO_PASSES if height * width <= AUTO_PASSES_MAX_PIXELS else 1
 
 
-def _run_net(name: str, image: np.ndarray, device: str, ctx: JobContext, passes: int) -> np.ndarray:
+def _run_net(name: str, image: np.ndarray, device: str, ctx: JobContext, passes: int,
+             guide: np.ndarray | None = None, note: str = "") -> np.ndarray:
     """Run the shipped net ``name`` (models/<name>.onnx) over the image, alpha/grey handled,
-    averaged over ``passes`` (0 = automatic) grid symmetries."""
+    averaged over ``passes`` (0 = automatic) grid symmetries; ``guide``: the channels the net
+    reads after RGB, if any (H×W×k); ``note`` ends the first progress message."""
     from .onnx import runner
 
     model = runner.load_model(runner.find_model(name), device)
     passes = net_passes(passes, *image.shape[:2])
     ctx.progress(0.0, f"{name} on {'GPU' if model.on_gpu else 'CPU'}"
-                      + (f", {passes} passes" if passes > 1 else ""))
+                      + (f", {passes} passes" if passes > 1 else "") + (f"; {note}" if note else ""))
     started = time.monotonic()
     out = runner.run_model(model, image, progress=ctx.progress, cancel_requested=ctx.cancel_requested,
-                           passes=passes)
+                           passes=passes, guide=guide)
     _record_speed(name, model, time.monotonic() - started, image.shape[0] * image.shape[1], passes)
     return out
 
@@ -473,7 +477,42 @@ def _denoise(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
              ctx: JobContext) -> list[ResultLayer]:
     if params["method"] == "dip":
         return _run_dip_denoise(image, mask, params, ctx)
-    return [ResultLayer("image", "Denoised", _run_net("denoise", image, params["device"], ctx, params["passes"]))]
+    return [ResultLayer("image", "Denoised", _denoise_with_net(image, params, ctx))]
+
+
+def _denoise_with_net(image: np.ndarray, params: dict[str, Any], ctx: JobContext) -> np.ndarray:
+    """The shipped denoise net. One with a fourth input channel is told the noise level to
+    remove: the level measured in the image (engine.noise_level, by the blind net
+    noise_probe), times the strength above 100 %. Below 100 % the net removes what it
+    measures and that share of its correction is kept (the rest of the noise stays, as
+    grain): told a lower level, it removes nearly as much (10 %: 92 % of it at σ=25), since
+    it sees the noise itself."""
+    from .onnx import runner
+
+    model = runner.load_model(runner.find_model("denoise"), params["device"])
+    strength = params["strength"] / 100.0
+    if model.input_channels == 3:  # a blind net (e.g. one trained before the level input)
+        if strength > 1.0:
+            raise BadInput(f"{model.path.name} is a blind denoise net: it cannot be told to remove more "
+                           "than it measures (strength up to 100, or install a net that reads the noise level)")
+        out = _run_net("denoise", image, params["device"], ctx, params["passes"])
+    else:
+        guide, level = denoise_level_guide(split_alpha(image)[0], max(strength, 1.0), params["device"])
+        out = _run_net("denoise", image, params["device"], ctx, params["passes"], guide=guide,
+                       note=f"noise level measured: {level * 255:.1f}/255, strength {params['strength']} %")
+    return scaled_detail(image, out, strength) if strength < 1.0 else out
+
+
+def denoise_level_guide(colour: np.ndarray, strength: float = 1.0, device: str = "cpu") -> tuple[np.ndarray, float]:
+    """(the level-reading denoise net's fourth channel, the measured level): what the blind
+    net noise_probe removes from the colour channels (engine.noise_level), × ``strength``."""
+    from .noise_level import level_plane, probe_noise_level
+    from .onnx import runner
+
+    probe = runner.load_model(runner.find_model("noise_probe"), device)
+    rgb = np.repeat(colour, 3, axis=2) if colour.shape[2] == 1 else colour
+    level = probe_noise_level(rgb, probe)
+    return level_plane(level * strength, *colour.shape[:2]), level
 
 
 def _sharpen(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
@@ -505,7 +544,9 @@ _SHARPEN_AMOUNT = Param("amount", int, 100, "percent of the recovered detail add
 # Inpaint (the whole op: fill, then the net; session 14, results/2026-12-07-nets-estimates-inpaint-cpu.json):
 # 1.71 s/MP on a machine where the same run gave rdn_x2 10.7 and sharpen 2.18, i.e. 0.16 × rdn_x2
 # and 0.78 × sharpen: 0.7 on the scale above.
-_NET_SECONDS_PER_MEGAPIXEL = {"rdn_x2": 4.59, "rdn_x4": 3.22, "sharpen": 0.85, "denoise": 0.54, "inpaint": 0.7}
+# noise_probe: the blind denoise net, the same design as denoise (which reads a 4th channel).
+_NET_SECONDS_PER_MEGAPIXEL = {"rdn_x2": 4.59, "rdn_x4": 3.22, "sharpen": 0.85, "denoise": 0.54, "noise_probe": 0.54,
+                              "inpaint": 0.7}
 
 
 def _net_seconds(name: str, device: str, height: int, width: int, passes: int) -> float | None:
@@ -545,7 +586,13 @@ def _net_or_dip_estimate(task: str) -> OpEstimator:
     def estimate(params: dict[str, Any], height: int, width: int) -> float | None:
         if params["method"] == "dip":
             return _dip_estimate(task)(params, height, width)
-        return _net_seconds(task, params["device"], height, width, params["passes"])
+        seconds = _net_seconds(task, params["device"], height, width, params["passes"])
+        if task == "denoise" and seconds is not None:  # + measuring the noise (noise_level: ≤ 9 crops)
+            from .noise_level import PROBE_GRID, PROBE_SIDE
+
+            side = PROBE_GRID * PROBE_SIDE
+            seconds += _net_seconds("noise_probe", params["device"], min(height, side), min(width, side), 1) or 0.0
+        return seconds
 
     return estimate
 
@@ -571,7 +618,7 @@ _UPSCALE_PARAMS = (
 # Denoise: the trained net by default (seconds, blind: white, signal-dependent or grey noise
 # up to σ≈55/255), DIP on request (minutes; adapts to the one image, no training data). The
 # DIP settings come first, as before the net existed; method and passes were added after them.
-_DENOISE_PARAMS = _DIP_PARAMS + (
+_NET_OR_DIP_PARAMS = _DIP_PARAMS + (
     Param("method", str, "net", "net: trained U-Net, seconds; dip: Deep Image Prior, minutes "
           "(the settings above are for dip)", choices=("net", "dip")),
     _NET_PASSES,
@@ -579,7 +626,17 @@ _DENOISE_PARAMS = _DIP_PARAMS + (
 # Inpaint likewise: the trained net fills in seconds (a smooth fill plus the texture and edges
 # it learnt), DIP in minutes (fits the one image: better where the picture repeats itself,
 # e.g. stripes and fabric). The same settings in the same order as denoise.
-_INPAINT_PARAMS = _DENOISE_PARAMS
+_INPAINT_PARAMS = _NET_OR_DIP_PARAMS
+# How much Denoise removes, as a share of the noise level measured in the image: the net
+# reads that level (× the strength above 100 %) as a fourth input, DIP's automatic stop fits
+# down to it. As photo editors' "strength" sliders.
+_DENOISE_PARAMS = _NET_OR_DIP_PARAMS + (
+    Param("strength", int, 100, "percent of the noise measured in the image to remove: 100 = as measured; "
+          "less: net: that share of its correction (the rest of the noise stays, as grain), dip: its "
+          "automatic stop fits closer to the input; more: the net is told the noise is that much stronger "
+          "(for noise the measurement underrates: JPEG'd or camera noise), dip stops sooner (smoother)",
+          minimum=10, maximum=400),
+)
 
 OPS: dict[str, OpSpec] = {
     spec.name: spec

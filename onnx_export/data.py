@@ -13,7 +13,10 @@ Tasks:
 - ``sharpen``: clean P×P crops (flipped / turned), degraded by ``degrade.sharpen_degradation``
   (noise/JPEG probabilities adjustable for training; validation always uses the defaults).
 - ``denoise``: clean P×P crops (flipped / turned) with ``degrade.denoise_degradation``'s
-  blind noise; validation: white Gaussian σ=25/255 (``degrade.validation_noise``).
+  blind noise; validation: white Gaussian σ=25/255 (``degrade.validation_noise``). With
+  ``in_channels=4`` the input also carries the noise level the engine measures in it (what
+  the blind net ``level_probe`` removes: ``degrade.denoise_input``), so the net can be told
+  how strongly to denoise.
 - ``inpaint``: clean P×P crops with a random hole (``degrade.inpaint_hole``); the input is
   ``degrade.inpaint_input`` (4 channels: pre-filled image + hole) and ``Sample.weight`` is the
   hole, so the loss counts only the pixels the net must invent.
@@ -91,7 +94,7 @@ def augment(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarr
 
 @dataclass
 class Sample:
-    source: np.ndarray  # net input, N×3×h×w float32 (inpaint: N×4×h×w)
+    source: np.ndarray  # net input, N×3×h×w float32 (inpaint, level-reading denoise: N×4×h×w)
     target: np.ndarray  # N×3×(s·h)×(s·w) float32
     weight: np.ndarray | None = None  # N×1×h×w: where the loss counts (inpaint: the hole)
 
@@ -101,9 +104,15 @@ class PatchData:
                  val_fraction: float = 0.1, val_max_side: int = 256, cache: bool = True,
                  noise_probability: float = degrade.NOISE_PROBABILITY,
                  jpeg_probability: float = degrade.JPEG_PROBABILITY,
-                 blur_mix: tuple[float, float, float] = degrade.BLUR_MIX) -> None:
+                 blur_mix: tuple[float, float, float] = degrade.BLUR_MIX, in_channels: int = 3,
+                 level_probe: str | Path | None = None) -> None:
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}")
+        self.probe = None  # the blind net whose residual is a level-reading denoise net's level
+        if task == "denoise" and in_channels == 4:
+            from engine.onnx import runner
+
+            self.probe = runner.load_model(level_probe or runner.models_dir() / "noise_probe.onnx", "cpu", threads=1)
         self.task, self.patch, self.scale = task, int(patch), int(scale if task == "upscale" else 1)
         self.val_max_side = val_max_side
         # Training batches only: validation keeps degrade's default mix (see ``validation``).
@@ -156,6 +165,8 @@ class PatchData:
                     weights.append(hole[None].astype(np.float32))
                 elif self.task == "denoise":
                     src = degrade.denoise_degradation(tgt, rng)
+                    if self.probe is not None:
+                        src = degrade.denoise_input(src, self.probe)
                 else:
                     src = degrade.sharpen_degradation(tgt, rng, self.noise_probability, self.jpeg_probability,
                                                       self.blur_mix)
@@ -189,6 +200,8 @@ class PatchData:
                     degraded = degrade.inpaint_input(hr, degrade.inpaint_hole(h, w, rng))
                 elif self.task == "denoise":
                     degraded = degrade.validation_noise(hr, rng)
+                    if self.probe is not None:
+                        degraded = degrade.denoise_input(degraded, self.probe)
                 else:
                     degraded = degrade.sharpen_degradation(hr, rng)
                 out.append((path.name, degraded, hr))

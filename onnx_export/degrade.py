@@ -9,9 +9,10 @@ All functions take and return float32 H×W×C arrays in [0, 1]. Randomness alway
   defocus disk, or down-and-up resize blur), then, sometimes, light noise and/or JPEG. The
   output keeps the input's shape.
 - Denoising: ``denoise_degradation`` draws one blind noise: white Gaussian (per channel),
-  signal-dependent (shot + read noise, as a camera's raw noise), or the same noise in every
-  channel (luminance grain), σ up to 55/255; sometimes 8-bit rounding and/or JPEG after it.
+  signal-dependent (shot + read noise, as a camera's raw noise), the same noise in every
+  channel (luminance grain), or noise neighbours share (blurred: demosaiced), σ up to 55/255; sometimes 8-bit rounding and/or JPEG after it.
   ``validation_noise`` is the fixed benchmark case: white Gaussian σ=25/255, clipped.
+  ``denoise_input`` adds the level channel of a level-reading denoise net.
 - Inpainting: ``inpaint_hole`` draws a random hole (strokes, compact shapes, scattered pixels,
   or strokes and shapes); ``inpaint_input`` makes the net's 4-channel input from it (the
   image with the hole smoothly pre-filled, plus the hole).
@@ -20,9 +21,13 @@ from __future__ import annotations
 
 import io
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from engine.onnx.runner import OnnxModel
 
 _RESAMPLE = Image.Resampling
 
@@ -154,8 +159,8 @@ def sharpen_degradation(img: np.ndarray, rng: np.random.Generator, noise_probabi
 
 # -- denoising --------------------------------------------------------------------------------
 
-NOISE_KINDS = ("white", "signal", "luminance")
-NOISE_MIX = (0.6, 0.25, 0.15)  # how often each of NOISE_KINDS is drawn
+NOISE_KINDS = ("white", "signal", "luminance", "correlated")
+NOISE_MIX = (0.5, 0.2, 0.15, 0.15)  # how often each of NOISE_KINDS is drawn
 MAX_NOISE_SIGMA = 55.0 / 255.0  # a little past σ=50, the usual top of the benchmarks
 VALIDATION_NOISE_SIGMA = 25.0 / 255.0
 QUANTISE_PROBABILITY = 0.5
@@ -172,6 +177,13 @@ def signal_noise(img: np.ndarray, sigma: float, rng: np.random.Generator) -> np.
     return img + std * rng.standard_normal(img.shape).astype(np.float32)
 
 
+def correlated_noise(shape: tuple[int, ...], sigma: float, blur: float, rng: np.random.Generator) -> np.ndarray:
+    """Noise that neighbouring pixels share, as a camera's demosaiced and sharpened raw noise
+    is: white noise blurred (Gaussian, ``blur`` px), scaled back to a standard deviation of σ."""
+    noise = gaussian_blur(rng.standard_normal(shape).astype(np.float32), blur)
+    return (noise * (sigma / max(float(noise.std()), 1e-6))).astype(np.float32)
+
+
 def denoise_degradation(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One random blind noise for the denoise net: a kind (``NOISE_MIX``), σ uniform in
     (0, ``MAX_NOISE_SIGMA``], clipped; then sometimes 8-bit rounding, sometimes JPEG q 75–95
@@ -183,15 +195,27 @@ def denoise_degradation(img: np.ndarray, rng: np.random.Generator) -> np.ndarray
         out = add_noise(img, sigma, rng)
     elif kind == "signal":
         out = signal_noise(img, sigma, rng)
-    else:
+    elif kind == "luminance":
         grain = rng.normal(0.0, sigma, size=(*img.shape[:2], 1)).astype(np.float32)
         out = img + grain  # the same in every channel: grey grain, no colour speckle
+    else:
+        out = img + correlated_noise(img.shape, sigma, float(rng.uniform(0.4, 1.0)), rng)
     out = np.clip(out, 0.0, 1.0)
     if rng.random() < QUANTISE_PROBABILITY:
         out = np.round(out * 255.0) / 255.0
     if rng.random() < DENOISE_JPEG_PROBABILITY:
         out = jpeg(out, int(rng.integers(75, 96)))
     return out.astype(np.float32)
+
+
+def denoise_input(noisy: np.ndarray, probe: "OnnxModel") -> np.ndarray:
+    """A level-reading denoise net's input: the noisy RGB and, as a fourth channel, the noise
+    level the engine measures in it with the blind net ``probe`` (``engine.noise_level``:
+    what the engine feeds the net at run time, before the user's strength scales it)."""
+    from engine.noise_level import level_plane, probe_noise_level
+
+    plane = level_plane(probe_noise_level(noisy, probe), *noisy.shape[:2])
+    return np.concatenate([noisy.astype(np.float32, copy=False), plane], axis=2)
 
 
 def validation_noise(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:

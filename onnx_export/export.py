@@ -122,7 +122,7 @@ def export_with_card(model: nn.Module, kind: str, out: Path, card: dict[str, Any
     parity = check_parity(model, out, sizes)
     worst = max(r["max_abs_diff"] for r in parity)
     card = copy.deepcopy(card or {})
-    facts = runtime_facts(model)
+    facts = runtime_facts(model, (card or {}).get("task", TASKS[kind]))
     card.setdefault("name", out.stem)
     card.setdefault("task", TASKS[kind])  # a U-Net's card says whether it sharpens or denoises
     card.setdefault("architecture", {"kind": kind, "params": model_params(model), **facts})

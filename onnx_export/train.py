@@ -90,6 +90,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--blur-mix", type=_blur_mix, default=degrade.BLUR_MIX, metavar="G,D,R",
                    help="unet only: relative shares of Gaussian, defocus and resize blur in training "
                         "batches (default 2,1,1; validation keeps the default)")
+    p.add_argument("--in-channels", dest="in_channels", type=int, choices=(3, 4),
+                   help="unet --task denoise: 4 = also read the noise level to remove (a strength "
+                        "knob at run time); the other tasks' inputs are fixed (inpaint: 4)")
+    p.add_argument("--level-probe", type=Path, help="--in-channels 4: the blind denoise net (.onnx) whose "
+                   "residual is the level (default: the engine's noise_probe.onnx)")
     p.add_argument("--init-from", type=Path, help="start from another checkpoint's weights where the "
                    "shapes match (e.g. a ×4 RDN from the ×2 one: only the upsampling head differs)")
     # architecture (None = the checkpoint's on resume, else DEFAULT_ARCH)
@@ -108,6 +113,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--gan-weight must be ≥ 0")
     if args.model == "rdn" and args.gan_weight:
         p.error("--gan-weight is for --model unet")
+    if args.in_channels is not None and not (args.model == "unet" and args.task == "denoise"):
+        p.error("--in-channels is for --model unet --task denoise (3 or 4)")
     if args.task is not None and args.task not in KIND_TASKS[args.model]:
         p.error(f"--task {args.task} is not a task of --model {args.model}")
     if not (0.0 <= args.noise_prob <= 1.0 and 0.0 <= args.jpeg_prob <= 1.0):
@@ -132,6 +139,8 @@ def _arch_from_args(args: argparse.Namespace) -> dict[str, Any]:
     params = {**DEFAULT_ARCH[args.model], **given}
     if args.model == "rdn":
         params["scale"] = args.scale or 2
+    elif args.in_channels is not None and args.in_channels != 3:
+        params["in_channels"] = args.in_channels
     elif args.task in TASK_IN_CHANNELS:
         params["in_channels"] = TASK_IN_CHANNELS[args.task]
     return params
@@ -178,7 +187,7 @@ def evaluate(model: torch.nn.Module, data: PatchData, device: torch.device) -> d
             baselines.append(psnr(bicubic_upscale(src, data.scale), tgt, shave=data.scale, y_only=True))
         else:
             scores.append(psnr(out, tgt))
-            baselines.append(psnr(src, tgt))
+            baselines.append(psnr(src[:, :, :3], tgt))
     model.train()
     if not scores:
         return {}
@@ -222,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     data = PatchData(args.data, task, args.patch, scale=params.get("scale", 1),
                      val_fraction=args.val_fraction, val_max_side=args.val_max_side,
                      noise_probability=args.noise_prob, jpeg_probability=args.jpeg_prob,
-                     blur_mix=args.blur_mix)
+                     blur_mix=args.blur_mix, in_channels=params.get("in_channels", 3),
+                     level_probe=args.level_probe)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999))
     disc = disc_opt = None
     if args.gan_weight > 0 or (state is not None and state.get("disc") is not None):
@@ -335,11 +345,14 @@ def degradation_text(args: argparse.Namespace, task: str) -> str:
                 f"{', '.join(f'{v:.2f}' for v in degrade.HOLE_MIX)}), at most "
                 f"{degrade.MAX_HOLE_SHARE:.0%} of a patch; input: push-pull pre-fill (engine.fill) + the hole")
     if task == "denoise":
-        return (f"one of white Gaussian / signal-dependent (shot + read) / luminance-only noise "
+        return (f"one of white Gaussian / signal-dependent (shot + read) / luminance-only / spatially "
+                f"correlated (blurred 0.4–1 px) noise "
                 f"(shares {', '.join(f'{v:.2f}' for v in degrade.NOISE_MIX)}), σ ≤ "
                 f"{degrade.MAX_NOISE_SIGMA * 255:.0f}/255, clipped; 8-bit rounding "
                 f"(p {degrade.QUANTISE_PROBABILITY:g}); JPEG q 75–95 (p {degrade.DENOISE_JPEG_PROBABILITY:g}); "
-                f"validation: white Gaussian σ=25/255")
+                f"validation: white Gaussian σ=25/255"
+                + ("; the input's 4th channel: the noise level measured by the blind net noise_probe "
+                   "(engine.noise_level.probe_noise_level)" if args.in_channels == 4 else ""))
     return ("one of Gaussian σ 0.5–3 / defocus disk r 1–4 / resize blur ×1.5–3 "
             f"(shares {', '.join(f'{v:.2f}' for v in args.blur_mix)}); "
             f"noise σ ≤ 0.02 (p {args.noise_prob:g}); JPEG q 70–95 (p {args.jpeg_prob:g})")
@@ -351,7 +364,7 @@ def model_card(args: argparse.Namespace, task: str, params: dict[str, Any], mode
     return {
         "name": args.out.stem,
         "task": task,
-        "architecture": {"kind": args.model, "params": model_params(model), **runtime_facts(model)},
+        "architecture": {"kind": args.model, "params": model_params(model), **runtime_facts(model, task)},
         "training": {
             "steps": step, "batch": args.batch, "patch": args.patch, "lr": args.lr,
             "loss": "L1" + (f" + {args.gan_weight} LSGAN (PatchGAN)" if args.gan_weight else ""),

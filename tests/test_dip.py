@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from engine.dip import loop, nets, noise_level, presets, tasks
+from engine import noise_level
+from engine.dip import loop, nets, presets, tasks
 from engine.errors import BadInput, Cancelled
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dip"
@@ -426,6 +427,10 @@ def test_total_variation_weight_follows_the_noise_when_a_preset_sets_it(monkeypa
                   preset="fast", fits=1)
     assert used[0] < presets.FAST["denoise"].tv_weight / 300  # light noise: practically none
     used.clear()
+    tasks.denoise(noisy, iterations=2, preset="fast", fits=1, strength=0.5)  # the strength scales the level
+    assert used == [pytest.approx(presets.FAST["denoise"].total_variation_weight(
+        0.5 * noise_level.estimate_noise_sigma(noisy)))]
+    used.clear()
     tasks.denoise(noisy, iterations=2, preset="paper")
     tasks.dejpeg(noisy, iterations=2, preset="fast", fits=1)
     assert used == []
@@ -455,6 +460,22 @@ def test_automatic_stop_lands_near_the_psnr_peak(f16: np.ndarray, monkeypatch: p
     # differs between CPUs), was 0.3-1.8 dB short on an AVX2 one.
     assert result >= max(seen) - 0.5
     assert result >= _psnr(noisy, clean) + 8.0
+
+
+def test_denoise_strength_moves_the_automatic_stop(f16: np.ndarray) -> None:
+    """The discrepancy stop fits down to strength × the measured noise level: a higher
+    strength stops sooner, further from the noisy input (smoother); a lower one later."""
+    clean = f16[232:280, 232:280]
+    noisy = np.clip(clean + np.random.default_rng(2).normal(0, 25 / 255, clean.shape), 0, 1).astype(np.float32)
+    runs = {}
+    for strength in (1.0, 2.0):
+        stats = loop.FitStats()
+        restored = tasks.denoise(noisy, device="cpu", preset="fast", fits=1, stats=stats, strength=strength)
+        runs[strength] = (stats.iterations_run, float(np.sqrt(np.mean((restored - noisy) ** 2))))
+    assert runs[2.0][0] < runs[1.0][0]
+    assert runs[2.0][1] > 1.15 * runs[1.0][1]
+    with pytest.raises(ValueError, match="strength"):
+        tasks.denoise(noisy, iterations=1, strength=0.0)
 
 
 @pytest.mark.slow

@@ -34,6 +34,26 @@ def test_every_dip_op_takes_a_preset_and_the_cli_offers_it() -> None:
     assert args.preset == "paper" and args.op_spec.name == "dejpeg"
 
 
+def test_denoise_strength_reaches_dip_and_the_cli_offers_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.dip import tasks
+
+    seen = []
+
+    def fake_denoise(image, **kwargs):
+        seen.append(kwargs.get("strength"))
+        return image
+
+    monkeypatch.setattr(tasks, "denoise", fake_denoise)
+    image = _rgba(16)
+    for params, want in (({"method": "dip"}, 1.0), ({"method": "dip", "strength": 250}, 2.5)):
+        (layer,) = ops.run_op("denoise", image, None, params)
+        np.testing.assert_array_equal(layer.pixels, image)
+    assert seen == [1.0, 2.5]
+    assert "strength" not in {p.name for p in ops.get_op("inpaint").params}
+    args = build_parser().parse_args(["denoise", "in.png", "-o", "out.png", "--strength", "60"])
+    assert args.strength == 60
+
+
 def test_previews_are_full_size_result_layers_with_alpha(monkeypatch: pytest.MonkeyPatch) -> None:
     from engine.dip import loop
 

@@ -467,12 +467,13 @@ def test_preset_is_appended_for_positional_callers_and_shown_first_in_the_dialog
     spec = _spec("remove-jpeg-artifacts")
     assert [p.name for p in spec.params] == ["iterations", "seed", "device", "preset"]
     assert filters.dialog_order(spec) == ["preset", "iterations", "seed", "device"]
-    # Denoise: method and the network's passes came after the DIP settings (positional
-    # callers); the dialog shows the method, the network's settings, then DIP's.
+    # Denoise: method, the network's passes and then its strength came after the DIP settings
+    # (positional callers); the dialog shows the method, the network's settings, then DIP's.
     assert [p.name for p in _spec("denoise").params] == ["iterations", "seed", "device", "preset", "method",
-                                                         "passes"]
-    assert filters.dialog_order(_spec("denoise")) == ["method", "device", "passes", "preset", "iterations",
-                                                      "seed"]
+                                                         "passes", "strength"]
+    assert filters.dialog_order(_spec("denoise")) == ["method", "strength", "device", "passes", "preset",
+                                                      "iterations", "seed"]
+    assert "strength" not in [p.name for p in _spec("inpaint-selection").params]
     assert _spec("denoise").param("method").default == "net"
     # Decompose: which layers first, then quality; filters without either keep their order.
     assert filters.dialog_order(_spec("decompose")) == ["mode", "preset", "iterations", "seed", "device"]

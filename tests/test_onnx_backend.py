@@ -345,7 +345,7 @@ def test_denoise_degradation_is_blind_deterministic_and_validation_fixed() -> No
         noise = a - img
         levels.append(float(noise.std()))
         # grey grain: the same noise in every channel
-        kinds_seen.add("luminance" if np.allclose(noise[..., 0], noise[..., 1], atol=0.02) else "colour")
+        kinds_seen.add("luminance" if np.median(np.abs(noise[..., 0] - noise[..., 1])) < 0.01 else "colour")
     assert min(levels) < 0.03 < 0.12 < max(levels) < 0.25  # blind: weak to strong noise
     assert kinds_seen == {"luminance", "colour"}
     # Signal-dependent noise is stronger on bright pixels than on dark ones.
@@ -576,6 +576,48 @@ def test_training_a_denoise_unet_records_its_task(tmp_path: Path, tiny_images: P
     assert exported["task"] == exported["runtime"]["task"] == "denoise"
 
 
+def test_a_denoise_unet_that_reads_the_noise_level_grows_from_a_blind_one_and_exports(
+        tmp_path: Path, tiny_images: Path) -> None:
+    """--in-channels 4: the input carries the level the engine measures (what the blind probe
+    net removes: the run-time input); widened from a blind net, whose zero-head identity it
+    keeps; exported with its card."""
+    from engine.noise_level import LEVEL_UNIT, probe_noise_level
+    from onnx_export import export, train
+
+    probe_path = SHIPPED / "noise_probe.onnx"
+    probe = runner.load_model(probe_path, "cpu")
+    noisy = degrade.validation_noise(_test_image(48, 40), np.random.default_rng(1))
+    net_input = degrade.denoise_input(noisy, probe)
+    np.testing.assert_array_equal(net_input[..., :3], noisy)
+    np.testing.assert_allclose(net_input[..., 3], probe_noise_level(noisy, probe) / LEVEL_UNIT)
+    assert 0.3 < float(net_input[0, 0, 3]) < 0.6  # σ=25/255 would read 0.5
+    data = PatchData([tiny_images], "denoise", patch=16, in_channels=4, level_probe=probe_path)
+    batch = data.batch(3, np.random.default_rng(0))
+    assert batch.source.shape == (3, 4, 16, 16) and batch.target.shape == (3, 3, 16, 16)
+    levels = batch.source[:, 3]
+    assert np.all(levels == levels[:, :1, :1]) and levels.min() > 0  # one plane per patch
+    for _name, src, _tgt in data.validation(multiple=8):
+        assert src.shape[2] == 4
+
+    net = ["--model", "unet", "--task", "denoise", "--data", str(tiny_images), "--batch", "2", "--patch", "16",
+           "--base", "4", "--depth", "2", "--max-channels", "8", "--threads", "1", "--val-every", "1"]
+    blind, ckpt = tmp_path / "blind.pt", tmp_path / "denoise.pt"
+    assert train.main([*net, "--lr", "0", "--out", str(blind), "--steps", "1"]) == 0
+    assert train.main([*net, "--in-channels", "4", "--lr", "0", "--out", str(ckpt), "--steps", "1",
+                       "--init-from", str(blind), "--level-probe", str(probe_path)]) == 0
+    card = json.loads(ckpt.with_suffix(".json").read_text())
+    assert card["architecture"]["params"]["in_channels"] == 4 and "noise level" in card["architecture"]["input"]
+    last = card["validation"]["last"]  # the identity, grown: still scores the noisy input
+    assert last["psnr"] == pytest.approx(last["baseline_psnr"], abs=1e-4)
+    onnx_path = tmp_path / "denoise.onnx"
+    assert export.main([str(ckpt), "-o", str(onnx_path)]) == 0
+    exported = json.loads(onnx_path.with_suffix(".json").read_text())
+    assert exported["runtime"]["input_channels"] == 4 and exported["runtime"]["task"] == "denoise"
+    with pytest.raises(SystemExit):  # argparse: only a denoise net takes the level
+        train.main([*net[:3], "sharpen", *net[4:], "--in-channels", "4", "--out", str(tmp_path / "x.pt"),
+                    "--steps", "1"])
+
+
 def test_an_inpainting_unet_trains_on_the_hole_grows_from_a_3_channel_net_and_exports(
         tmp_path: Path, tiny_images: Path) -> None:
     from onnx_export import export, train
@@ -660,7 +702,7 @@ def test_patch_data_shapes(tiny_images: Path) -> None:
 SHIPPED = REPO / "engine" / "models"
 
 
-@pytest.mark.parametrize("name", ["rdn_x2", "rdn_x4", "sharpen", "denoise", "inpaint"])
+@pytest.mark.parametrize("name", ["rdn_x2", "rdn_x4", "sharpen", "noise_probe", "denoise", "inpaint"])
 def test_weight_checkpoints_are_the_shipped_nets(name: str) -> None:
     """onnx_export/checkpoints/NAME.pt (what --init-from starts a longer run from) holds the
     weights of the shipped NAME.onnx, not an older or newer net."""
@@ -681,6 +723,8 @@ def test_shipped_nets_beat_their_baselines(shared_data: Path) -> None:
     ×2 beats bicubic (Y-PSNR, the SR protocol), denoise cleans σ=25 noise, each by a clear margin."""
     from PIL import Image
 
+    from engine.noise_level import level_plane, probe_noise_level
+
     with Image.open(shared_data / "dip" / "denoising" / "F16_GT.png") as im:
         photo = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
     y, x = (photo.shape[0] - 96) // 2, (photo.shape[1] - 96) // 2
@@ -693,7 +737,12 @@ def test_shipped_nets_beat_their_baselines(shared_data: Path) -> None:
     bicubic = degrade.bicubic_upscale(small, 2)
     assert psnr(enlarged, truth, shave=2, y_only=True) > psnr(bicubic, truth, shave=2, y_only=True) + 1.0
     noisy = degrade.validation_noise(truth, np.random.default_rng(0))
-    denoised = runner.run_model(runner.load_model(SHIPPED / "denoise.onnx", "cpu"), noisy)
+    probe = runner.load_model(SHIPPED / "noise_probe.onnx", "cpu")
+    assert psnr(runner.run_model(probe, noisy), truth) > psnr(noisy, truth) + 6.0  # the blind net
+    level = probe_noise_level(noisy, probe)
+    assert 0.8 * 25 / 255 < level < 25 / 255  # it removes most of the noise (and a little detail)
+    denoised = runner.run_model(runner.load_model(SHIPPED / "denoise.onnx", "cpu"), noisy,
+                                guide=level_plane(level, 96, 96))
     assert psnr(denoised, truth) > psnr(noisy, truth) + 6.0
 
 

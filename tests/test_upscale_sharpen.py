@@ -22,7 +22,7 @@ from neural_restore.client import EngineProcess  # noqa: E402
 from neural_restore.filters import FilterError  # noqa: E402
 from neural_restore.protocol import WireBuffer  # noqa: E402
 from tests.test_filters import MemoryHost  # noqa: E402
-from tests.tiny_nets import bilinear, checkout_engine_python, export_tiny_nets  # noqa: E402
+from tests.tiny_nets import MODEL_NAMES, bilinear, checkout_engine_python, export_tiny_nets  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,6 +119,118 @@ def test_sharpen_amount_scales_the_detail_of_the_shipped_net(monkeypatch: pytest
         np.testing.assert_array_equal(result[..., 3], image[..., 3])
     with pytest.raises(BadInput, match="amount"):
         ops.run_op("sharpen", image, None, {"amount": 301})
+
+
+def _noisy_photo(size: int = 64, sigma: float = 25 / 255) -> tuple[np.ndarray, np.ndarray]:
+    """(clean, noisy): a crop of a photo the nets were not trained on (kate), white noise σ."""
+    from PIL import Image
+
+    with Image.open(REPO.parent / "shared" / "data" / "dip" / "inpainting" / "kate.png") as im:
+        photo = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    y, x = (photo.shape[0] - size) // 2, (photo.shape[1] - size) // 2
+    clean = photo[y:y + size, x:x + size]
+    noise = np.random.default_rng(4).normal(0.0, sigma, clean.shape).astype(np.float32)
+    return clean, np.clip(clean + noise, 0.0, 1.0)
+
+
+def test_denoise_net_is_told_the_measured_noise_level_times_the_strength(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine import noise_level
+
+    _clean, noisy = _noisy_photo(48)
+    image = np.concatenate([noisy, np.full(noisy.shape[:2] + (1,), 0.5, np.float32)], axis=2)  # with alpha
+    seen, measured, messages = [], [], []
+    real_run_rgb, real_probe = runner.run_rgb, noise_level.probe_noise_level
+
+    def spy(model, net_input, **kwargs):
+        if model.input_channels == 4:
+            seen.append(net_input.copy())
+        return real_run_rgb(model, net_input, **kwargs)
+
+    def probe(rgb, model):  # the tiny probe is the identity (level 0): pretend it removed 0.08
+        measured.append((rgb.copy(), model.path.name))
+        return real_probe(rgb, model) + 0.08
+
+    monkeypatch.setattr(runner, "run_rgb", spy)
+    monkeypatch.setattr(noise_level, "probe_noise_level", probe)
+    for strength in (100, 40, 250):
+        ctx = ops.JobContext(progress=lambda _fraction, message: messages.append(message))
+        (layer,) = ops.run_op("denoise", image, None, {"strength": strength, "passes": 1}, ctx)
+        np.testing.assert_allclose(layer.pixels, image, atol=2e-5)  # the tiny net is the identity
+    for (rgb, name), net_input, strength in zip(measured, seen, (100, 40, 250), strict=True):
+        np.testing.assert_array_equal(rgb, noisy)  # the colour is measured, not alpha
+        assert name == "noise_probe.onnx"
+        assert net_input.shape == (48, 48, 4)
+        np.testing.assert_array_equal(net_input[..., :3], noisy)
+        # below 100 % the net is told the measured level (and its correction is scaled)
+        told = max(strength, 100) / 100
+        np.testing.assert_allclose(net_input[..., 3], 0.08 * told / noise_level.LEVEL_UNIT, rtol=1e-6)
+    assert any("noise level measured: 20.4/255" in m for m in messages)
+    grey = np.concatenate([noisy[..., :1], image[..., 3:]], axis=2)  # grey + alpha: measured as RGB
+    ops.run_op("denoise", grey, None, {"passes": 1})
+    assert measured[-1][0].shape == (48, 48, 3)
+    np.testing.assert_array_equal(measured[-1][0], np.repeat(noisy[..., :1], 3, axis=2))
+    for bad in (9, 401):
+        with pytest.raises(BadInput, match="strength"):
+            ops.run_op("denoise", image, None, {"strength": bad})
+
+
+def test_the_noise_level_is_what_the_probe_removes_over_a_grid_of_crops(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine import noise_level
+
+    probe = runner.load_model(runner.find_model("noise_probe"), "cpu")  # the identity
+    image = _image(40, 30, 3)
+    assert noise_level.probe_noise_level(image, probe) == 0.0
+    over = image.copy()
+    over[0, 0] = [1.5, 1.5, 1.5]  # out-of-range input: measured against its clipped self
+    assert noise_level.probe_noise_level(over, probe) == 0.0
+    crops = []
+    monkeypatch.setattr(runner, "run_rgb", lambda model, crop, **kw: crops.append(crop.shape) or np.clip(crop, 0, 1) + 0.1)
+    big = np.zeros((700, 300, 3), np.float32)
+    assert noise_level.probe_noise_level(big, probe) == pytest.approx(0.1)
+    side = noise_level.PROBE_SIDE
+    assert crops == [(side, side, 3)] * 6  # 3 rows (700 px) × 2 columns (300 px), not the whole image
+
+
+def test_a_blind_denoise_net_still_runs_but_cannot_be_told_to_remove_more(tmp_path: Path, tiny_models: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 3-channel denoise.onnx (one trained before the level input, or by a user) still works."""
+    import shutil
+
+    import torch
+
+    from onnx_export.export import export_with_card
+    from onnx_export.models import UNet, UNetConfig
+
+    for name in ("rdn_x2", "rdn_x4", "sharpen", "noise_probe", "inpaint"):
+        for suffix in (".onnx", ".json"):
+            shutil.copy(tiny_models / f"{name}{suffix}", tmp_path / f"{name}{suffix}")
+    torch.manual_seed(0)
+    export_with_card(UNet(UNetConfig(base=4, depth=2, max_channels=8)).eval(), "unet", tmp_path / "denoise.onnx",
+                     card={"task": "denoise"})
+    monkeypatch.setenv("NEURAL_RESTORE_MODELS", str(tmp_path))
+    image = _image(20, 24, 3)
+    for strength in (100, 50):
+        (layer,) = ops.run_op("denoise", image, None, {"strength": strength})
+        np.testing.assert_allclose(layer.pixels, image, atol=2e-5)
+    with pytest.raises(BadInput, match="blind denoise net.*strength up to 100"):
+        ops.run_op("denoise", image, None, {"strength": 150})
+
+
+def test_denoise_strength_sets_how_much_the_shipped_net_removes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped net with its strength: 100 % cleans σ=25 noise well; below, that share of
+    its correction (the rest of the noise stays); above, it is told of stronger noise and
+    removes more (and smooths: less PSNR on white noise, which it measures well)."""
+    from onnx_export.data import psnr
+
+    monkeypatch.setenv("NEURAL_RESTORE_MODELS", str(REPO / "engine" / "models"))
+    clean, noisy = _noisy_photo(64)
+    out = {strength: ops.run_op("denoise", noisy, None, {"strength": strength, "passes": 1, "device": "cpu"})[0].pixels
+           for strength in (25, 100, 300)}
+    np.testing.assert_allclose(out[25], np.clip(noisy + 0.25 * (out[100] - noisy), 0, 1), atol=1e-6)
+    removed = {strength: float(np.sqrt(np.mean((result - noisy) ** 2))) for strength, result in out.items()}
+    assert removed[300] > 1.03 * removed[100]
+    assert psnr(out[100], clean) > psnr(noisy, clean) + 7.0
+    assert psnr(out[100], clean) > max(psnr(out[25], clean), psnr(out[300], clean))
 
 
 def test_passes_automatic_rule_estimates_and_progress() -> None:
@@ -450,14 +562,18 @@ def test_shipped_models_are_complete_small_and_load(monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("NEURAL_RESTORE_MODELS")
     assert runner.models_dir() == SHIPPED
     total = 0
-    for name, scale in (("rdn_x2", 2), ("rdn_x4", 4), ("sharpen", 1), ("denoise", 1), ("inpaint", 1)):
+    scales = {"rdn_x2": 2, "rdn_x4": 4}
+    for name in MODEL_NAMES:
+        scale = scales.get(name, 1)
         path = runner.find_model(name)
         card = runner.read_card(path)
         assert card["runtime"]["scale"] == scale and card["export"]["sha256"]
         assert card["export"]["parity"]["max_abs_diff"] < 1e-4
         total += path.stat().st_size
         model = runner.load_model(path, "cpu")  # also checks the checksum
-        if name == "inpaint":  # RGB with the hole pre-filled, then the hole
+        # inpaint: RGB with the hole pre-filled, then the hole; denoise: noisy RGB, then the level
+        assert model.input_channels == (4 if name in ("inpaint", "denoise") else 3)
+        if model.input_channels == 4:
             out = runner.run_rgb(model, _image(16, 16, 4))
         else:
             out = runner.run_model(model, _image(16, 16, 3))
@@ -476,7 +592,7 @@ def test_wheel_carries_the_models(tiny_models: Path, tmp_path: Path) -> None:
     spec.loader.exec_module(installer)
     src = installer.stage_engine_source(REPO, tmp_path / "src")
     (src / "engine" / "models").mkdir(exist_ok=True)
-    for name in ("rdn_x2", "rdn_x4", "sharpen", "denoise", "inpaint"):
+    for name in MODEL_NAMES:
         for suffix in (".onnx", ".json"):
             (src / "engine" / "models" / (name + suffix)).write_bytes((tiny_models / (name + suffix)).read_bytes())
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
@@ -490,7 +606,7 @@ def test_wheel_carries_the_models(tiny_models: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     code = (f"import sys; sys.path.insert(0, {str(target)!r})\n"
             "from engine.onnx import runner\n"
-            "for name in ('rdn_x2', 'rdn_x4', 'sharpen', 'denoise', 'inpaint'):\n"
+            f"for name in {MODEL_NAMES!r}:\n"
             "    path = runner.find_model(name)\n"
             "    assert path.with_suffix('.json').is_file()\n"
             "    runner.load_model(path, 'cpu')\n"
@@ -549,6 +665,10 @@ def test_net_ops_estimate_time_from_measured_rates_without_torch() -> None:
         "clean = estimate_seconds('denoise', {'device': 'cpu'}, 1000, 1000)\n"
         "assert small > 0 and abs(big - 4 * small) <= 0.2 * big, (small, big)\n"
         "assert 0 < sharp < big and 0 < clean < big, (sharp, clean, big)\n"
+        "from engine.ops import _net_seconds\n"  # denoise also measures the noise first
+        "alone = _net_seconds('denoise', 'cpu', 1000, 1000, 1)\n"
+        "with_probe = estimate_seconds('denoise', {'device': 'cpu', 'passes': 1}, 1000, 1000)\n"
+        "assert alone < with_probe < 2 * alone, (alone, with_probe)\n"
         "assert 'torch' not in sys.modules\n"
         "dip = estimate_seconds('upscale', {'scale': 2, 'device': 'cpu', 'method': 'dip'}, 64, 64)\n"
         "assert dip is not None and dip > big, dip\n"

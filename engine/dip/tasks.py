@@ -33,7 +33,7 @@ from engine.symmetry import grid_symmetry
 from . import loop, tiles
 from .loop import CancelCallback, FitStats, NoisyTarget, Objective, ProgressCallback, fit
 from .nets import NetConfig
-from .noise_level import estimate_noise_sigma
+from ..noise_level import estimate_noise_sigma
 from .presets import PRESET_NAMES, Task, TaskPreset, preset_fits, task_preset
 
 # Smaller images carry too little structure for the prior, and reflection padding them up to
@@ -541,8 +541,11 @@ def _denoise_window(task: Task, label: str, image: np.ndarray, settings: TaskPre
 def _denoise_like(task: Task, label: str, image: np.ndarray, iterations: int | None, seed: int,
                   device: str, preset: str, progress: ProgressCallback | None,
                   cancel_requested: CancelCallback | None, preview: ImagePreview | None,
-                  stats: FitStats | None, tile: int | None, fits: int | None) -> np.ndarray:
+                  stats: FitStats | None, tile: int | None, fits: int | None,
+                  strength: float = 1.0) -> np.ndarray:
     image = _checked_image(image)
+    if not (isinstance(strength, (int, float)) and 0.0 < strength <= 10.0):
+        raise ValueError(f"strength must be in (0, 10], got {strength!r}")
     iterations, seed, preset, torch_device, tile = _checked_run_settings(iterations, seed, preset, device, tile)
     fits = _checked_fits(fits)
     height, width = image.shape[:2]
@@ -552,8 +555,9 @@ def _denoise_like(task: Task, label: str, image: np.ndarray, iterations: int | N
     tiled = _tile_grid(settings.net, torch_device, height, width, tile) is not None
     fits = _fit_count(fits, preset, settings, torch_device, net_pixels, tiled)
     # One noise level for every fit and tile (the total-variation weight and the stopping
-    # rule's discrepancy test), estimated in the whole image.
-    noise_sigma = estimate_noise_sigma(image)
+    # rule's discrepancy test), estimated in the whole image; the strength scales it (the fit
+    # stops once it is that far from the input: sooner and smoother above 1, later below).
+    noise_sigma = estimate_noise_sigma(image) * strength
     tv_weight = settings.total_variation_weight(noise_sigma) if settings.tv_weight else 0.0
 
     def fit_image(inputs, fit_seed, fit_progress, fit_cancel, fit_preview, fit_stats):
@@ -592,15 +596,20 @@ def denoise(
     stats: FitStats | None = None,
     tile: int | None = None,
     fits: int | None = None,
+    strength: float = 1.0,
 ) -> np.ndarray:
     """Denoise ``image`` (float32 H×W×C in [0, 1]); the noise level need not be known.
 
     The paper's DIP setup: MSE to the noisy image, a perturbed input, the outputs' running
     average as the result. The image is reflect-padded to the net's size rule (the padding
-    is outside the loss) and cropped back. Returns float32 H×W×C in [0, 1].
+    is outside the loss) and cropped back. ``strength`` scales the noise level measured in
+    the image, which the automatic stop (``fast``/``quality``) and the total-variation weight
+    use: above 1 the fit stops sooner (smoother), below 1 later (more texture and grain); a
+    fixed ``iterations`` count or the ``paper`` preset's fixed run does not stop by it.
+    Returns float32 H×W×C in [0, 1].
     """
     return _denoise_like("denoise", "DIP denoise", image, iterations, seed, device, preset,
-                         progress, cancel_requested, preview, stats, tile, fits)
+                         progress, cancel_requested, preview, stats, tile, fits, strength)
 
 
 def dejpeg(

@@ -293,11 +293,17 @@ def run_rgb(model: OnnxModel, rgb: np.ndarray, *, tile: int | None = None, overl
 def run_model(model: OnnxModel, image: np.ndarray, *, tile: int | None = None, overlap: int | None = None,
               memory_budget_bytes: float | None = None,
               progress: Callable[[float, str], None] | None = None,
-              cancel_requested: Callable[[], bool] | None = None, passes: int = 1) -> np.ndarray:
+              cancel_requested: Callable[[], bool] | None = None, passes: int = 1,
+              guide: np.ndarray | None = None) -> np.ndarray:
     """Restore/upscale an H×W×C (C = 1–4, alpha last if 2 or 4) float32 image in [0, 1] with a
-    net that reads RGB (the inpainting net needs its hole too: ``engine.ops``'s inpaint)."""
-    if model.input_channels != 3:
-        raise BadInput(f"{model.path.name} reads {model.input_channels} channels, not an image alone")
+    net that reads RGB and then the H×W×k ``guide`` channels, if any (the denoise net's
+    noise level; the inpainting net's hole comes with its own fill: ``engine.ops``'s inpaint)."""
+    guide_channels = 0 if guide is None else guide.shape[2]
+    if model.input_channels != 3 + guide_channels:
+        raise BadInput(f"{model.path.name} reads {model.input_channels} channels, not an image "
+                       + (f"and {guide_channels} more" if guide_channels else "alone"))
+    if guide is not None and guide.shape[:2] != image.shape[:2]:
+        raise BadInput(f"guide of {guide.shape[:2]} for an image of {image.shape[:2]}")
     if image.ndim != 3 or image.shape[2] not in (1, 2, 3, 4):
         raise BadInput(f"image must be H×W×C with 1–4 channels, got shape {image.shape}")
     channels = image.shape[2]
@@ -305,6 +311,8 @@ def run_model(model: OnnxModel, image: np.ndarray, *, tile: int | None = None, o
     colour = image[:, :, :channels - 1] if has_alpha else image
     grey = colour.shape[2] == 1
     rgb = np.repeat(colour, 3, axis=2) if grey else colour
+    if guide is not None:
+        rgb = np.concatenate([rgb, guide], axis=2)
     out = run_rgb(model, rgb.astype(np.float32, copy=False), tile=tile, overlap=overlap,
                   memory_budget_bytes=memory_budget_bytes, progress=progress, cancel_requested=cancel_requested,
                   passes=passes)

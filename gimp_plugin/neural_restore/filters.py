@@ -224,7 +224,14 @@ def _net_or_dip_params(dip_strength):
     )
 
 
-DENOISE_PARAMS = _net_or_dip_params("")
+# Denoise removes the noise level measured in the image times this (the network reads it as
+# an input, Deep Image Prior stops fitting at it). Last: gimpfu scripts pass settings by position.
+STRENGTH_PARAM = FilterParam("strength", "int", 100, "Strength (%)",
+                             "How much noise to remove, in percent of the noise measured in the image: "
+                             "100 = as measured; less leaves part of the noise (as grain); more also "
+                             "smooths noise the measurement underrates (JPEG'd or camera noise)",
+                             10, 400)
+DENOISE_PARAMS = _net_or_dip_params("") + (STRENGTH_PARAM,)
 INPAINT_PARAMS = _net_or_dip_params(": better on repeating patterns such as stripes")
 # Context read around a selection's bounds: more than the nets' tile overlap (16 px), so
 # the processed area's edges look like its inside.
@@ -248,7 +255,7 @@ DIALOG_FIRST = ("mode", "preset", "amount")
 
 # Filters with a method (Upscale, Denoise, Inpaint): what they make, the method, the network's
 # settings, then those of method dip.
-METHOD_DIALOG_FIRST = ("scale", "method", "device", "passes", "preset")
+METHOD_DIALOG_FIRST = ("scale", "method", "strength", "device", "passes", "preset")
 
 
 def dialog_order(spec):

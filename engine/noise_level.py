@@ -1,7 +1,8 @@
 """How strong is the noise in an image? (numpy only.)
 
 DIP denoising stops by it (the discrepancy test of `loop.StoppingRule`), so it must be right
-to a few per cent on natural photos, weak noise included.
+to a few per cent on natural photos, weak noise included. The trained denoise net is told
+another measure (`probe_noise_level`, below): white noise is not all there is.
 
 `estimate_noise_sigma` follows Chen, Zhu & Heng, "An Efficient Statistical Method for Image
 Noise Level Estimation" (ICCV 2015): the covariance of the image's 5×5 patches (all channels
@@ -15,8 +16,13 @@ before) read 1.00–1.12 at σ=25 / 64² and 1.11–2.09 at σ=5 / 256²: image 
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+
+if TYPE_CHECKING:
+    from .onnx.runner import OnnxModel
 
 PATCH_SIDE = 5
 # At most this many patches enter the covariance (a regular grid of them on large images):
@@ -64,3 +70,46 @@ def haar_noise_sigma(image: np.ndarray) -> float:
     diagonal = (x[0::2, 0::2] - x[0::2, 1::2] - x[1::2, 0::2] + x[1::2, 1::2]) / 2
     deviation = np.abs(diagonal - np.median(diagonal, axis=(0, 1)))
     return float(np.mean(np.median(deviation, axis=(0, 1))) / 0.6745)
+
+
+# -- the denoise net's fourth input channel ----------------------------------------------------
+# A denoise net with four input channels reads the noise level it should remove as a constant
+# plane, in units of 50/255 (25/255 reads 0.5: the plane's values stay near the image's
+# scale, so its weights learn at the pace of the others). The level is what the blind denoise
+# net (shipped as noise_probe.onnx) removes from the image: the RMS of its residual. Not
+# `estimate_noise_sigma`, which assumes white noise: on noise that neighbouring pixels share
+# (a camera's demosaiced, JPEG'd noise; grey grain) it reads a fraction of it (σ≈17/255 of
+# blurred, JPEG'd noise read as 1/255). The net is trained with the level this function gives
+# on each noisy patch, so at run time it reads what it learnt from, and the user's strength
+# scales it (FFDNet's noise-level map used as a knob, Zhang et al. 2018; CBDNet's adjustable
+# estimate, Guo et al. 2019).
+LEVEL_UNIT = 50.0 / 255.0
+PROBE_SIDE = 256  # the probe runs on crops of this side ...
+PROBE_GRID = 3  # ... at most this many per axis (≤ 9 crops, ≈ 0.6 megapixels, any image size)
+
+
+def level_plane(level: float, height: int, width: int) -> np.ndarray:
+    """H×W×1 float32: the denoise net's level channel for noise of RMS ``level`` (image units)."""
+    return np.full((height, width, 1), level / LEVEL_UNIT, dtype=np.float32)
+
+
+def _probe_starts(length: int) -> list[int]:
+    if length <= PROBE_SIDE:
+        return [0]
+    count = min(PROBE_GRID, -(-length // PROBE_SIDE))
+    return sorted({int(round(v)) for v in np.linspace(0, length - PROBE_SIDE, count)})
+
+
+def probe_noise_level(rgb: np.ndarray, probe: "OnnxModel") -> float:
+    """The RMS of what the blind denoise net ``probe`` removes from ``rgb`` (H×W×3 float32 in
+    [0, 1]): over the whole image up to PROBE_SIDE px a side, else over a grid of crops."""
+    from .onnx.runner import run_rgb
+
+    total, count = 0.0, 0
+    for y in _probe_starts(rgb.shape[0]):
+        for x in _probe_starts(rgb.shape[1]):
+            crop = np.ascontiguousarray(rgb[y:y + PROBE_SIDE, x:x + PROBE_SIDE], dtype=np.float32)
+            residual = run_rgb(probe, crop) - np.clip(crop, 0.0, 1.0)
+            total += float(np.square(residual, dtype=np.float64).sum())
+            count += residual.size
+    return float(np.sqrt(total / count))
