@@ -226,7 +226,7 @@ def test_denoise_runs_the_installed_net_by_default(nets_gimp: Gimp3Chroot) -> No
         dump_layer(image.get_layers()[0], "denoised.raw", "R'G'B' u8")
         facts["weak"], _ = run_for_values("plug-in-neural-restore-denoise", image, layer, device="cpu",
                                           strength=40)
-        dump_layer(image.get_layers()[0], "denoised-weak.raw", "R'G'B' u8")
+        dump_layer(image.get_layers()[-2], "denoised-weak.raw", "R'G'B' u8")  # right above the source
         dump_layer(layer, "noisy-after.raw", "R'G'B' u8")
         image.delete()
     """, models=None)
