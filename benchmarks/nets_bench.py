@@ -269,13 +269,16 @@ def noisy_copy(truth: np.ndarray, sigma: float, seed_text: str) -> np.ndarray:
 
 def run_denoise_net(model, probe, noisy: np.ndarray, passes: int = 1, strength: float = 1.0) -> np.ndarray:
     """The denoise net as the engine's op runs it: a level-reading net is told the noise level
-    the blind net ``probe`` measures in the image × ``strength``, a blind one nothing."""
+    the blind net ``probe`` measures in the image × ``strength`` above 1 (a blind one nothing);
+    below 1 that share of its correction is kept (``ops.scaled_detail``)."""
     from engine.noise_level import level_plane, probe_noise_level
+    from engine.ops import scaled_detail
 
     guide = None
     if model.input_channels == 4:
-        guide = level_plane(probe_noise_level(noisy, probe) * strength, *noisy.shape[:2])
-    return runner.run_model(model, noisy, passes=passes, guide=guide)
+        guide = level_plane(probe_noise_level(noisy, probe) * max(strength, 1.0), *noisy.shape[:2])
+    out = runner.run_model(model, noisy, passes=passes, guide=guide)
+    return scaled_detail(noisy, out, strength) if strength < 1.0 else out
 
 
 def denoise_row(model, probe, truth: np.ndarray, noisy: np.ndarray, sigma: float) -> dict[str, Any]:
@@ -327,7 +330,7 @@ def bench_denoise(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
     return report
 
 
-DENOISE_STRENGTHS = (50, 75, 100, 125, 150, 200)
+DENOISE_STRENGTHS = (50, 75, 100, 125, 150, 200, 300)
 
 
 def grey_grain(truth: np.ndarray, sigma: float, seed_text: str) -> np.ndarray:
