@@ -1,4 +1,5 @@
-"""How strong is the noise in an image? (numpy only.)
+"""How strong is the noise in an image? (numpy; the denoise net's measure also runs a net
+through ONNX Runtime, never torch.)
 
 DIP denoising stops by it (the discrepancy test of `loop.StoppingRule`), so it must be right
 to a few per cent on natural photos, weak noise included. The trained denoise net is told

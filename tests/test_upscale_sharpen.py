@@ -669,6 +669,10 @@ def test_net_ops_estimate_time_from_measured_rates_without_torch() -> None:
         "alone = _net_seconds('denoise', 'cpu', 1000, 1000, 1)\n"
         "with_probe = estimate_seconds('denoise', {'device': 'cpu', 'passes': 1}, 1000, 1000)\n"
         "assert alone < with_probe < 2 * alone, (alone, with_probe)\n"
+        "import numpy as np\n"  # the denoise op itself: the probe, the level, the net
+        "from engine.ops import run_op\n"
+        "run_op('denoise', np.random.default_rng(0).random((40, 40, 3), dtype=np.float32), None, {'strength': 150})\n"
+        "assert 'torch' not in sys.modules\n"
         "assert 'torch' not in sys.modules\n"
         "dip = estimate_seconds('upscale', {'scale': 2, 'device': 'cpu', 'method': 'dip'}, 64, 64)\n"
         "assert dip is not None and dip > big, dip\n"
