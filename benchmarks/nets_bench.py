@@ -28,9 +28,10 @@ point it at your copy of Set5, Set14, BSD100, Urban100 — the same protocol run
   true σ*), with seconds per image. Also the DIP engine's own denoise cases
   (``benchmarks/dip_bench.py``'s ``denoise_case``: F16 256², Berkeley 122048 and 135069 128²,
   σ=25, the same noisy pixels), so the net sits beside the DIP results recorded for them.
-  A net that reads the noise level gets the one the engine measures with the blind net
-  ``noise_probe`` (as the op does), which is also scored alone; its ``strength`` is swept
-  (50–200 %) on white σ=25, grey grain σ=25 and camera-like noise (blurred, JPEG'd).
+  The net runs as the engine's op runs it (``run_op("denoise", method net)``: a net that
+  reads the noise level gets the one measured with the blind net ``noise_probe``, which is
+  also scored alone); its ``strength`` is swept (50–300 %) on white σ=25, grey grain σ=25
+  and camera-like noise (blurred, JPEG'd).
 - inpaint: the engine's op (``run_op("inpaint", method net)``, the hole window and pre-fill
   included) with 1 and 8 passes, against its own starting point (``engine.fill``'s smooth
   fill) and skimage's biharmonic inpainting; PSNR (RGB) inside the hole. On centred 192² crops
@@ -267,25 +268,20 @@ def noisy_copy(truth: np.ndarray, sigma: float, seed_text: str) -> np.ndarray:
     return np.clip(truth + noise, 0.0, 1.0).astype(np.float32)
 
 
-def run_denoise_net(model, probe, noisy: np.ndarray, passes: int = 1, strength: float = 1.0) -> np.ndarray:
-    """The denoise net as the engine's op runs it: a level-reading net is told the noise level
-    the blind net ``probe`` measures in the image × ``strength`` above 1 (a blind one nothing);
-    below 1 that share of its correction is kept (``ops.scaled_detail``)."""
-    from engine.noise_level import level_plane, probe_noise_level
-    from engine.ops import scaled_detail
+def run_denoise_net(noisy: np.ndarray, passes: int = 1, strength: float = 1.0) -> np.ndarray:
+    """The engine's denoise op (method net) on ``noisy``: the noise probe's measurement, the
+    strength, the net (``bench_denoise`` points NEURAL_RESTORE_MODELS at the models)."""
+    from engine.ops import run_op
 
-    guide = None
-    if model.input_channels == 4:
-        guide = level_plane(probe_noise_level(noisy, probe) * max(strength, 1.0), *noisy.shape[:2])
-    out = runner.run_model(model, noisy, passes=passes, guide=guide)
-    return scaled_detail(noisy, out, strength) if strength < 1.0 else out
+    params = {"method": "net", "device": "cpu", "passes": passes, "strength": round(strength * 100)}
+    return run_op("denoise", noisy, None, params)[0].pixels
 
 
 def denoise_row(model, probe, truth: np.ndarray, noisy: np.ndarray, sigma: float) -> dict[str, Any]:
     import bm3d
 
-    net, net_s = timed(lambda: run_denoise_net(model, probe, noisy))
-    net8, net8_s = timed(lambda: run_denoise_net(model, probe, noisy, passes=8))
+    net, net_s = timed(lambda: run_denoise_net(noisy))
+    net8, net8_s = timed(lambda: run_denoise_net(noisy, passes=8))
     cbm3d, cbm3d_s = timed(lambda: np.clip(bm3d.bm3d_rgb(noisy, sigma / 255.0), 0.0, 1.0))
     row = {"noisy": round(psnr(noisy, truth), 3), "net": round(psnr(net, truth), 3),
            "net_8_passes": round(psnr(net8, truth), 3), "cbm3d": round(psnr(cbm3d, truth), 3)}
@@ -296,6 +292,7 @@ def denoise_row(model, probe, truth: np.ndarray, noisy: np.ndarray, sigma: float
 
 
 def bench_denoise(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
+    os.environ["NEURAL_RESTORE_MODELS"] = str(models)  # the op finds its nets there
     model = runner.load_model(models / "denoise.onnx", "cpu")
     probe = runner.load_model(models / "noise_probe.onnx", "cpu") if model.input_channels == 4 else None
     report: dict[str, Any] = {}
@@ -326,7 +323,7 @@ def bench_denoise(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
         cases[f"{name} centre {size}x{size}"] = denoise_row(model, probe, clean, noisy, 25.0)
     report["dip_bench_cases_sigma_25"] = cases
     if model.input_channels == 4:
-        report["strength"] = bench_denoise_strength(sets[SPLIT_SET], model, probe)
+        report["strength"] = bench_denoise_strength(sets[SPLIT_SET], probe)
     return report
 
 
@@ -353,7 +350,7 @@ def camera_like_noise(truth: np.ndarray, sigma: float, seed_text: str) -> np.nda
     return degrade.jpeg(np.clip(truth + noise, 0.0, 1.0), 90)
 
 
-def bench_denoise_strength(files: list[Path], model, probe) -> dict[str, Any]:
+def bench_denoise_strength(files: list[Path], probe) -> dict[str, Any]:
     """PSNR (1 pass) at each strength, on white σ=25 noise, on grey grain σ=25 and on
     camera-like noise of σ=35 (``camera_like_noise``), held-out crops, beside the blind net
     (the probe) alone: is 100 % right, and what do other strengths buy?"""
@@ -367,7 +364,7 @@ def bench_denoise_strength(files: list[Path], model, probe) -> dict[str, Any]:
             noisy = make(truth, path.name)
             rows.append({"image": path.name, "noisy": psnr(noisy, truth),
                          "blind": psnr(runner.run_model(probe, noisy), truth),
-                         **{str(s): psnr(run_denoise_net(model, probe, noisy, strength=s / 100), truth)
+                         **{str(s): psnr(run_denoise_net(noisy, strength=s / 100), truth)
                             for s in DENOISE_STRENGTHS}})
         report[case] = {"images": len(rows), "psnr_noisy": mean([r["noisy"] for r in rows]),
                         "psnr_blind_probe_net": mean([r["blind"] for r in rows]),

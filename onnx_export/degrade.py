@@ -10,7 +10,8 @@ All functions take and return float32 H×W×C arrays in [0, 1]. Randomness alway
   output keeps the input's shape.
 - Denoising: ``denoise_degradation`` draws one blind noise: white Gaussian (per channel),
   signal-dependent (shot + read noise, as a camera's raw noise), the same noise in every
-  channel (luminance grain), or noise neighbours share (blurred: demosaiced), σ up to 55/255; sometimes 8-bit rounding and/or JPEG after it.
+  channel (luminance grain), or noise neighbours share (blurred: demosaiced), σ up to 55/255;
+  sometimes 8-bit rounding and/or JPEG after it.
   ``validation_noise`` is the fixed benchmark case: white Gaussian σ=25/255, clipped.
   ``denoise_input`` adds the level channel of a level-reading denoise net.
 - Inpainting: ``inpaint_hole`` draws a random hole (strokes, compact shapes, scattered pixels,
