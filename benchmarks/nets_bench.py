@@ -2,7 +2,7 @@
 speed, and (with --big) peak memory and seams of a 6000×4000 ×2 upscale.
 
     python benchmarks/nets_bench.py [--models DIR] [--max-images N]
-                                    [--only upscale,sharpen,denoise,inpaint,speed,estimates]
+                                    [--only upscale,sharpen,denoise,inpaint,dejpeg,speed,estimates]
                                     [--set NAME=DIR ...] [--speed-sizes 256,512] [--speed-repeats 9]
                                     [--estimate-side 1024]
                                     [--big [--big-size 6000x4000]] > benchmarks/results/nets.json
@@ -40,6 +40,11 @@ point it at your copy of Set5, Set14, BSD100, Urban100 — the same protocol run
   (``benchmarks/dip_bench.py`` at 256: the paper's kate / library / vase masks, half of
   barbara's and kate's pixels missing, the three block holes), whose DIP results are recorded
   in the README — so the net sits beside them.
+- dejpeg: centred 192² crops saved by Pillow as JPEG q 10, 20, 30, 50 and 90 (4:2:0 chroma).
+  PSNR (RGB; and Y for the JPEG and the 8-pass result) of the JPEG, of the engine's op
+  (``run_op("dejpeg", method net)``) with 1 and 8 passes, and up to q 30 of CBM3D *with the
+  σ that suits each image best* (an oracle over ``CBM3D_SIGMAS``: BM3D is the usual classical
+  deblocker). Also F16 crops at q 10 whose Deep Image Prior results the README records.
 - upscale and sharpen are also run with 8 passes (the net averaged over the image's
   mirrored/turned copies, ``runner.run_model(..., passes=8)``; what the ops do automatically
   up to 1 megapixel): the ``*_8_passes`` fields.
@@ -83,7 +88,7 @@ SPLIT_SET = "train-split-validation"
 DIP_PHOTOS = ["denoising/F16_GT.png", "restoration/kate.png", "restoration/barbara.png", "sr/zebra_GT.png",
               "inpainting/library.png", "inpainting/vase.png", "flash_no_flash/cave01_00_flash.jpg"]
 CROP = 192
-NET_NAMES = ("rdn_x2", "rdn_x4", "sharpen", "noise_probe", "denoise", "inpaint")
+NET_NAMES = ("rdn_x2", "rdn_x4", "sharpen", "noise_probe", "denoise", "inpaint", "dejpeg")
 BLUR_SIGMA = 1.6
 
 from engine.onnx import runner  # noqa: E402
@@ -252,6 +257,82 @@ def bench_sharpen(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
                     "gain_8_passes_over_blurred_db": lambda r: r["net_8_passes"] - r["blurred"]}),
                 "per_image": rows,
             }
+    return report
+
+
+# -- JPEG artefacts ----------------------------------------------------------------------------
+
+DEJPEG_QUALITIES = (10, 20, 30, 50, 90)
+# The oracle baseline's σ grid (/255) per quality, around where each quality's best σ lay in a
+# trial run (q 10: 20, the top of a 3–20 grid); its search is slow, so only up to q 30.
+CBM3D_SIGMAS = {10: (15, 20, 25, 30), 20: (10, 14, 18, 22), 30: (6, 9, 12, 15)}
+# The DIP engine's recorded dejpeg cases (README, automatic stopping): F16 at quality 10,
+# rows and columns start:start+side.
+DIP_DEJPEG_CASES = (("64² sky", 40, 64), ("64² centre", 224, 64), ("128² centre", 192, 128))
+
+
+def jpeg_copy(truth: np.ndarray, quality: int) -> np.ndarray:
+    """Pillow's JPEG at ``quality`` (4:2:0 chroma, as most JPEGs), decoded to float RGB."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray((np.clip(truth, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)).save(buffer, "JPEG", quality=quality)
+    return np.asarray(Image.open(buffer).convert("RGB"), dtype=np.float32) / 255.0
+
+
+def run_dejpeg_net(jpeg: np.ndarray, passes: int = 1) -> np.ndarray:
+    from engine.ops import run_op
+
+    return run_op("dejpeg", jpeg, None, {"method": "net", "device": "cpu", "passes": passes})[0].pixels
+
+
+def best_cbm3d(jpeg: np.ndarray, truth: np.ndarray, sigmas: tuple[int, ...]) -> tuple[float, int]:
+    """Oracle CBM3D deblocking: the σ (of ``sigmas``) that gives this image its best PSNR."""
+    import bm3d
+
+    return max((psnr(np.clip(bm3d.bm3d_rgb(jpeg, sigma / 255.0), 0.0, 1.0), truth), sigma) for sigma in sigmas)
+
+
+def dejpeg_row(truth: np.ndarray, jpeg: np.ndarray, quality: int) -> dict[str, Any]:
+    net, net_s = timed(lambda: run_dejpeg_net(jpeg))
+    net8, net8_s = timed(lambda: run_dejpeg_net(jpeg, passes=8))
+    row = {"jpeg": round(psnr(jpeg, truth), 3), "net": round(psnr(net, truth), 3),
+           "net_8_passes": round(psnr(net8, truth), 3),
+           "y_jpeg": round(psnr(jpeg, truth, y_only=True), 3), "y_net_8_passes": round(psnr(net8, truth, y_only=True), 3)}
+    if quality in CBM3D_SIGMAS:
+        score, sigma = best_cbm3d(jpeg, truth, CBM3D_SIGMAS[quality])
+        row.update(cbm3d_oracle=round(score, 3), cbm3d_sigma=sigma)
+    return {**row, "seconds": {"net": round(net_s, 3), "net_8_passes": round(net8_s, 3)}}
+
+
+def bench_dejpeg(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
+    os.environ["NEURAL_RESTORE_MODELS"] = str(models)  # the op finds its net there
+    report: dict[str, Any] = {}
+    for quality in DEJPEG_QUALITIES:
+        for set_name, files in sets.items():
+            rows = [{"image": path.name, "folder": path.parent.name,
+                     **dejpeg_row(truth, jpeg_copy(truth, quality), quality)}
+                    for path, truth in centre_crops(files)]
+            keys = [k for k in ("jpeg", "net", "net_8_passes", "cbm3d_oracle", "y_jpeg", "y_net_8_passes") if k in rows[0]]
+            report[f"jpeg_q{quality}/{set_name}"] = {
+                "images": len(rows), **{f"psnr_{k}": mean([r[k] for r in rows]) for k in keys},
+                "gain_over_jpeg_db": mean([r["net"] - r["jpeg"] for r in rows]),
+                "gain_8_passes_over_jpeg_db": mean([r["net_8_passes"] - r["jpeg"] for r in rows]),
+                **({"gain_8_passes_over_cbm3d_oracle_db": mean([r["net_8_passes"] - r["cbm3d_oracle"] for r in rows])}
+                   if "cbm3d_oracle" in rows[0] else {}),
+                "seconds_mean": {k: mean([r["seconds"][k] for r in rows]) for k in ("net", "net_8_passes")},
+                **by_folder(rows if set_name == SPLIT_SET else [], {
+                    "gain_8_passes_over_jpeg_db": lambda r: r["net_8_passes"] - r["jpeg"]}),
+                "per_image": rows,
+            }
+    f16 = as_float(SHARED / "dip" / "denoising" / "F16_GT.png")
+    cases = {}
+    for name, start, side in DIP_DEJPEG_CASES:
+        truth = f16[start:start + side, start:start + side]
+        cases[f"F16 {name} ({start}:{start + side}) q10"] = dejpeg_row(truth, jpeg_copy(truth, 10), 10)
+    report["dip_cases_q10"] = cases
     return report
 
 
@@ -619,7 +700,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, default=None, help="model folder (default: the engine's)")
     parser.add_argument("--max-images", type=int, default=None, help="at most N images per set (quick runs)")
-    parser.add_argument("--only", default="upscale,sharpen,denoise,inpaint,speed,estimates")
+    parser.add_argument("--only", default="upscale,sharpen,denoise,inpaint,dejpeg,speed,estimates")
     parser.add_argument("--set", dest="extra_sets", type=parse_set, action="append", default=[],
                         metavar="NAME=DIR", help="also measure on this folder of ground-truth images (repeatable)")
     parser.add_argument("--speed-sizes", default="256,512", help="square input sides, comma-separated")
@@ -662,6 +743,8 @@ def main() -> int:
         report["denoise"] = bench_denoise(sets, models)
     if "inpaint" in only:
         report["inpaint"] = bench_inpaint(sets, models)
+    if "dejpeg" in only:
+        report["dejpeg"] = bench_dejpeg(sets, models)
     if "speed" in only:
         report["speed"] = bench_speed(models, sizes, args.speed_repeats)
     if "estimates" in only:

@@ -97,7 +97,7 @@ def _net_bytes_per_pixel(op: str, params: dict[str, Any]) -> float | None:
     """Fit memory per *input* pixel of ``op``'s net, or None if not measured."""
     scale = _output_scale(op, params)
     method = params.get("method")
-    if (op == "upscale" and method != "dip") or (op in ("denoise", "inpaint") and method == "net"):
+    if (op == "upscale" and method != "dip") or (op in ("denoise", "inpaint", "dejpeg") and method == "net"):
         return None  # the ONNX nets: not measured here (their runner tiles from a budget)
     if op == "upscale":
         op = "denoise"  # super-resolution runs the denoise nets on the enlarged image

@@ -480,6 +480,17 @@ def _denoise(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
     return [ResultLayer("image", "Denoised", _denoise_with_net(image, params, ctx))]
 
 
+_run_dip_dejpeg = _denoise_like("dejpeg", "JPEG artifacts removed")
+
+
+def _dejpeg(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
+            ctx: JobContext) -> list[ResultLayer]:
+    if params["method"] == "dip":
+        return _run_dip_dejpeg(image, mask, params, ctx)
+    return [ResultLayer("image", "JPEG artifacts removed",
+                        _run_net("dejpeg", image, params["device"], ctx, params["passes"]))]
+
+
 def _denoise_with_net(image: np.ndarray, params: dict[str, Any], ctx: JobContext) -> np.ndarray:
     """The shipped denoise net. One with a fourth input channel is told the noise level to
     remove: the level measured in the image (engine.noise_level, by the blind net
@@ -544,9 +555,10 @@ _SHARPEN_AMOUNT = Param("amount", int, 100, "percent of the recovered detail add
 # Inpaint (the whole op: fill, then the net; session 14, results/2026-12-07-nets-estimates-inpaint-cpu.json):
 # 1.71 s/MP on a machine where the same run gave rdn_x2 10.7 and sharpen 2.18, i.e. 0.16 × rdn_x2
 # and 0.78 × sharpen: 0.7 on the scale above.
-# noise_probe: the blind denoise net, the same design as denoise (which reads a 4th channel).
+# noise_probe (the blind denoise net) and dejpeg: the same design as denoise (which reads a
+# 4th channel).
 _NET_SECONDS_PER_MEGAPIXEL = {"rdn_x2": 4.59, "rdn_x4": 3.22, "sharpen": 0.85, "denoise": 0.54, "noise_probe": 0.54,
-                              "inpaint": 0.7}
+                              "inpaint": 0.7, "dejpeg": 0.54}
 
 
 def _net_seconds(name: str, device: str, height: int, width: int, passes: int) -> float | None:
@@ -580,7 +592,7 @@ def _upscale_estimate(params: dict[str, Any], height: int, width: int) -> float 
 
 
 def _net_or_dip_estimate(task: str) -> OpEstimator:
-    """Denoise's and Inpaint's: the shipped net ``task`` or the DIP task of that name (Inpaint's
+    """Denoise's, Inpaint's and Remove JPEG Artifacts': the shipped net ``task`` or the DIP task of that name (Inpaint's
     for the whole layer: the real run works on the hole's box and its context only)."""
 
     def estimate(params: dict[str, Any], height: int, width: int) -> float | None:
@@ -627,6 +639,8 @@ _NET_OR_DIP_PARAMS = _DIP_PARAMS + (
 # it learnt), DIP in minutes (fits the one image: better where the picture repeats itself,
 # e.g. stripes and fabric). The same settings in the same order as denoise.
 _INPAINT_PARAMS = _NET_OR_DIP_PARAMS
+# Remove JPEG Artifacts likewise: a trained U-Net (blind to the quality, seconds) or DIP.
+_DEJPEG_PARAMS = _NET_OR_DIP_PARAMS
 # How much Denoise removes, as a share of the noise level measured in the image: the net
 # reads that level (× the strength above 100 %) as a fourth input, DIP's automatic stop fits
 # down to it. As photo editors' "strength" sliders.
@@ -646,9 +660,9 @@ OPS: dict[str, OpSpec] = {
         OpSpec("inpaint", "Fill the masked pixels with a trained U-Net (seconds) or a Deep Image Prior "
                "(minutes)", _inpaint, _INPAINT_PARAMS, needs_mask=True,
                estimate=_net_or_dip_estimate("inpaint")),
-        OpSpec("dejpeg", "Deep Image Prior removal of JPEG artefacts (quality not needed)",
-               _denoise_like("dejpeg", "JPEG artifacts removed"), _DIP_PARAMS,
-               estimate=_dip_estimate("dejpeg")),
+        OpSpec("dejpeg", "Remove JPEG blocking and ringing with a trained U-Net (seconds) or a Deep Image "
+               "Prior (minutes); the quality need not be known", _dejpeg, _DEJPEG_PARAMS,
+               estimate=_net_or_dip_estimate("dejpeg")),
         OpSpec("upscale", "Enlarge ×2 or ×4 with a trained RDN (or Deep Image Prior)", _upscale,
                _UPSCALE_PARAMS, estimate=_upscale_estimate),
         OpSpec("sharpen", "Remove blur (defocus, soft lens, resize) with a trained U-Net", _sharpen,

@@ -20,9 +20,12 @@ Tasks:
 - ``inpaint``: clean P×P crops with a random hole (``degrade.inpaint_hole``); the input is
   ``degrade.inpaint_input`` (4 channels: pre-filled image + hole) and ``Sample.weight`` is the
   hole, so the loss counts only the pixels the net must invent.
+- ``dejpeg``: clean P×P crops JPEG'd by ``degrade.dejpeg_degradation`` (quality 8–95, block
+  grid shifted at random, sometimes saved twice or noisy first); validation: JPEG q 20
+  (``degrade.validation_jpeg``).
 
 Validation images are the same every time: upscale uses the standard protocol (whole image,
-or a centred crop of at most ``val_max_side``), sharpen and denoise degrade each with an rng seeded
+or a centred crop of at most ``val_max_side``), sharpen, denoise and inpaint degrade each with an rng seeded
 by its name, so PSNRs are comparable across evaluations and runs.
 """
 from __future__ import annotations
@@ -36,7 +39,7 @@ from PIL import Image
 
 from . import degrade
 
-TASKS = ("upscale", "sharpen", "denoise", "inpaint")
+TASKS = ("upscale", "sharpen", "denoise", "inpaint", "dejpeg")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
@@ -167,6 +170,8 @@ class PatchData:
                     src = degrade.denoise_degradation(tgt, rng)
                     if self.probe is not None:
                         src = degrade.denoise_input(src, self.probe)
+                elif self.task == "dejpeg":
+                    src = degrade.dejpeg_degradation(tgt, rng)
                 else:
                     src = degrade.sharpen_degradation(tgt, rng, self.noise_probability, self.jpeg_probability,
                                                       self.blur_mix)
@@ -202,6 +207,8 @@ class PatchData:
                     degraded = degrade.validation_noise(hr, rng)
                     if self.probe is not None:
                         degraded = degrade.denoise_input(degraded, self.probe)
+                elif self.task == "dejpeg":
+                    degraded = degrade.validation_jpeg(hr)
                 else:
                     degraded = degrade.sharpen_degradation(hr, rng)
                 out.append((path.name, degraded, hr))

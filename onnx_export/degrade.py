@@ -224,6 +224,55 @@ def validation_noise(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(add_noise(img.astype(np.float32, copy=False), VALIDATION_NOISE_SIGMA, rng), 0.0, 1.0)
 
 
+# -- JPEG artefacts: one blind net for any quality ------------------------------------------
+# Quality drawn uniformly over what bad web images and old camera files use; most JPEGs
+# subsample chroma 4:2:0 (Pillow's default below q 95), some keep it (4:4:4); some were saved
+# twice (an edited download); real photos carry sensor noise that the JPEG then mangles.
+DEJPEG_QUALITY = (8, 95)
+DEJPEG_FULL_CHROMA_PROBABILITY = 0.2
+DEJPEG_TWICE_PROBABILITY = 0.2
+DEJPEG_NOISE_PROBABILITY = 0.2
+DEJPEG_MAX_NOISE_SIGMA = 5.0 / 255.0
+VALIDATION_JPEG_QUALITY = 20
+_MCU = 16  # the 4:2:0 block grid (8 px for luma, 16 for chroma)
+
+
+def jpeg_at(img: np.ndarray, quality: int, offset: tuple[int, int] = (0, 0), full_chroma: bool = False) -> np.ndarray:
+    """JPEG round trip with the block grid shifted by ``offset`` (dy, dx) px: the image is
+    edge-padded at the top left before saving and cropped back after, so the net learns
+    blocks wherever a tile of a photo happens to start."""
+    dy, dx = offset
+    padded = np.pad(img, ((dy, 0), (dx, 0), (0, 0)), mode="edge") if dy or dx else img
+    u8 = (np.clip(padded, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    grey = u8.shape[2] == 1
+    buf = io.BytesIO()
+    Image.fromarray(u8[:, :, 0] if grey else u8).save(buf, format="JPEG", quality=int(quality),
+                                                      subsampling=0 if full_chroma else 2)
+    out = np.asarray(Image.open(io.BytesIO(buf.getvalue())), dtype=np.float32) / 255.0
+    out = out[:, :, None] if grey else out
+    return np.ascontiguousarray(out[dy:, dx:])
+
+
+def dejpeg_degradation(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One random JPEG'd copy for the artefact-removal net: sometimes light noise first, then
+    JPEG at a quality drawn from ``DEJPEG_QUALITY`` (4:2:0, sometimes 4:4:4) on a randomly
+    shifted block grid, sometimes a second time at another quality."""
+    out = img.astype(np.float32, copy=False)
+    if rng.random() < DEJPEG_NOISE_PROBABILITY:
+        out = np.clip(add_noise(out, float(rng.uniform(0.0, DEJPEG_MAX_NOISE_SIGMA)), rng), 0.0, 1.0)
+    saves = 2 if rng.random() < DEJPEG_TWICE_PROBABILITY else 1
+    for _ in range(saves):
+        offset = (int(rng.integers(_MCU)), int(rng.integers(_MCU)))
+        out = jpeg_at(out, int(rng.integers(DEJPEG_QUALITY[0], DEJPEG_QUALITY[1] + 1)), offset,
+                      full_chroma=bool(rng.random() < DEJPEG_FULL_CHROMA_PROBABILITY))
+    return out.astype(np.float32)
+
+
+def validation_jpeg(img: np.ndarray) -> np.ndarray:
+    """The artefact net's validation case: JPEG q 20, 4:2:0, grid at the crop's corner."""
+    return jpeg_at(img.astype(np.float32, copy=False), VALIDATION_JPEG_QUALITY)
+
+
 # -- inpainting: random holes -------------------------------------------------------------
 # What users select to fill, drawn at random: strokes (scratches, wires, text, hairs),
 # compact shapes (a blemish, an object, a date stamp), scattered pixels (dead pixels, the

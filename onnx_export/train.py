@@ -6,6 +6,7 @@
         --batch 8 --patch 96 [--base 32 --depth 4] [--gan-weight 0.005] [--noise-prob 0.5 --jpeg-prob 0.3]
     python -m onnx_export.train --model unet --task denoise --data DIR... --out ckpt/denoise.pt ...
     python -m onnx_export.train --model unet --task inpaint --data DIR... --out ckpt/inpaint.pt ...
+    python -m onnx_export.train --model unet --task dejpeg --data DIR... --out ckpt/dejpeg.pt ...
     ... [--init-from CHECKPOINT]   start from another checkpoint's weights (its commands go in the card);
                                    an RDN with more blocks (--D) than the checkpoint's starts as
                                    the checkpoint's net, the added blocks passing their input on;
@@ -65,7 +66,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m onnx_export.train", description=__doc__.split("\n")[0])
     p.add_argument("--model", choices=("rdn", "unet"), required=True)
     p.add_argument("--scale", type=int, choices=(2, 3, 4), help="rdn only (default 2)")
-    p.add_argument("--task", choices=("sharpen", "denoise", "inpaint"),
+    p.add_argument("--task", choices=("sharpen", "denoise", "inpaint", "dejpeg"),
                    help="unet only: what it learns to undo (default sharpen; a checkpoint keeps its own)")
     p.add_argument("--data", nargs="+", required=True, help="image folders (or files)")
     p.add_argument("--out", type=Path, required=True, help="checkpoint path (.pt)")
@@ -353,6 +354,12 @@ def degradation_text(args: argparse.Namespace, task: str) -> str:
                 f"validation: white Gaussian σ=25/255"
                 + ("; the input's 4th channel: the noise level measured by the blind net noise_probe "
                    "(engine.noise_level.probe_noise_level)" if args.in_channels == 4 else ""))
+    if task == "dejpeg":
+        return (f"JPEG q {degrade.DEJPEG_QUALITY[0]}–{degrade.DEJPEG_QUALITY[1]} (Pillow), chroma 4:2:0 "
+                f"(4:4:4 p {degrade.DEJPEG_FULL_CHROMA_PROBABILITY:g}), block grid shifted 0–15 px, "
+                f"saved twice p {degrade.DEJPEG_TWICE_PROBABILITY:g}, light noise σ ≤ "
+                f"{degrade.DEJPEG_MAX_NOISE_SIGMA * 255:.0f}/255 first p {degrade.DEJPEG_NOISE_PROBABILITY:g}; "
+                f"validation: JPEG q {degrade.VALIDATION_JPEG_QUALITY}")
     return ("one of Gaussian σ 0.5–3 / defocus disk r 1–4 / resize blur ×1.5–3 "
             f"(shares {', '.join(f'{v:.2f}' for v in args.blur_mix)}); "
             f"noise σ ≤ 0.02 (p {args.noise_prob:g}); JPEG q 70–95 (p {args.jpeg_prob:g})")

@@ -92,7 +92,7 @@ def test_cancel_carries_the_inpainted_result_so_far_as_layers() -> None:
 
 def test_cancel_before_any_iteration_has_no_partial() -> None:
     with pytest.raises(Cancelled) as caught:
-        ops.run_op("dejpeg", _rgba(), None, {"iterations": 10}, ops.JobContext(cancel_requested=lambda: True))
+        ops.run_op("dejpeg", _rgba(), None, {"method": "dip", "iterations": 10}, ops.JobContext(cancel_requested=lambda: True))
     assert caught.value.partial is None
 
 
@@ -100,7 +100,7 @@ def test_estimates_grow_with_size_and_preset_cost() -> None:
     small = ops.estimate_seconds("denoise", {"device": "cpu", "method": "dip"}, 64, 64)
     large = ops.estimate_seconds("denoise", {"device": "cpu", "method": "dip"}, 256, 256)
     paper = ops.estimate_seconds("denoise", {"device": "cpu", "method": "dip", "preset": "paper"}, 256, 256)
-    fixed = ops.estimate_seconds("dejpeg", {"device": "cpu", "iterations": 100}, 64, 64)
+    fixed = ops.estimate_seconds("dejpeg", {"device": "cpu", "method": "dip", "iterations": 100}, 64, 64)
     assert 0 < small < large < paper
     assert 0 < fixed < small
     assert ops.estimate_seconds("inpaint", {"device": "cpu", "method": "dip"}, 128, 128) > small
@@ -112,7 +112,7 @@ def test_dejpeg_cli(tmp_path, shared_data) -> None:
     Image.fromarray(clean).save(buffer, "JPEG", quality=10)
     (tmp_path / "in.jpg").write_bytes(buffer.getvalue())
     result = subprocess.run([sys.executable, "-m", "engine", "dejpeg", str(tmp_path / "in.jpg"), "-o",
-                             str(tmp_path / "out.png"), "--iterations", "20", "--preset", "fast"],
+                             str(tmp_path / "out.png"), "--method", "dip", "--iterations", "20", "--preset", "fast"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     out = read_image(tmp_path / "out.png").pixels

@@ -158,6 +158,10 @@ def test_budget_counts_one_tile_and_refuses_only_what_no_tile_fits(monkeypatch: 
     # Upscale with DIP fits the enlarged image (scale² per input pixel); with rdn: not measured.
     monkeypatch.setenv(budget.BUDGET_ENV, str(24 * 1024))
     assert budget.working_bytes("upscale", {"method": "rdn", "scale": 4}, 2000, 2000) is None
+    # The other trained nets likewise (their runner tiles from a budget); their DIP method is counted.
+    for op in ("denoise", "inpaint", "dejpeg"):
+        assert budget.working_bytes(op, {"method": "net"}, 8000, 8000) is None
+        assert budget.working_bytes(op, {"method": "dip", "preset": "auto"}, 8000, 8000) > 4 << 30
     upscale = budget.working_bytes("upscale", {"method": "dip", "scale": 4, "preset": "auto"}, 2000, 2000)
     assert upscale > budget.working_bytes("denoise", {"preset": "auto"}, 2000, 2000)
     monkeypatch.setenv(budget.BUDGET_ENV, "2000")

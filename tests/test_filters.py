@@ -464,9 +464,12 @@ def test_estimate_asks_the_real_engine_and_never_raises(tmp_path, monkeypatch):
 
 
 def test_preset_is_appended_for_positional_callers_and_shown_first_in_the_dialog():
+    # Remove JPEG Artifacts: DIP only until the trained net came, whose method and passes
+    # follow the DIP settings; the dialog shows the method and the network's settings first.
     spec = _spec("remove-jpeg-artifacts")
-    assert [p.name for p in spec.params] == ["iterations", "seed", "device", "preset"]
-    assert filters.dialog_order(spec) == ["preset", "iterations", "seed", "device"]
+    assert [p.name for p in spec.params] == ["iterations", "seed", "device", "preset", "method", "passes"]
+    assert filters.dialog_order(spec) == ["method", "device", "passes", "preset", "iterations", "seed"]
+    assert spec.param("method").default == "net"
     # Denoise: method, the network's passes and then its strength came after the DIP settings
     # (positional callers); the dialog shows the method, the network's settings, then DIP's.
     assert [p.name for p in _spec("denoise").params] == ["iterations", "seed", "device", "preset", "method",

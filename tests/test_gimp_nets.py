@@ -1,4 +1,5 @@
-"""Upscale and Sharpen in a real headless GIMP 3, through the PDB as a script calls them.
+"""The trained-net filters (Upscale, Sharpen, Denoise, Inpaint Selection, Remove JPEG Artifacts)
+in a real headless GIMP 3, through the PDB as a script calls them.
 
 The installed engine (install.py, see tests/test_gimp_plugin.py) runs tiny known-output nets
 (tests/tiny_nets.py: the RDNs are exactly bilinear, the sharpen U-Net is the identity) given
@@ -243,6 +244,42 @@ def test_denoise_runs_the_installed_net_by_default(nets_gimp: Gimp3Chroot) -> No
     removed = {name: np.sqrt(np.mean((result.astype(np.float64) - noisy) ** 2)) for name, result in
                (("default", out), ("weak", weak))}
     assert removed["weak"] < 0.8 * removed["default"]
+
+
+def test_remove_jpeg_artifacts_runs_the_installed_net_by_default(nets_gimp: Gimp3Chroot) -> None:
+    """Remove JPEG Artifacts with its default settings (method: the trained network) on a photo
+    crop saved as JPEG q 10 and opened: a "JPEG artifacts removed" layer above the source,
+    closer to the original than the JPEG, the source untouched."""
+    import io
+
+    from PIL import Image
+
+    photo = Image.open(Path(__file__).resolve().parents[2] / "shared/data/dip/denoising/F16_GT.png").convert("RGB")
+    left, top = photo.width // 2 - SIZE // 2, photo.height // 2 - SIZE // 2
+    clean = photo.crop((left, top, left + SIZE, top + SIZE))
+    buffer = io.BytesIO()
+    clean.save(buffer, "JPEG", quality=10)
+    blocky = np.asarray(Image.open(buffer).convert("RGB"), np.uint8)
+    nets_gimp.to_host(f"{EXCHANGE}/blocky.raw").write_bytes(blocky.tobytes())
+    facts = run_in_gimp(nets_gimp, """
+        image, layer = make_image("blocky.raw", "R'G'B' u8", Gimp.ImageType.RGB_IMAGE, (64, 64), (0, 0))
+        facts["status"], _ = run_for_values("plug-in-neural-restore-remove-jpeg-artifacts", image, layer,
+                                            device="cpu")
+        facts["names"] = [l.get_name() for l in image.get_layers()]
+        dump_layer(image.get_layers()[0], "dejpeg.raw", "R'G'B' u8")
+        dump_layer(layer, "blocky-after.raw", "R'G'B' u8")
+        image.delete()
+    """, models=None)
+    assert facts["status"] == "success", facts
+    assert facts["names"] == ["JPEG artifacts removed", "Source"]
+    assert nets_gimp.to_host(f"{EXCHANGE}/blocky-after.raw").read_bytes() == blocky.tobytes()
+    out = np.frombuffer(nets_gimp.to_host(f"{EXCHANGE}/dejpeg.raw").read_bytes(), np.uint8).reshape(SIZE, SIZE, 3)
+    truth = np.asarray(clean, np.float64)
+
+    def psnr(a: np.ndarray) -> float:
+        return 10 * np.log10(255.0 ** 2 / np.mean((a.astype(np.float64) - truth) ** 2))
+
+    assert psnr(out) > psnr(blocky) + 1.0
 
 
 def test_inpaint_selection_runs_the_installed_net_by_default(nets_gimp: Gimp3Chroot) -> None:

@@ -359,6 +359,25 @@ def test_denoise_degradation_is_blind_deterministic_and_validation_fixed() -> No
     np.testing.assert_array_equal(v, degrade.validation_noise(grey, np.random.default_rng(1)))
 
 
+def test_dejpeg_degradation_blocks_on_a_shifted_grid_and_validation_is_fixed() -> None:
+    img = _test_image(64, 48)
+    levels = []
+    for seed in range(24):
+        a = degrade.dejpeg_degradation(img, np.random.default_rng(seed))
+        np.testing.assert_array_equal(a, degrade.dejpeg_degradation(img, np.random.default_rng(seed)))
+        assert a.shape == img.shape and a.dtype == np.float32 and 0 <= a.min() and a.max() <= 1
+        levels.append(psnr(a, img))
+    assert max(levels) - min(levels) > 3.0  # blind: low and high qualities
+    # The grid moves with the offset: a shifted save is the save of the shifted image, not a crop of it.
+    ramp = np.repeat(np.repeat(_test_image(8, 8), 8, axis=0), 8, axis=1)  # 64², steps on the 8-px grid
+    aligned = degrade.jpeg_at(ramp, 30)
+    shifted = degrade.jpeg_at(ramp, 30, offset=(4, 4))
+    assert shifted.shape == ramp.shape and psnr(shifted, ramp) < psnr(aligned, ramp) - 1.0
+    # Validation: JPEG q 20 at the crop's corner, the same every time.
+    v = degrade.validation_jpeg(img)
+    np.testing.assert_array_equal(v, degrade.jpeg(img, degrade.VALIDATION_JPEG_QUALITY))
+
+
 def test_validation_split_is_by_name_and_disjoint(tmp_path: Path) -> None:
     files = [tmp_path / f"img{i:03d}.png" for i in range(200)]
     train, val = split_files(files, 0.1)
@@ -576,6 +595,30 @@ def test_training_a_denoise_unet_records_its_task(tmp_path: Path, tiny_images: P
     assert exported["task"] == exported["runtime"]["task"] == "denoise"
 
 
+def test_training_a_dejpeg_unet_from_a_denoise_one(tmp_path: Path, tiny_images: Path) -> None:
+    """The JPEG-artefact net: its own task in checkpoint and card, its degradation described,
+    validation on JPEG q 20, started from a blind denoise net's weights, exported as dejpeg."""
+    from onnx_export import export, train
+
+    net = ["--model", "unet", "--data", str(tiny_images), "--batch", "2", "--patch", "16", "--base", "4",
+           "--depth", "2", "--max-channels", "8", "--threads", "1", "--val-every", "2"]
+    assert train.main([*net, "--task", "denoise", "--out", str(tmp_path / "denoise.pt"), "--steps", "1"]) == 0
+    ckpt = tmp_path / "dejpeg.pt"
+    assert train.main([*net, "--task", "dejpeg", "--out", str(ckpt), "--steps", "2", "--lr", "0",
+                       "--init-from", str(tmp_path / "denoise.pt")]) == 0
+    card = json.loads(ckpt.with_suffix(".json").read_text())
+    assert card["task"] == "dejpeg" and torch.load(ckpt, weights_only=True)["task"] == "dejpeg"
+    assert "JPEG q 8–95" in card["training"]["degradation"] and "validation: JPEG q 20" in card["training"]["degradation"]
+    start = torch.load(tmp_path / "denoise.pt", weights_only=True)["model"]
+    for key, value in torch.load(ckpt, weights_only=True)["model"].items():  # lr 0: still the denoise net
+        torch.testing.assert_close(value, start[key])
+    onnx_path = tmp_path / "dejpeg.onnx"
+    assert export.main([str(ckpt), "-o", str(onnx_path)]) == 0
+    exported = json.loads(onnx_path.with_suffix(".json").read_text())
+    assert exported["task"] == exported["runtime"]["task"] == "dejpeg"
+    assert runner.load_model(onnx_path, "cpu").input_channels == 3
+
+
 def test_a_denoise_unet_that_reads_the_noise_level_grows_from_a_blind_one_and_exports(
         tmp_path: Path, tiny_images: Path) -> None:
     """--in-channels 4: the input carries the level the engine measures (what the blind probe
@@ -702,7 +745,7 @@ def test_patch_data_shapes(tiny_images: Path) -> None:
 SHIPPED = REPO / "engine" / "models"
 
 
-@pytest.mark.parametrize("name", ["rdn_x2", "rdn_x4", "sharpen", "noise_probe", "denoise", "inpaint"])
+@pytest.mark.parametrize("name", ["rdn_x2", "rdn_x4", "sharpen", "noise_probe", "denoise", "inpaint", "dejpeg"])
 def test_weight_checkpoints_are_the_shipped_nets(name: str) -> None:
     """onnx_export/checkpoints/NAME.pt (what --init-from starts a longer run from) holds the
     weights of the shipped NAME.onnx, not an older or newer net."""

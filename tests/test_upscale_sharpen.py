@@ -76,13 +76,53 @@ def test_upscale_op_runs_the_net_and_resamples_alpha(scale: int, channels: int) 
 
 
 @pytest.mark.parametrize("op, params, title", [("sharpen", {}, "Sharpened"), ("denoise", {}, "Denoised"),
-                                               ("denoise", {"method": "net", "passes": 2}, "Denoised")])
+                                               ("denoise", {"method": "net", "passes": 2}, "Denoised"),
+                                               ("dejpeg", {}, "JPEG artifacts removed"),
+                                               ("dejpeg", {"passes": 8}, "JPEG artifacts removed")])
 def test_sharpen_and_denoise_net_ops_keep_size_and_alpha(op: str, params: dict, title: str) -> None:
     image = _image(30, 21, 4, seed=1)
     (layer,) = ops.run_op(op, image, None, params)
     assert layer.title == title
     assert layer.pixels.shape == image.shape
     np.testing.assert_allclose(layer.pixels, image, atol=2e-5)  # the tiny net is the identity
+
+
+def test_dejpeg_runs_the_net_by_default_and_dip_on_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.dip import tasks
+
+    calls = []
+    monkeypatch.setattr(tasks, "dejpeg", lambda image, **kwargs: calls.append(kwargs) or image)
+    image = _image(24, 24, 1, seed=2)  # grey: the net reads it as RGB, the layer stays grey
+    (layer,) = ops.run_op("dejpeg", image, None, {"device": "cpu"})
+    assert calls == [] and layer.pixels.shape == (24, 24, 1)
+    np.testing.assert_allclose(layer.pixels, image, atol=2e-5)
+    (layer,) = ops.run_op("dejpeg", image, None, {"device": "cpu", "method": "dip", "iterations": 7, "seed": 3})
+    assert [(c["iterations"], c["seed"]) for c in calls] == [(7, 3)]
+    assert layer.title == "JPEG artifacts removed"
+
+
+def test_shipped_dejpeg_net_removes_blocking(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a photo it was not trained on (F16's centre) saved as JPEG q 10 and q 30, the op with
+    the shipped net comes clearly closer to the original than the JPEG, and leaves an
+    uncompressed photo nearly as it was."""
+    import io
+
+    from PIL import Image
+
+    from onnx_export.data import psnr
+
+    monkeypatch.delenv("NEURAL_RESTORE_MODELS")
+    photo = Image.open(REPO.parent / "shared" / "data" / "dip" / "denoising" / "F16_GT.png").convert("RGB")
+    left, top = photo.width // 2 - 48, photo.height // 2 - 48
+    truth = np.asarray(photo.crop((left, top, left + 96, top + 96)), dtype=np.float32) / 255.0
+    for quality, margin in ((10, 1.0), (30, 0.5)):
+        buffer = io.BytesIO()
+        Image.fromarray((truth * 255 + 0.5).astype(np.uint8)).save(buffer, "JPEG", quality=quality)
+        jpeg = np.asarray(Image.open(buffer), dtype=np.float32) / 255.0
+        (layer,) = ops.run_op("dejpeg", jpeg, None, {"device": "cpu", "passes": 1})
+        assert psnr(layer.pixels, truth) > psnr(jpeg, truth) + margin, quality
+    (layer,) = ops.run_op("dejpeg", truth, None, {"device": "cpu", "passes": 1})
+    assert psnr(layer.pixels, truth) > 38.0
 
 
 def _blurred_photo(size: int = 40) -> np.ndarray:
@@ -669,9 +709,12 @@ def test_net_ops_estimate_time_from_measured_rates_without_torch() -> None:
         "alone = _net_seconds('denoise', 'cpu', 1000, 1000, 1)\n"
         "with_probe = estimate_seconds('denoise', {'device': 'cpu', 'passes': 1}, 1000, 1000)\n"
         "assert alone < with_probe < 2 * alone, (alone, with_probe)\n"
+        "dejpeg = estimate_seconds('dejpeg', {'device': 'cpu'}, 1000, 1000)\n"
+        "assert 0 < dejpeg < big, (dejpeg, big)\n"
         "import numpy as np\n"  # the denoise op itself: the probe, the level, the net
         "from engine.ops import run_op\n"
         "run_op('denoise', np.random.default_rng(0).random((40, 40, 3), dtype=np.float32), None, {'strength': 150})\n"
+        "run_op('dejpeg', np.random.default_rng(0).random((40, 40, 3), dtype=np.float32), None, {})\n"
         "assert 'torch' not in sys.modules\n"
         "assert 'torch' not in sys.modules\n"
         "dip = estimate_seconds('upscale', {'scale': 2, 'device': 'cpu', 'method': 'dip'}, 64, 64)\n"

@@ -2,9 +2,9 @@
 
 ``rdn_x2`` / ``rdn_x4``: RDNs whose detail head is zero, so they return exactly the bilinear
 enlargement of their input (the input skip): a test can check geometry, tiling, alpha and
-dtypes against ``bilinear(image, scale)``. ``sharpen`` and ``noise_probe`` (the blind denoise
-net the engine measures noise levels with): U-Nets with their (default) zero head, i.e. the
-identity (so the measured level is 0). ``denoise``: the same with the noise level as a fourth input channel (as
+dtypes against ``bilinear(image, scale)``. ``sharpen``, ``dejpeg`` and ``noise_probe`` (the
+blind denoise net the engine measures noise levels with): U-Nets with their (default) zero
+head, i.e. the identity (so the measured level is 0). ``denoise``: the same with the noise level as a fourth input channel (as
 shipped), still the identity. ``inpaint``: the same with the hole as the fourth channel, so
 it returns its input's pre-filled RGB: the hole comes back as ``engine.fill``'s
 smooth fill. The trained nets' quality is measured by benchmarks/nets_bench.py. Needs torch + onnx (the export tools).
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-MODEL_NAMES = ("rdn_x2", "rdn_x4", "sharpen", "noise_probe", "denoise", "inpaint")
+MODEL_NAMES = ("rdn_x2", "rdn_x4", "sharpen", "noise_probe", "denoise", "inpaint", "dejpeg")
 
 
 def export_tiny_nets(folder: Path) -> Path:
@@ -31,7 +31,7 @@ def export_tiny_nets(folder: Path) -> Path:
         torch.nn.init.zeros_(net.sr.weight)
         torch.nn.init.zeros_(net.sr.bias)
         export_with_card(net.eval(), "rdn", folder / f"rdn_x{scale}.onnx")
-    for name, task in (("sharpen", "sharpen"), ("noise_probe", "denoise")):
+    for name, task in (("sharpen", "sharpen"), ("noise_probe", "denoise"), ("dejpeg", "dejpeg")):
         export_with_card(UNet(UNetConfig(base=4, depth=2, max_channels=8)).eval(), "unet", folder / f"{name}.onnx",
                          card={"task": task})
     for task in ("denoise", "inpaint"):  # denoise: + the noise level; inpaint: + the hole

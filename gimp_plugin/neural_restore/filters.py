@@ -233,6 +233,7 @@ STRENGTH_PARAM = FilterParam("strength", "int", 100, "Strength (%)",
                              10, 400)
 DENOISE_PARAMS = _net_or_dip_params("") + (STRENGTH_PARAM,)
 INPAINT_PARAMS = _net_or_dip_params(": better on repeating patterns such as stripes")
+DEJPEG_PARAMS = _net_or_dip_params("")
 # Context read around a selection's bounds: more than the nets' tile overlap (16 px), so
 # the processed area's edges look like its inside.
 NET_CONTEXT = 32
@@ -253,7 +254,7 @@ DECOMPOSE_MODE_PARAM = FilterParam(
 DIALOG_FIRST = ("mode", "preset", "amount")
 
 
-# Filters with a method (Upscale, Denoise, Inpaint): what they make, the method, the network's
+# Filters with a method (Upscale, Denoise, Inpaint, Remove JPEG Artifacts): what they make, the method, the network's
 # settings, then those of method dip.
 METHOD_DIALOG_FIRST = ("scale", "method", "strength", "device", "passes", "preset")
 
@@ -280,10 +281,10 @@ FILTERS = (
                "or a Deep Image Prior (minutes); the result is a new layer above the source.",
                "Inpaint", INPAINT_PARAMS, needs_selection=True),
     FilterSpec("remove-jpeg-artifacts", "dejpeg", "Remove _JPEG Artifacts...",
-               "Remove JPEG blocking and ringing with a Deep Image Prior (the quality setting "
-               "need not be known); the result is a new layer above the source, masked to the "
-               "selection if there is one.",
-               "JPEG artifacts removed", DIP_PARAMS, selection_bounds=True, context=DIP_CONTEXT,
+               "Remove JPEG blocking and ringing with a trained network (seconds) or a Deep Image "
+               "Prior (minutes); the quality setting need not be known. The result is a new layer "
+               "above the source, masked to the selection if there is one.",
+               "JPEG artifacts removed", DEJPEG_PARAMS, selection_bounds=True, context=DIP_CONTEXT,
                mask_result=True),
     FilterSpec("upscale", "upscale", "_Upscale...",
                "Enlarge the layer (or the selection's bounds) 2x or 4x with a trained network; "

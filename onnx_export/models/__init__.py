@@ -14,9 +14,9 @@ from .unet import PatchDiscriminator, UNet, UNetConfig
 
 KINDS = ("rdn", "unet")
 TASKS = {"rdn": "upscale", "unet": "sharpen"}  # each kind's default task
-# What each kind can be trained for (the U-Net: blind sharpening, blind denoising, or
-# inpainting, which gives it a fourth input channel: the hole).
-KIND_TASKS = {"rdn": ("upscale",), "unet": ("sharpen", "denoise", "inpaint")}
+# What each kind can be trained for (the U-Net: blind sharpening, blind denoising, blind
+# JPEG-artefact removal, or inpainting, which gives it a fourth input channel: the hole).
+KIND_TASKS = {"rdn": ("upscale",), "unet": ("sharpen", "denoise", "inpaint", "dejpeg")}
 TASK_IN_CHANNELS = {"inpaint": 4}  # the others read RGB (denoise optionally 4: + the noise level)
 
 
