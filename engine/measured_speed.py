@@ -6,7 +6,9 @@ So after every CPU run of a net over at least ``MIN_MEGAPIXELS`` the engine reco
 it saw, on the same scale as those constants: seconds per megapixel and pass, times the
 thread factor the estimate divides by. Records are kept per model *file* (its name and the
 SHA-256 in its card), so another net under the same name starts afresh, in ``net-speeds.json``
-in the engine's state folder (beside its log). An estimate uses the mean of the last
+in the engine's state folder (beside its log). Deep Image Prior keeps its own kind of record
+there (``dip:<net>``: how much slower or faster than its table a CPU fit ran, see
+``engine.dip.presets``). An estimate uses the mean of the last
 ``KEEP`` runs when there are any (one run on a busy machine then weighs a third). A record
 that cannot be read or written is ignored: an estimate is a hint, never a reason to fail.
 """
@@ -53,9 +55,16 @@ def record(key: str, seconds: float, megapixels: float, passes: int, threads: in
     """Add one CPU run of ``key`` (skipped when too small to say anything)."""
     if megapixels < MIN_MEGAPIXELS or seconds <= 0 or passes < 1:
         return
-    rate = seconds / (megapixels * passes) * thread_factor(threads)
+    record_value(key, seconds / (megapixels * passes) * thread_factor(threads))
+
+
+def record_value(key: str, value: float) -> None:
+    """Keep ``value`` as the latest of ``key``'s last ``KEEP`` measurements (DIP records the
+    ratio of its measured to its tabled time per iteration: ``dip.presets``)."""
+    if not value > 0:
+        return
     data = _read()
-    data[key] = (data.get(key, []) + [round(rate, 4)])[-KEEP:]
+    data[key] = (data.get(key, []) + [round(value, 4)])[-KEEP:]
     path = records_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

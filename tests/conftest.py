@@ -26,6 +26,15 @@ def shared_data() -> Path:
 pytest_plugins = ["tests.gimp_harness.fixtures"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def engine_state_of_this_test_run(tmp_path_factory) -> None:
+    """The engine's log and its measured speeds (engine.measured_speed) go to a folder of this
+    test run: the user's time estimates are not taught by tiny test images, and a record left
+    by an earlier run cannot change this run's estimates. (GIMP runs get a clean environment.)"""
+    if "NEURAL_RESTORE_LOG_DIR" not in os.environ:
+        os.environ["NEURAL_RESTORE_LOG_DIR"] = str(tmp_path_factory.mktemp("engine-state"))
+
+
 @pytest.fixture(scope="session")
 def engine_python(tmp_path_factory) -> str:
     """An 'engine python' for the plug-in's client that runs THIS checkout's engine.

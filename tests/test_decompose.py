@@ -395,9 +395,12 @@ def test_cli_writes_one_png_per_layer_and_a_manifest(tmp_path) -> None:
     assert result.returncode == 2 and "needs a hint" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_decompose_has_a_cpu_time_estimate_per_mode() -> None:
+def test_decompose_has_a_cpu_time_estimate_per_mode(tmp_path, monkeypatch) -> None:
     # The dialog's label: measured per mode, growing with the layer; none where not measured.
+    from engine import measured_speed
     from engine.ops import estimate_seconds
+
+    monkeypatch.setenv("NEURAL_RESTORE_LOG_DIR", str(tmp_path))  # no speeds recorded yet
 
     def estimate(mode: str, side: int, iterations: int = 0, preset: str = "fast") -> float | None:
         params = {"mode": mode, "device": "cpu", "preset": preset, "iterations": iterations}
@@ -407,6 +410,24 @@ def test_decompose_has_a_cpu_time_estimate_per_mode() -> None:
     # Per iteration, three nets (transparency) cost more than two (dehaze).
     assert estimate("transparency", 128, iterations=100) > estimate("dehaze", 128, iterations=100)
     assert estimate("dehaze", 256, preset="paper") is None
+    # Once runs on this machine were recorded at twice the tabled time, the loop's part of
+    # that mode's estimate doubles (a mode without records keeps the table's).
+    from engine.dip import doubledip
+
+    outside = doubledip.CPU_SECONDS_OUTSIDE_LOOP_PER_MEGAPIXEL * 256 * 256 / 1e6
+    dehaze, transparency = estimate("dehaze", 256, iterations=1000), estimate("transparency", 256, iterations=1000)
+    measured_speed.record_value("dip:decompose_dehaze", 2.0)
+    assert estimate("dehaze", 256, iterations=1000) - outside == pytest.approx(2 * (dehaze - outside), rel=0.01)
+    assert estimate("transparency", 256, iterations=1000) == transparency
+    # A CPU run with the light nets records its own speed (here even a short one).
+    from engine.dip import presets
+
+    monkeypatch.setattr(presets, "MIN_RECORDED_SECONDS", 0.0)
+    monkeypatch.setattr(presets, "MIN_RECORDED_ITERATIONS", 1)
+    hazy = np.full((32, 32, 3), 0.6, np.float32)
+    hazy[8:24, 8:24] = (0.3, 0.4, 0.5)
+    doubledip.decompose(hazy, "transparency", iterations=3, device="cpu", preset="fast")
+    assert measured_speed.recorded("dip:decompose_transparency") > 0
 
 
 def _two_synthetic_layers(size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:

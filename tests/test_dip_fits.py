@@ -293,6 +293,44 @@ def test_quality_on_a_cpu_is_fast_with_four_fits(monkeypatch: pytest.MonkeyPatch
     assert presets.estimate_seconds("denoise", "fast", "cpu", None, 256, 256, fits=3) == pytest.approx(2 * one_thread, rel=0.01)
 
 
+def test_dip_estimates_follow_the_speed_of_this_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A finished CPU fit records how its time per iteration compared with the table; CPU
+    estimates then scale by the mean of the last records; iteration budgets never do."""
+    import json
+
+    from engine import measured_speed
+    from engine.dip import nets
+
+    monkeypatch.setenv("NEURAL_RESTORE_LOG_DIR", str(tmp_path))
+    before = presets.estimate_seconds("denoise", "fast", "cpu", 1000, 1024, 1024, fits=1)
+    budget = presets.task_preset("fast", "denoise", torch.device("cpu"), 256 * 256).iterations(256 * 256, torch.device("cpu"))
+    stats = FitStats()
+    tasks.denoise(_smooth_image(32, 32), iterations=12, preset="fast", fits=1, device="cpu", stats=stats)
+    assert not (tmp_path / measured_speed.FILE_NAME).exists()  # too short to say anything
+    monkeypatch.setattr(presets, "MIN_RECORDED_SECONDS", 0.0)
+    monkeypatch.setattr(presets, "MIN_RECORDED_ITERATIONS", 10)
+    seen = []
+    record = presets.record_cpu_fit
+    monkeypatch.setattr(presets, "record_cpu_fit", lambda *args: seen.append(args) or record(*args))
+    tasks.denoise(_smooth_image(32, 32), iterations=12, preset="fast", fits=1, device="cpu", stats=stats)
+    ((net, pixels, seconds, iterations, threads),) = seen
+    # the fit's own time (the op's, in stats, also counts what surrounds the fit) on its padded input
+    assert net == nets.LIGHT_DENOISE and pixels >= 32 * 32 and iterations == 12 and 0 < seconds <= stats.seconds
+    (ratio,) = json.loads((tmp_path / measured_speed.FILE_NAME).read_text())["dip:light_denoise"]
+    tabled = presets.milliseconds_per_iteration(net, pixels, torch.device("cpu"), threads, measured=False)
+    assert ratio == pytest.approx(seconds * 1000 / iterations / tabled, rel=1e-3)
+    after = presets.estimate_seconds("denoise", "fast", "cpu", 1000, 1024, 1024, fits=1)
+    assert after == pytest.approx(before * ratio, rel=0.01)
+    # The mean of the last records; another net keeps its own; budgets stay as they were.
+    for value in (2.0, 3.0, 4.0):
+        measured_speed.record_value("dip:light_denoise", value)
+    assert presets.machine_speed_factor(nets.LIGHT_DENOISE) == pytest.approx(3.0)
+    assert presets.machine_speed_factor(nets.LIGHT_INPAINT) == 1.0
+    assert presets.estimate_seconds("denoise", "fast", "cpu", 1000, 1024, 1024, fits=1) == pytest.approx(3 * before, rel=0.01)
+    assert presets.task_preset("fast", "denoise", torch.device("cpu"), 256 * 256).iterations(
+        256 * 256, torch.device("cpu")) == budget
+
+
 def test_bad_fits_are_refused() -> None:
     image = np.zeros((32, 32, 3), np.float32)
     for fits in (-1, 17, 2.5, True, "2"):

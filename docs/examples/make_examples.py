@@ -1,9 +1,9 @@
 """Make the README's before/after pictures with our own CLI, and record the exact commands.
 
-    python docs/examples/make_examples.py [denoise] [denoise_net] [inpaint] [inpaint_net] [upscale] [sharpen]
+    python docs/examples/make_examples.py [denoise] [denoise_net] [inpaint] [inpaint_net] [upscale] [sharpen] [dejpeg]
     # needs ../shared/data (the DIP paper's images) and the dev environment (onnx_export)
 
-Writes the inputs, runs ``python -m engine denoise/inpaint/upscale/sharpen`` on them exactly
+Writes the inputs, runs ``python -m engine denoise/inpaint/upscale/sharpen/dejpeg`` on them exactly
 as a user would (automatic settings), then writes side-by-side pictures and
 docs/examples/results.json (commands, PSNR, seconds).
 """
@@ -61,12 +61,13 @@ def side_by_side(paths: list[Path], out: Path) -> None:
 
 
 def main() -> None:
-    wanted = set(sys.argv[1:]) or {"denoise", "denoise_net", "inpaint", "inpaint_net", "upscale", "sharpen"}
+    wanted = set(sys.argv[1:]) or {"denoise", "denoise_net", "inpaint", "inpaint_net", "upscale", "sharpen", "dejpeg"}
     results_path = HERE / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     rel = lambda p: str(p.relative_to(REPO))  # noqa: E731
     makers = {"denoise": make_denoise, "denoise_net": make_denoise_net, "inpaint": make_inpaint,
-              "inpaint_net": make_inpaint_net, "upscale": make_upscale, "sharpen": make_sharpen}
+              "inpaint_net": make_inpaint_net, "upscale": make_upscale, "sharpen": make_sharpen,
+              "dejpeg": make_dejpeg}
     for name, make in makers.items():
         if name in wanted:
             results[name] = {**make(rel), **provenance(name)}
@@ -185,6 +186,28 @@ def make_sharpen(rel) -> dict:
     return {"command": command, "seconds": seconds,
             "image": "library.png (DIP paper) crop [100:292, 280:472], Gaussian blur sigma 1.6",
             "psnr_blurred": round(psnr(blurred8, truth), 2), "psnr_sharpened": round(psnr(sharpened, truth), 2)}
+
+
+def make_dejpeg(rel) -> dict:
+    # Remove JPEG Artifacts: a 192×192 crop of the DIP paper's kate (face and hair; never
+    # trained on) saved by Pillow at quality 10, then the default (the trained net) and DIP.
+    truth = Image.open(DATA / "restoration" / "kate.png").convert("RGB").crop((160, 60, 352, 252))
+    truth.save(HERE / "kate-face-original.png")
+    truth.save(HERE / "kate-face-q10.jpg", quality=10)
+    original = np.asarray(truth)
+    blocky = np.asarray(Image.open(HERE / "kate-face-q10.jpg").convert("RGB"))
+    Image.fromarray(blocky).save(HERE / "kate-face-q10.png")  # for the side-by-side picture
+    command, seconds = run("dejpeg", rel(HERE / "kate-face-q10.jpg"), "-o", rel(HERE / "kate-face-dejpeg-net.png"))
+    net = np.asarray(Image.open(HERE / "kate-face-dejpeg-net.png").convert("RGB"))
+    dip_command, dip_seconds = run("dejpeg", rel(HERE / "kate-face-q10.jpg"), "-o",
+                                   rel(HERE / "kate-face-dejpeg-dip.png"), "--method", "dip", "--seed", "0")
+    dip = np.asarray(Image.open(HERE / "kate-face-dejpeg-dip.png").convert("RGB"))
+    side_by_side([HERE / "kate-face-q10.png", HERE / "kate-face-dejpeg-net.png", HERE / "kate-face-dejpeg-dip.png",
+                  HERE / "kate-face-original.png"], HERE / "dejpeg-before-after.png")
+    return {"command": command, "seconds": seconds, "dip_command": dip_command, "dip_seconds": dip_seconds,
+            "image": "kate.png (DIP paper, restoration) crop [60:252, 160:352], Pillow JPEG quality 10",
+            "psnr_jpeg": round(psnr(blocky, original), 2), "psnr_net": round(psnr(net, original), 2),
+            "psnr_dip": round(psnr(dip, original), 2)}
 
 
 if __name__ == "__main__":

@@ -669,6 +669,23 @@ CPU_SECONDS_PER_ITERATION_MEGAPIXEL = {
 CPU_SECONDS_OUTSIDE_LOOP_PER_MEGAPIXEL = 12.0
 
 
+def _speed_key(mode: str) -> str:
+    return f"dip:decompose_{mode}"
+
+
+def _record_cpu_run(mode: str, pixels: int, stats: FitStats) -> None:
+    """Keep how this machine's light-net run compared with `CPU_SECONDS_PER_ITERATION_MEGAPIXEL`
+    (engine.measured_speed; the estimate follows it, the iteration budget never does)."""
+    from .presets import MIN_RECORDED_ITERATIONS, MIN_RECORDED_SECONDS, cpu_thread_factor
+
+    if stats.seconds < MIN_RECORDED_SECONDS or stats.iterations_run < MIN_RECORDED_ITERATIONS:
+        return
+    from ..measured_speed import record_value
+
+    tabled = CPU_SECONDS_PER_ITERATION_MEGAPIXEL[mode] * pixels / 1e6 * cpu_thread_factor()
+    record_value(_speed_key(mode), stats.seconds / stats.iterations_run / tabled)
+
+
 def estimate_seconds(mode: str, preset: str, device: str, iterations: int | None,
                      height: int, width: int) -> float | None:
     """Expected seconds of `decompose` on a height×width image, or None where not measured
@@ -685,7 +702,10 @@ def estimate_seconds(mode: str, preset: str, device: str, iterations: int | None
     rule = max(nets, key=lambda net: (net.size_multiple, net.min_side))
     pixels = rule.padded_side(height) * rule.padded_side(width)
     count = iterations or expected_iterations(mode, torch_device, pixels)
-    per_iteration = CPU_SECONDS_PER_ITERATION_MEGAPIXEL[mode] * pixels / 1e6 * cpu_thread_factor()
+    from ..measured_speed import recorded
+
+    per_iteration = (CPU_SECONDS_PER_ITERATION_MEGAPIXEL[mode] * pixels / 1e6 * cpu_thread_factor()
+                     * (recorded(_speed_key(mode)) or 1.0))  # as fast as this machine ran it before
     outside = CPU_SECONDS_OUTSIDE_LOOP_PER_MEGAPIXEL * pixels / 1e6
     return round(per_iteration * count + outside, 1)
 
@@ -913,6 +933,8 @@ def decompose(
     except torch.cuda.OutOfMemoryError:
         raise BadInput(f"Double-DIP {mode}: a {size[1]}×{size[0]} px image does not fit in GPU "
                        "memory; use a smaller image or device 'cpu'") from None
+    if torch_device.type == "cpu" and (layer_net, mask_net) == (LIGHT_DENOISE, LIGHT_MASK):
+        _record_cpu_run(mode, pixels, stats)
     return assemble(outputs, stats.iterations_run)
 
 

@@ -358,14 +358,54 @@ def cpu_thread_factor(threads: int | None = None) -> float:
     return (MEASURED_CPU_THREADS / max(1, threads or cpu_threads_for_fit())) ** 0.6
 
 
+# The tables were measured on one CPU; a run on another records how its fits compared (the
+# mean of the last few, engine.measured_speed), and estimates on the CPU follow that machine.
+# Only estimates: iteration budgets never depend on it, so the same seed gives the same result.
+_SPEED_RECORD_NAMES = {LIGHT_DENOISE: "light_denoise", LIGHT_INPAINT: "light_inpaint",
+                       PAPER_DENOISE: "paper_denoise", PAPER_INPAINT: "paper_inpaint"}
+# A fit shorter than this says more about start-up than about the machine.
+MIN_RECORDED_SECONDS = 5.0
+MIN_RECORDED_ITERATIONS = 50
+
+
+def _speed_key(net: NetConfig) -> str | None:
+    name = _SPEED_RECORD_NAMES.get(net)
+    return None if name is None else f"dip:{name}"
+
+
+def machine_speed_factor(net: NetConfig) -> float:
+    """Measured ÷ tabled CPU time per iteration of ``net`` on this machine (1 when none)."""
+    from ..measured_speed import recorded
+
+    key = _speed_key(net)
+    return (recorded(key) or 1.0) if key is not None else 1.0
+
+
+def record_cpu_fit(net: NetConfig, pixels: int, seconds: float, iterations: int, threads: int) -> None:
+    """Keep how a finished CPU fit of ``net`` on a ``pixels`` net input with ``threads``
+    compared with the table (skipped when too short to tell)."""
+    key = _speed_key(net)
+    if key is None or seconds < MIN_RECORDED_SECONDS or iterations < MIN_RECORDED_ITERATIONS:
+        return
+    tabled = milliseconds_per_iteration(net, pixels, torch.device("cpu"), threads, measured=False)
+    if tabled:
+        from ..measured_speed import record_value
+
+        record_value(key, seconds * 1000.0 / iterations / tabled)
+
+
 def milliseconds_per_iteration(net: NetConfig, pixels: int, device: torch.device,
-                               threads: int | None = None) -> float | None:
+                               threads: int | None = None, measured: bool = True) -> float | None:
+    """Expected ms per iteration; on the CPU scaled by this machine's recorded speed unless
+    ``measured`` is False (the table alone)."""
     table = CUDA_MS_PER_ITERATION if device.type == "cuda" else CPU_MS_PER_ITERATION
     if net not in table:
         return None
     fixed, per_megapixel = table[net]
     milliseconds = fixed + per_megapixel * pixels / 1e6
-    return milliseconds * (cpu_thread_factor(threads) if device.type != "cuda" else 1.0)
+    if device.type == "cuda":
+        return milliseconds
+    return milliseconds * cpu_thread_factor(threads) * (machine_speed_factor(net) if measured else 1.0)
 
 
 def estimate_seconds(task: Task, preset: str, device: str, iterations: int | None,

@@ -282,8 +282,10 @@ def _fit_task(
         iterations = settings.iterations(pixels, device)
     stop = settings.stopping_rule(pixels) if automatic else None
     loop_preview = None if preview is None else (lambda outputs: preview(finish(outputs["image"])))
+    if stats is None and device.type == "cpu":
+        stats = FitStats()  # to record how fast this machine ran it
     try:
-        return finish(fit(
+        result = finish(fit(
             objective,
             settings.net,
             output_shape,
@@ -314,6 +316,12 @@ def _fit_task(
             f"{label}: a {width}×{height} px net input does not fit in GPU memory; "
             "select a smaller area or use device 'cpu'"
         ) from None
+    if device.type == "cpu" and stats is not None:
+        from .loop import cpu_threads_for_fit
+        from .presets import record_cpu_fit
+
+        record_cpu_fit(settings.net, pixels, stats.seconds, stats.iterations_run, cpu_threads_for_fit())
+    return result
 
 
 MAX_FITS = 16
