@@ -20,8 +20,8 @@ Tasks:
 - ``inpaint``: clean P×P crops with a random hole (``degrade.inpaint_hole``); the input is
   ``degrade.inpaint_input`` (4 channels: pre-filled image + hole) and ``Sample.weight`` is the
   hole, so the loss counts only the pixels the net must invent.
-- ``dejpeg``: clean P×P crops JPEG'd by ``degrade.dejpeg_degradation`` (quality 8–95, block
-  grid shifted at random, sometimes saved twice or noisy first); validation: JPEG q 20
+- ``dejpeg``: clean P×P crops JPEG'd by ``degrade.dejpeg_degradation`` (quality 8–98, block
+  grid shifted at random, sometimes saved twice or noisy first, sometimes not JPEG'd); validation: JPEG q 20
   (``degrade.validation_jpeg``).
 
 Validation images are the same every time: upscale uses the standard protocol (whole image,

@@ -225,10 +225,13 @@ def validation_noise(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 # -- JPEG artefacts: one blind net for any quality ------------------------------------------
-# Quality drawn uniformly over what bad web images and old camera files use; most JPEGs
-# subsample chroma 4:2:0 (Pillow's default below q 95), some keep it (4:4:4); some were saved
-# twice (an edited download); real photos carry sensor noise that the JPEG then mangles.
-DEJPEG_QUALITY = (8, 95)
+# Quality drawn uniformly from bad web images to camera files; most JPEGs subsample chroma
+# 4:2:0 (Pillow's default), some keep it (4:4:4); some were saved twice (an edited download);
+# real photos carry sensor noise that the JPEG then mangles. Some inputs are not JPEG'd at
+# all (8-bit rounding only): without them the net smoothed every input to ~39.5 dB, a q 95
+# camera JPEG (50 dB) and an uncompressed PNG alike.
+DEJPEG_QUALITY = (8, 98)
+DEJPEG_CLEAN_PROBABILITY = 0.1
 DEJPEG_FULL_CHROMA_PROBABILITY = 0.2
 DEJPEG_TWICE_PROBABILITY = 0.2
 DEJPEG_NOISE_PROBABILITY = 0.2
@@ -256,10 +259,13 @@ def jpeg_at(img: np.ndarray, quality: int, offset: tuple[int, int] = (0, 0), ful
 def dejpeg_degradation(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One random JPEG'd copy for the artefact-removal net: sometimes light noise first, then
     JPEG at a quality drawn from ``DEJPEG_QUALITY`` (4:2:0, sometimes 4:4:4) on a randomly
-    shifted block grid, sometimes a second time at another quality."""
+    shifted block grid, sometimes a second time at another quality; sometimes no JPEG at all
+    (``DEJPEG_CLEAN_PROBABILITY``: 8-bit rounding only)."""
     out = img.astype(np.float32, copy=False)
     if rng.random() < DEJPEG_NOISE_PROBABILITY:
         out = np.clip(add_noise(out, float(rng.uniform(0.0, DEJPEG_MAX_NOISE_SIGMA)), rng), 0.0, 1.0)
+    if rng.random() < DEJPEG_CLEAN_PROBABILITY:
+        return (np.round(np.clip(out, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
     saves = 2 if rng.random() < DEJPEG_TWICE_PROBABILITY else 1
     for _ in range(saves):
         offset = (int(rng.integers(_MCU)), int(rng.integers(_MCU)))

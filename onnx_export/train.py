@@ -357,7 +357,8 @@ def degradation_text(args: argparse.Namespace, task: str) -> str:
     if task == "dejpeg":
         return (f"JPEG q {degrade.DEJPEG_QUALITY[0]}–{degrade.DEJPEG_QUALITY[1]} (Pillow), chroma 4:2:0 "
                 f"(4:4:4 p {degrade.DEJPEG_FULL_CHROMA_PROBABILITY:g}), block grid shifted 0–15 px, "
-                f"saved twice p {degrade.DEJPEG_TWICE_PROBABILITY:g}, light noise σ ≤ "
+                f"saved twice p {degrade.DEJPEG_TWICE_PROBABILITY:g}, not JPEG'd (8-bit rounding only) "
+                f"p {degrade.DEJPEG_CLEAN_PROBABILITY:g}, light noise σ ≤ "
                 f"{degrade.DEJPEG_MAX_NOISE_SIGMA * 255:.0f}/255 first p {degrade.DEJPEG_NOISE_PROBABILITY:g}; "
                 f"validation: JPEG q {degrade.VALIDATION_JPEG_QUALITY}")
     return ("one of Gaussian σ 0.5–3 / defocus disk r 1–4 / resize blur ×1.5–3 "
