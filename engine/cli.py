@@ -24,6 +24,10 @@ log = logging.getLogger(LOGGER_NAME)
 EXIT_ENGINE, EXIT_BAD_INPUT, EXIT_CANCELLED = 1, 2, 130
 
 
+# Where the CLI's default differs from the protocol's: a file has what a plug-in must send.
+CLI_DEFAULTS = {"jpeg_tables": "file"}
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, not the whole usage block
         raise BadInput(f"{self.prog}: {message} (see --help)")
@@ -77,9 +81,10 @@ def _add_op_parser(sub: argparse._SubParsersAction, spec: OpSpec) -> None:
                                  "another mix of the same two layers, e.g. a second shot with the "
                                  "polariser turned)")
     for param in spec.params:
+        default = CLI_DEFAULTS.get(param.name, param.default)
         parser.add_argument(f"--{param.name.replace('_', '-')}", dest=param.name, type=param.kind,
-                            default=param.default, choices=param.choices,
-                            help=f"{param.help} (default: {param.default})")
+                            default=default, choices=param.choices,
+                            help=f"{param.help} (default: {default})")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.set_defaults(op_spec=spec)
 
@@ -146,6 +151,8 @@ def _run_file_op(args: argparse.Namespace) -> int:
     second_path = getattr(args, "second", None)
     second = read_image(second_path).pixels if second_path is not None else None
     params = {p.name: getattr(args, p.name) for p in spec.params}
+    if params.get("jpeg_tables") == "file":  # the input's own tables, if it is a JPEG
+        params["jpeg_tables"] = loaded.jpeg_tables
     bar = None if args.quiet else ProgressBar()
     layers = run_op(spec.name, loaded.pixels, mask, params, JobContext(bar), second=second)
     if spec.layered:

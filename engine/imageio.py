@@ -44,6 +44,8 @@ class LoadedImage:
     pixels: np.ndarray  # float32 H×W×C in [0, 1] (f32 sources may exceed it)
     sample_type: str  # "u8", "u16" or "f32": what the file stored
     metadata: FileMetadata = FileMetadata()
+    # A JPEG's quantisation tables as engine.jpeg_consistency writes them ("" for other files).
+    jpeg_tables: str = ""
 
     @property
     def has_alpha(self) -> bool:
@@ -104,6 +106,15 @@ def _pillow_metadata(path: Path) -> tuple[bytes | None, bytes | None]:
         return img.info.get("icc_profile"), (exif.tobytes() if len(exif) else None)
 
 
+def _jpeg_tables(path: Path) -> str:
+    from PIL import Image
+
+    from .jpeg_consistency import tables_from_pillow
+
+    with Image.open(path) as img:  # the header: tables and sampling, not the pixels
+        return tables_from_pillow(img)
+
+
 def exif_for_result(exif: bytes | None, width: int, height: int) -> bytes | None:
     """The source's EXIF record made true of the result: upright (the reader applied the
     orientation to the pixels) and, where it states them, the result's pixel dimensions."""
@@ -162,6 +173,7 @@ def read_image(path: str | Path) -> LoadedImage:
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"input file not found: {path}")
+    jpeg_tables = ""
     try:
         suffix = path.suffix.lower()
         if suffix in (".tif", ".tiff"):
@@ -179,6 +191,7 @@ def read_image(path: str | Path) -> LoadedImage:
         else:
             raw = _read_with_pillow(path)
             profile, exif = _pillow_metadata(path)
+            jpeg_tables = _jpeg_tables(path)
     except BadInput:
         raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure is the file's fault
@@ -196,7 +209,7 @@ def read_image(path: str | Path) -> LoadedImage:
     else:
         raise BadInput(f"{path.name}: unsupported sample type {raw.dtype}")
     metadata = FileMetadata(profile if profile_fits(profile, raw.shape[2]) else None, exif)
-    return LoadedImage(to_float(raw), sample_type, metadata)
+    return LoadedImage(to_float(raw), sample_type, metadata, jpeg_tables)
 
 
 def read_mask(path: str | Path, size: tuple[int, int]) -> np.ndarray:

@@ -485,10 +485,19 @@ _run_dip_dejpeg = _denoise_like("dejpeg", "JPEG artifacts removed")
 
 def _dejpeg(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
             ctx: JobContext) -> list[ResultLayer]:
+    from .jpeg_consistency import make_consistent, parse_tables
+
+    tables = parse_tables(params["jpeg_tables"])  # a malformed text fails before the work
     if params["method"] == "dip":
-        return _run_dip_dejpeg(image, mask, params, ctx)
-    return [ResultLayer("image", "JPEG artifacts removed",
-                        _run_net("dejpeg", image, params["device"], ctx, params["passes"]))]
+        layers = _run_dip_dejpeg(image, mask, params, ctx)
+    else:
+        layers = [ResultLayer("image", "JPEG artifacts removed",
+                              _run_net("dejpeg", image, params["device"], ctx, params["passes"]))]
+    if tables is not None:
+        # Also after a cancelled DIP run: its best-so-far result is what the user gets.
+        layers[0].pixels, note = make_consistent(layers[0].pixels, image, tables)
+        ctx.progress(1.0, f"JPEG artifacts removed; {note}")
+    return layers
 
 
 def _denoise_with_net(image: np.ndarray, params: dict[str, Any], ctx: JobContext) -> np.ndarray:
@@ -640,7 +649,12 @@ _NET_OR_DIP_PARAMS = _DIP_PARAMS + (
 # e.g. stripes and fabric). The same settings in the same order as denoise.
 _INPAINT_PARAMS = _NET_OR_DIP_PARAMS
 # Remove JPEG Artifacts likewise: a trained U-Net (blind to the quality, seconds) or DIP.
-_DEJPEG_PARAMS = _NET_OR_DIP_PARAMS
+_DEJPEG_PARAMS = _NET_OR_DIP_PARAMS + (
+    Param("jpeg_tables", str, "", "the JPEG's quantisation tables, as engine.jpeg_consistency "
+          "writes them (docs/protocol.md); the result is then kept consistent with the JPEG's "
+          "data, which stops the net smoothing good JPEGs. The CLI reads them from a JPEG input "
+          "('file', its default); 'none' or empty: not used"),
+)
 # How much Denoise removes, as a share of the noise level measured in the image: the net
 # reads that level (× the strength above 100 %) as a fourth input, DIP's automatic stop fits
 # down to it. As photo editors' "strength" sliders.

@@ -599,3 +599,41 @@ def test_two_layers_are_refused_by_an_engine_that_would_ignore_the_second(tmp_pa
     with pytest.raises(FilterError, match="install.py"):
         filters.run_filter(host, _spec("decompose"), values, str(tmp_path))
     assert not host.groups
+
+
+class JpegHost(MemoryHost):
+    """An image opened from a JPEG: GIMP's loader left its settings in a parasite."""
+
+    def __init__(self, pixels, parasite, **kwargs):
+        MemoryHost.__init__(self, pixels, **kwargs)
+        self.parasite = parasite
+
+    def jpeg_settings(self):
+        return self.parasite
+
+
+@pytest.mark.parametrize("selected", [False, True])
+def test_remove_jpeg_artifacts_sends_the_jpeg_tables_with_where_the_pixels_start(tmp_path, monkeypatch, selected):
+    sent = []
+    real_run = EngineProcess.run
+
+    def recording_run(self, op, params, buffers, *args, **kwargs):
+        sent.append((params, buffers[0].x, buffers[0].y))
+        return real_run(self, op, params, buffers, *args, **kwargs)
+
+    monkeypatch.setattr(EngineProcess, "run", recording_run)
+    selection = None
+    if selected:
+        selection = np.zeros((64, 64), np.uint8)
+        selection[40:60, 35:55] = 255  # image coordinates; the layer sits at (0, 0)
+    parasite = bytes([3, 90, 3, 0, 2, 2, 1, 1, 1, 1])  # YCbCr, quality 90, 4:2:0, IJG tables
+    host = JpegHost(_pixels(64, 64, 3), parasite, selection=selection)
+    filters.run_filter(host, _spec("remove-jpeg-artifacts"), {"device": "cpu"}, str(tmp_path))
+    (params, x, y), = sent
+    assert params["jpeg_tables"] == "sampling=2x2,1x1,1x1 quality=90 origin=%d,%d" % (x, y)
+    assert (x, y) == ((35 - filters.DIP_CONTEXT, 40 - filters.DIP_CONTEXT) if selected else (0, 0))
+    assert len(host.added) == 1
+    sent.clear()
+    filters.run_filter(MemoryHost(_pixels(64, 64, 3)), _spec("remove-jpeg-artifacts"), {"device": "cpu"},
+                       str(tmp_path))
+    assert "jpeg_tables" not in sent[0][0]  # a host without the parasite sends none

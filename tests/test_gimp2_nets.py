@@ -16,6 +16,18 @@ from tests.tiny_nets import bilinear, checkout_engine_python, export_tiny_nets
 
 
 
+def _decoded_jpeg() -> np.ndarray:
+    """A 48×40 photo crop as GIMP shows it after opening it from a quality-90 JPEG."""
+    import io
+
+    from PIL import Image
+
+    photo = Image.open(REPO.parent / "shared" / "data" / "dip" / "restoration" / "kate.png").convert("RGB")
+    buffer = io.BytesIO()
+    photo.crop((100, 60, 148, 100)).save(buffer, "JPEG", quality=90)
+    return np.asarray(Image.open(buffer).convert("RGB"), np.uint8)
+
+
 @pytest.fixture(scope="module")
 def facts(python27: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     plugins = tmp_path_factory.mktemp("plug-ins")
@@ -25,6 +37,7 @@ def facts(python27: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     models = export_tiny_nets(tmp_path_factory.mktemp("models"))
     engine = checkout_engine_python(tmp_path_factory.mktemp("engine"), REPO)
     out = tmp_path_factory.mktemp("out")
+    (out / "jpeg-source.raw").write_bytes(_decoded_jpeg().tobytes())
     result = _run27(python27, str(GIMP2_TESTS / "drive_nets.py"), str(plugins), str(out),
                     env={"NEURAL_RESTORE_ENGINE_PYTHON": str(engine), "NEURAL_RESTORE_MODELS": str(models)})
     assert result.returncode == 0, result.stdout + result.stderr
@@ -69,3 +82,10 @@ def test_sharpen_adds_a_layer_masked_to_the_selection(facts: dict[str, Any]) -> 
     np.testing.assert_array_equal(_raw(facts, "sharpen-result.raw", (16, 16, 3)), source[6:22, 6:22])
     mask = _raw(facts, "sharpen-mask.raw", (16, 16))
     assert mask[8, 8] == 255 and mask[0, 0] == 0 and mask[0, 5] == 255
+
+
+def test_remove_jpeg_artifacts_sends_an_opened_jpegs_tables(facts: dict[str, Any]) -> None:
+    case = facts["dejpeg"]
+    assert case["error"] is None, case["error"]
+    assert case["layers"] == ["JPEG artifacts removed", "Source"]
+    assert any("kept consistent with the JPEG's tables (quality ≈ 90)" in text for text in case["texts"]), case["texts"]

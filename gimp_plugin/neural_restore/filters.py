@@ -32,6 +32,10 @@ Host adapter interface (duck-typed):
                                         None)]; each layer gets its title, opacity, visibility,
                                         a perceptual composite space and the mask as its layer
                                         mask; one undo step
+Optional (JPEG data; hosts without it never send the JPEG's tables):
+  host.jpeg_settings()               -> the bytes of the image's "jpeg-settings" parasite (what
+                                        GIMP's JPEG loader records: sampling, quality, tables),
+                                        or None
 Optional (two-layer input; hosts without it always work on one layer):
   host.sources()                     -> [SourceInfo] of every selected drawable, each checked
                                         as source() checks its one (refuse_item), upper layer
@@ -123,11 +127,14 @@ class FilterSpec(object):
     selection_required_for: values of "mode" for which that hint is required.
     second_layer_for: values of "mode" for which a second selected layer (same size) is sent
     as the op's ``second`` image; any other run needs exactly one selected layer.
+    sends_jpeg_tables: the image's JPEG tables (GIMP's jpeg-settings parasite), when it has
+    them, go with the run as the op's ``jpeg_tables`` (see jpeg_tables_text).
     """
 
     def __init__(self, key, op, menu_label, blurb, layer_name, params, needs_selection=False,
                  output="layers", selection_bounds=False, context=0, mask_result=False,
-                 scale_param=None, selection_hint=False, selection_required_for=(), second_layer_for=()):
+                 scale_param=None, selection_hint=False, selection_required_for=(), second_layer_for=(),
+                 sends_jpeg_tables=False):
         self.key = key
         self.op = op
         self.menu_label = menu_label
@@ -143,6 +150,7 @@ class FilterSpec(object):
         self.selection_hint = selection_hint
         self.selection_required_for = tuple(selection_required_for)
         self.second_layer_for = tuple(second_layer_for)
+        self.sends_jpeg_tables = sends_jpeg_tables
 
     def result_scale(self, values):
         return int(values.get(self.scale_param, 1)) if self.scale_param else 1
@@ -285,7 +293,7 @@ FILTERS = (
                "Prior (minutes); the quality setting need not be known. The result is a new layer "
                "above the source, masked to the selection if there is one.",
                "JPEG artifacts removed", DEJPEG_PARAMS, selection_bounds=True, context=DIP_CONTEXT,
-               mask_result=True),
+               mask_result=True, sends_jpeg_tables=True),
     FilterSpec("upscale", "upscale", "_Upscale...",
                "Enlarge the layer (or the selection's bounds) 2x or 4x with a trained network; "
                "the result opens as a new image.",
@@ -579,6 +587,41 @@ def engine_params(spec, values):
 
 
 _BYTES_PER_SAMPLE = {"u8": 1, "u16": 2, "f32": 4}
+# libjpeg's colour space numbers, as GIMP's parasite stores them.
+_JCS_GRAYSCALE, _JCS_YCBCR = 1, 3
+
+
+def jpeg_tables_text(parasite, origin):
+    """GIMP's "jpeg-settings" parasite (bytes: colour space, quality, components, tables,
+    then each component's sampling factors and each table's 64 big-endian 16-bit steps; a
+    table is stored only when the quality is not the IJG tables' exactly) -> the engine's
+    ``jpeg_tables`` text (docs/protocol.md), with ``origin`` (x, y), where the pixels sent
+    start in the image; "" when it holds nothing usable."""
+    data = bytearray(parasite or b"")
+    if len(data) < 4:
+        return ""
+    space, quality, components, tables = data[0], data[1], data[2], data[3]
+    if (space, components) not in ((_JCS_GRAYSCALE, 1), (_JCS_YCBCR, 3)) or \
+            len(data) < 4 + 2 * components + 128 * tables:
+        return ""
+    sampling = ["%dx%d" % (data[4 + 2 * i], data[5 + 2 * i]) for i in range(components)]
+    if any(not ("1" <= f[0] <= "4" and "1" <= f[2] <= "4") for f in sampling):
+        return ""
+    parts = ["sampling=" + ",".join(sampling)]
+    start = 4 + 2 * components
+    steps = [[data[start + 128 * t + 2 * i] * 256 + data[start + 128 * t + 2 * i + 1] for i in range(64)]
+             for t in range(tables)]
+    if tables >= (1 if components == 1 else 2):
+        parts.append("luma=" + ",".join(map(str, steps[0])))
+        if components == 3:
+            parts.append("chroma=" + ",".join(map(str, steps[1])))
+    elif tables == 0 and 1 <= quality <= 100:
+        parts.append("quality=%d" % quality)
+    else:
+        return ""
+    # Only the position within the grid matters (MCUs are at most 32 px): never negative.
+    parts.append("origin=%d,%d" % (origin[0] % 64, origin[1] % 64))
+    return " ".join(parts)
 
 
 def crop_rows(data, width, pixel_bytes, x, y, crop_width, crop_height):
@@ -707,7 +750,12 @@ def run_filter(host, spec, values, plugin_dir, log_dir=None):
                 # An older engine would ignore the second layer and split the first alone.
                 raise FilterError(OLD_ENGINE_SECOND_MESSAGE, "setup")
             clock.first = None  # estimate from the job's own frames, not the start-up
-            info, results = engine.run(spec.op, engine_params(spec, values), buffers, clock, clock.tick,
+            params = engine_params(spec, values)
+            if spec.sends_jpeg_tables and getattr(host, "jpeg_settings", None) is not None:
+                tables = jpeg_tables_text(host.jpeg_settings(), (sent[0], sent[1]))
+                if tables:
+                    params["jpeg_tables"] = tables
+            info, results = engine.run(spec.op, params, buffers, clock, clock.tick,
                                        interval, on_preview if interval else None)
         finally:
             engine.close(on_idle=clock.tick)

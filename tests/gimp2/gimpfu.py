@@ -208,6 +208,10 @@ class Image(object):
         self.color_profile = ()  # ICC bytes as PDB INT8ARRAY values; () = built-in sRGB
         self.metadata = ""  # GimpMetadata serialised (XML), as gimp-image-get-metadata returns it
         self.resolution = (72.0, 72.0)  # a new image's default
+        self.parasites = {}  # name -> Parasite, as GIMP's loaders attach them (e.g. jpeg-settings)
+
+    def parasite_find(self, name):
+        return self.parasites.get(name)
 
     def undo_group_start(self):
         self.undo_depth += 1
@@ -216,6 +220,11 @@ class Image(object):
     def undo_group_end(self):
         self.undo_depth -= 1
         _log("undo_group_end")
+
+
+class Parasite(object):
+    def __init__(self, name, flags, data):
+        self.name, self.flags, self.data = name, flags, data  # data: a str of bytes (Python 2)
 
 
 class Display(object):
@@ -229,6 +238,7 @@ class Display(object):
 
 class _Gimp(object):
     Layer, Image, Channel, GroupLayer, LayerMask, Display = Layer, Image, Channel, GroupLayer, LayerMask, Display
+    Parasite = Parasite
 
     def progress_init(self, text=None):
         _log("progress_init", text)

@@ -47,6 +47,10 @@ class Gimp2Host(object):
         region = self.drawable.get_pixel_rgn(0, 0, source.width, source.height, False, False)
         return region[0:source.width, 0:source.height]
 
+    def jpeg_settings(self):
+        parasite = self.image.parasite_find("jpeg-settings")  # set by GIMP's JPEG loader
+        return None if parasite is None else bytes(bytearray(parasite.data))
+
     def selection_bounds(self):
         # gimp-selection-bounds: (non_empty, x1, y1, x2, y2), x2/y2 exclusive, image coordinates.
         non_empty, x1, y1, x2, y2 = pdb.gimp_selection_bounds(self.image)

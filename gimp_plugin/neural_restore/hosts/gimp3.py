@@ -152,6 +152,13 @@ class Gimp3Host(object):
                                          Gegl.AbyssPolicy.CLAMP)
         return bytes(data)
 
+    def jpeg_settings(self):
+        parasite = self.image.get_parasite("jpeg-settings")  # set by GIMP's JPEG loader
+        if parasite is None:
+            return None
+        data = parasite.get_data()
+        return data.encode("latin-1") if isinstance(data, str) else bytes(bytearray(data))
+
     def selection_bounds(self):
         result = Gimp.Selection.bounds(self.image)
         # 3.0.4 returns (ok, non_empty, x1, y1, x2, y2); x2/y2 exclusive.
