@@ -40,10 +40,11 @@ point it at your copy of Set5, Set14, BSD100, Urban100 — the same protocol run
   (``benchmarks/dip_bench.py`` at 256: the paper's kate / library / vase masks, half of
   barbara's and kate's pixels missing, the three block holes), whose DIP results are recorded
   in the README — so the net sits beside them.
-- dejpeg: centred 192² crops saved by Pillow as JPEG q 10, 20, 30, 50, 90 and 95 (4:2:0
+- dejpeg: centred 192² crops saved by Pillow as JPEG q 10, 20, 30, 50, 75, 90 and 95 (4:2:0
   chroma), and not compressed (``--dejpeg-qualities``).
   PSNR (RGB; and Y for the JPEG and the 8-pass result) of the JPEG, of the engine's op
-  (``run_op("dejpeg", method net)``) with 1 and 8 passes, and up to q 30 of CBM3D *with the
+  (``run_op("dejpeg", method net)``) with 1 and 8 passes, each without and with the JPEG's
+  tables (``jpeg_tables``, as the CLI reads them from the file: the ``*_tables`` fields), and up to q 30 of CBM3D *with the
   σ that suits each image best* (an oracle over ``CBM3D_SIGMAS``: BM3D is the usual classical
   deblocker). Also F16 crops at q 10 whose Deep Image Prior results the README records.
 - upscale and sharpen are also run with 8 passes (the net averaged over the image's
@@ -263,7 +264,7 @@ def bench_sharpen(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
 
 # -- JPEG artefacts ----------------------------------------------------------------------------
 
-DEJPEG_QUALITIES = "10,20,30,50,90,95,none"  # none: the uncompressed crop (what it does to a clean image)
+DEJPEG_QUALITIES = "10,20,30,50,75,90,95,none"  # none: the uncompressed crop (what it does to a clean image)
 # The oracle baseline's σ grid (/255) per quality, around where each quality's best σ lay: in
 # session 16's run the top of (15, 20, 25, 30) at q 10 and of (6, 9, 12, 15) at q 30 was
 # picked for most photos, so the grids were raised after it; the search is slow (up to q 30).
@@ -273,21 +274,27 @@ CBM3D_SIGMAS = {10: (25, 30, 36, 44), 20: (14, 18, 22, 27), 30: (12, 15, 18, 22)
 DIP_DEJPEG_CASES = (("64² sky", 40, 64), ("64² centre", 224, 64), ("128² centre", 192, 128))
 
 
-def jpeg_copy(truth: np.ndarray, quality: int) -> np.ndarray:
-    """Pillow's JPEG at ``quality`` (4:2:0 chroma, as most JPEGs), decoded to float RGB."""
+def jpeg_copy(truth: np.ndarray, quality: int, with_tables: bool = False):
+    """Pillow's JPEG at ``quality`` (4:2:0 chroma, as most JPEGs), decoded to float RGB (and,
+    ``with_tables``, its ``jpeg_tables`` text, as the CLI reads it from a file)."""
     import io
 
     from PIL import Image
 
+    from engine.jpeg_consistency import tables_from_pillow
+
     buffer = io.BytesIO()
     Image.fromarray((np.clip(truth, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)).save(buffer, "JPEG", quality=quality)
-    return np.asarray(Image.open(buffer).convert("RGB"), dtype=np.float32) / 255.0
+    with Image.open(buffer) as img:
+        pixels = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+        return (pixels, tables_from_pillow(img)) if with_tables else pixels
 
 
-def run_dejpeg_net(jpeg: np.ndarray, passes: int = 1) -> np.ndarray:
+def run_dejpeg_net(jpeg: np.ndarray, passes: int = 1, tables: str = "") -> np.ndarray:
     from engine.ops import run_op
 
-    return run_op("dejpeg", jpeg, None, {"method": "net", "device": "cpu", "passes": passes})[0].pixels
+    return run_op("dejpeg", jpeg, None, {"method": "net", "device": "cpu", "passes": passes,
+                                         "jpeg_tables": tables})[0].pixels
 
 
 def best_cbm3d(jpeg: np.ndarray, truth: np.ndarray, sigmas: tuple[int, ...]) -> tuple[float, int]:
@@ -306,11 +313,17 @@ def best_cbm3d(jpeg: np.ndarray, truth: np.ndarray, sigmas: tuple[int, ...]) -> 
     return max((psnr(np.clip(filtered(sigma), 0.0, 1.0), truth), sigma) for sigma in sigmas)
 
 
-def dejpeg_row(truth: np.ndarray, jpeg: np.ndarray, quality: int) -> dict[str, Any]:
+def dejpeg_row(truth: np.ndarray, jpeg: np.ndarray, quality: int, tables: str = "") -> dict[str, Any]:
     net, net_s = timed(lambda: run_dejpeg_net(jpeg))
     net8, net8_s = timed(lambda: run_dejpeg_net(jpeg, passes=8))
     row = {"net": round(psnr(net, truth), 3), "net_8_passes": round(psnr(net8, truth), 3),
            "y_net_8_passes": round(psnr(net8, truth, y_only=True), 3)}
+    if tables:
+        kept, kept_s = timed(lambda: run_dejpeg_net(jpeg, tables=tables))
+        kept8 = run_dejpeg_net(jpeg, passes=8, tables=tables)
+        row.update(net_tables=round(psnr(kept, truth), 3), net_8_passes_tables=round(psnr(kept8, truth), 3),
+                   y_net_8_passes_tables=round(psnr(kept8, truth, y_only=True), 3),
+                   tables_seconds_over_net=round(kept_s - net_s, 3))
     if quality:  # (an uncompressed input is the truth: no PSNR to give)
         row.update(jpeg=round(psnr(jpeg, truth), 3), y_jpeg=round(psnr(jpeg, truth, y_only=True), 3))
     if quality in CBM3D_SIGMAS:
@@ -319,20 +332,26 @@ def dejpeg_row(truth: np.ndarray, jpeg: np.ndarray, quality: int) -> dict[str, A
     return {**row, "seconds": {"net": round(net_s, 3), "net_8_passes": round(net8_s, 3)}}
 
 
+def dejpeg_case(truth: np.ndarray, quality: int) -> dict[str, Any]:
+    if not quality:  # 0: not compressed (8-bit rounding only, as any image file is)
+        return dejpeg_row(truth, np.round(truth * 255) / 255, quality)
+    jpeg, tables = jpeg_copy(truth, quality, with_tables=True)
+    return dejpeg_row(truth, jpeg, quality, tables)
+
+
 def bench_dejpeg(sets: dict[str, list[Path]], models: Path, qualities: str = DEJPEG_QUALITIES) -> dict[str, Any]:
     os.environ["NEURAL_RESTORE_MODELS"] = str(models)  # the op finds its net there
     report: dict[str, Any] = {}
     for quality in [0 if q == "none" else int(q) for q in qualities.split(",")]:
         for set_name, files in sets.items():
-            # 0: not compressed (8-bit rounding only, as any image file is)
-            rows = [{"image": path.name, "folder": path.parent.name,
-                     **dejpeg_row(truth, jpeg_copy(truth, quality) if quality else np.round(truth * 255) / 255,
-                                  quality)}
+            rows = [{"image": path.name, "folder": path.parent.name, **dejpeg_case(truth, quality)}
                     for path, truth in centre_crops(files)]
-            keys = [k for k in ("jpeg", "net", "net_8_passes", "cbm3d_oracle", "y_jpeg", "y_net_8_passes") if k in rows[0]]
+            keys = [k for k in ("jpeg", "net", "net_8_passes", "net_tables", "net_8_passes_tables", "cbm3d_oracle",
+                                "y_jpeg", "y_net_8_passes", "y_net_8_passes_tables") if k in rows[0]]
             gains = {} if not quality else {
                 "gain_over_jpeg_db": mean([r["net"] - r["jpeg"] for r in rows]),
                 "gain_8_passes_over_jpeg_db": mean([r["net_8_passes"] - r["jpeg"] for r in rows]),
+                "gain_8_passes_tables_over_jpeg_db": mean([r["net_8_passes_tables"] - r["jpeg"] for r in rows]),
                 **by_folder(rows if set_name == SPLIT_SET else [], {
                     "gain_8_passes_over_jpeg_db": lambda r: r["net_8_passes"] - r["jpeg"]})}
             report[f"jpeg_q{quality}/{set_name}" if quality else f"uncompressed/{set_name}"] = {
@@ -345,9 +364,7 @@ def bench_dejpeg(sets: dict[str, list[Path]], models: Path, qualities: str = DEJ
     if "10" in qualities.split(","):
         f16 = as_float(SHARED / "dip" / "denoising" / "F16_GT.png")
         report["dip_cases_q10"] = {
-            f"F16 {name} ({start}:{start + side}) q10": dejpeg_row(
-                f16[start:start + side, start:start + side],
-                jpeg_copy(f16[start:start + side, start:start + side], 10), 10)
+            f"F16 {name} ({start}:{start + side}) q10": dejpeg_case(f16[start:start + side, start:start + side], 10)
             for name, start, side in DIP_DEJPEG_CASES}
     return report
 
