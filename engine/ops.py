@@ -600,6 +600,11 @@ def _upscale_estimate(params: dict[str, Any], height: int, width: int) -> float 
     return _net_seconds(f"rdn_x{params['scale']}", params["device"], height, width, params["passes"])
 
 
+# Keeping a dejpeg result to the JPEG's tables (engine.jpeg_consistency), on the CPU: 3.2 s
+# for 12 megapixels on the 2-core dev machine beside a benchmark (README).
+JPEG_TABLES_SECONDS_PER_MEGAPIXEL = 0.27
+
+
 def _net_or_dip_estimate(task: str) -> OpEstimator:
     """Denoise's, Inpaint's and Remove JPEG Artifacts': the shipped net ``task`` or the DIP task of that name (Inpaint's
     for the whole layer: the real run works on the hole's box and its context only)."""
@@ -613,6 +618,8 @@ def _net_or_dip_estimate(task: str) -> OpEstimator:
 
             side = PROBE_GRID * PROBE_SIDE
             seconds += _net_seconds("noise_probe", params["device"], min(height, side), min(width, side), 1) or 0.0
+        if task == "dejpeg" and seconds is not None and params["jpeg_tables"] not in ("", "none", "file"):
+            seconds += JPEG_TABLES_SECONDS_PER_MEGAPIXEL * height * width / 1e6
         return seconds
 
     return estimate

@@ -267,3 +267,11 @@ def test_a_turned_jpegs_tables_and_grid_follow_its_exif_orientation(tmp_path: Pa
     np.testing.assert_array_equal(tables.luma, stored.T if quarter else stored)
     out, note = jc.make_consistent(loaded.pixels, loaded.pixels, tables)
     assert "kept consistent" in note and "colour planes were left" not in note
+
+
+def test_the_estimate_counts_the_tables_step() -> None:
+    params = {"device": "cpu", "passes": 1}
+    alone = ops.estimate_seconds("dejpeg", params, 2000, 1500)
+    kept = ops.estimate_seconds("dejpeg", {**params, "jpeg_tables": "sampling=1x1 quality=90"}, 2000, 1500)
+    assert alone is not None
+    assert kept == pytest.approx(alone + 3 * ops.JPEG_TABLES_SECONDS_PER_MEGAPIXEL)
