@@ -47,6 +47,8 @@ point it at your copy of Set5, Set14, BSD100, Urban100 — the same protocol run
   tables (``jpeg_tables``, as the CLI reads them from the file: the ``*_tables`` fields), and up to q 30 of CBM3D *with the
   σ that suits each image best* (an oracle over ``CBM3D_SIGMAS``: BM3D is the usual classical
   deblocker). Also F16 crops at q 10 whose Deep Image Prior results the README records.
+- dejpeg_spread (only when asked: ``--only dejpeg_spread``): the 1-pass net's result kept to
+  the tables with each σ of ``SPREADS`` (the step's one setting), q 10–95.
 - upscale and sharpen are also run with 8 passes (the net averaged over the image's
   mirrored/turned copies, ``runner.run_model(..., passes=8)``; what the ops do automatically
   up to 1 megapixel): the ``*_8_passes`` fields.
@@ -366,6 +368,39 @@ def bench_dejpeg(sets: dict[str, list[Path]], models: Path, qualities: str = DEJ
         report["dip_cases_q10"] = {
             f"F16 {name} ({start}:{start + side}) q10": dejpeg_case(f16[start:start + side, start:start + side], 10)
             for name, start, side in DIP_DEJPEG_CASES}
+    return report
+
+
+# What the tables step's σ (engine.jpeg_consistency.RESTORATION_SPREAD) does: the net's 1-pass
+# result per crop once, then kept to the tables with each σ.
+SPREADS = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 8.0)
+SPREAD_QUALITIES = (10, 30, 50, 75, 90, 95)
+
+
+def bench_dejpeg_spread(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
+    from engine import jpeg_consistency
+
+    os.environ["NEURAL_RESTORE_MODELS"] = str(models)
+    chosen = jpeg_consistency.RESTORATION_SPREAD
+    report: dict[str, Any] = {"shipped_spread": chosen}
+    try:
+        for set_name, files in sets.items():
+            for quality in SPREAD_QUALITIES:
+                scores: dict[str, list[float]] = {"jpeg": [], "net": [], **{f"spread_{s:g}": [] for s in SPREADS}}
+                for _, truth in centre_crops(files):
+                    jpeg, text = jpeg_copy(truth, quality, with_tables=True)
+                    net = run_dejpeg_net(jpeg)
+                    scores["jpeg"].append(psnr(jpeg, truth))
+                    scores["net"].append(psnr(net, truth))
+                    tables = jpeg_consistency.parse_tables(text)
+                    for spread in SPREADS:
+                        jpeg_consistency.RESTORATION_SPREAD = spread
+                        kept, _ = jpeg_consistency.make_consistent(net, jpeg, tables)
+                        scores[f"spread_{spread:g}"].append(psnr(kept, truth))
+                    jpeg_consistency.RESTORATION_SPREAD = chosen
+                report[f"jpeg_q{quality}/{set_name}"] = {f"psnr_{k}": mean(v) for k, v in scores.items()}
+    finally:
+        jpeg_consistency.RESTORATION_SPREAD = chosen
     return report
 
 
@@ -780,6 +815,8 @@ def main() -> int:
         report["inpaint"] = bench_inpaint(sets, models)
     if "dejpeg" in only:
         report["dejpeg"] = bench_dejpeg(sets, models, args.dejpeg_qualities)
+    if "dejpeg_spread" in only:
+        report["dejpeg_spread"] = bench_dejpeg_spread(sets, models)
     if "speed" in only:
         report["speed"] = bench_speed(models, sizes, args.speed_repeats)
     if "estimates" in only:
