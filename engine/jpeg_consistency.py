@@ -277,7 +277,8 @@ def _truncated_gaussian_mean(centre: np.ndarray, low: np.ndarray, high: np.ndarr
     """Mean of N(centre, σ²) cut to [low, high] (elementwise), kept inside the interval."""
     a = (low - centre) / sigma
     b = (high - centre) / sigma
-    mass = _normal_cdf(b) - _normal_cdf(a)
+    # (From the nearer tail: 1 − 1 loses the digits when the interval is far above the centre.)
+    mass = np.where(a > 0, _normal_cdf(-a) - _normal_cdf(-b), _normal_cdf(b) - _normal_cdf(a))
     shift = sigma * (np.exp(-0.5 * a * a) - np.exp(-0.5 * b * b)) / np.float32(np.sqrt(2.0 * np.pi))
     # Far outside the interval the mass underflows: the nearer end is the mean's limit.
     inside = mass > 1e-6
