@@ -630,6 +630,10 @@ def install_plugin(plugins_dir: Path, engine_python: Path, *, venv: Optional[Pat
         shutil.copytree(source_dir / PLUGIN_PACKAGE, staging / PLUGIN_PACKAGE, ignore=COPY_IGNORE)
         # GIMP only runs plug-ins whose entry script is executable.
         os.chmod(staging / f"{PLUGIN_NAME}.py", 0o755)
+        # GIMP re-reads a plug-in's procedures (their settings) only when the entry script's
+        # mtime changes; copying keeps the source's, so an upgrade that changed only the
+        # package would leave GIMP with the old settings list. Installing is a change: now.
+        os.utime(staging / f"{PLUGIN_NAME}.py")
         os.chmod(staging, 0o755)  # mkdtemp makes it 0o700
         write_config(staging, build_config(venv, engine_python, version, repo_dir, log_dir))
         if target.is_symlink():

@@ -481,9 +481,10 @@ def test_preset_is_appended_for_positional_callers_and_shown_first_in_the_dialog
     # Decompose: which layers first, then quality; filters without either keep their order.
     assert filters.dialog_order(_spec("decompose")) == ["mode", "preset", "iterations", "seed", "device"]
     # Upscale: the DIP settings (for method dip) follow the method choice.
-    assert filters.dialog_order(_spec("upscale")) == ["scale", "method", "device", "passes", "preset",
-                                                      "iterations", "seed"]
-    assert [p.name for p in _spec("upscale").params][-1] == "passes"  # newest last, for positional callers
+    assert filters.dialog_order(_spec("upscale")) == ["scale", "method", "jpeg_artifacts", "device", "passes",
+                                                      "preset", "iterations", "seed"]
+    # newest last, for positional callers
+    assert [p.name for p in _spec("upscale").params][-2:] == ["passes", "jpeg_artifacts"]
     # Sharpen: its amount first in the dialog, last for positional (GIMP 2.10) callers.
     assert [p.name for p in _spec("sharpen").params] == ["device", "passes", "amount"]
     assert filters.dialog_order(_spec("sharpen")) == ["amount", "device", "passes"]
@@ -637,3 +638,23 @@ def test_remove_jpeg_artifacts_sends_the_jpeg_tables_with_where_the_pixels_start
     filters.run_filter(MemoryHost(_pixels(64, 64, 3)), _spec("remove-jpeg-artifacts"), {"device": "cpu"},
                        str(tmp_path))
     assert "jpeg_tables" not in sent[0][0]  # a host without the parasite sends none
+
+
+def test_upscale_sends_an_opened_jpegs_tables_and_removes_its_artifacts_first_by_default(tmp_path, monkeypatch):
+    sent = []
+    real_run = EngineProcess.run
+
+    def recording_run(self, op, params, buffers, *args, **kwargs):
+        sent.append(params)
+        return real_run(self, op, params, buffers, *args, **kwargs)
+
+    monkeypatch.setattr(EngineProcess, "run", recording_run)
+    parasite = bytes([3, 75, 3, 0, 2, 2, 1, 1, 1, 1])
+    host = JpegHost(_pixels(24, 28, 3), parasite)
+    host.open_image = lambda source, name, buffer: host.added.append((name, [buffer]))
+    values = {"scale": "2", "method": "rdn", "device": "cpu", "passes": "1", "jpeg_artifacts": "auto"}
+    filters.run_filter(host, _spec("upscale"), values, str(tmp_path))
+    assert sent[0]["jpeg_artifacts"] == "auto"
+    assert sent[0]["jpeg_tables"] == "sampling=2x2,1x1,1x1 quality=75 origin=0,0"
+    (name, (image,)), = host.added
+    assert (image.width, image.height) == (56, 48)

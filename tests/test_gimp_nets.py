@@ -335,6 +335,40 @@ def test_remove_jpeg_artifacts_keeps_to_an_opened_jpegs_tables(nets_gimp: Gimp3C
     assert psnr(result(True)) > psnr(jpeg) - 0.5
 
 
+def test_upscale_of_an_opened_jpeg_removes_its_artifacts_first(nets_gimp: Gimp3Chroot) -> None:
+    """Upscale ×2 with its defaults on a photo opened from a quality-50 JPEG (the crop at half
+    size): the JPEG's artefacts are removed first (its tables go with it), which comes closer
+    to the full-size photo than enlarging the JPEG as it is ("Keep")."""
+    from PIL import Image
+
+    from onnx_export import degrade
+
+    photo = Image.open(Path(__file__).resolve().parents[2] / "shared/data/dip/restoration/kate.png").convert("RGB")
+    truth = np.asarray(photo.crop((100, 60, 196, 140)), np.float32) / 255.0  # 96×80
+    small = degrade.bicubic_downscale(truth, 2)
+    path = nets_gimp.to_host(f"{EXCHANGE}/small.jpg")
+    Image.fromarray((np.clip(small, 0, 1) * 255 + 0.5).astype(np.uint8)).save(path, "JPEG", quality=50)
+    facts = run_in_gimp(nets_gimp, """
+        from gi.repository import Gio
+        for choice in ("auto", "keep"):
+            image = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(X + "/small.jpg"))
+            facts["status_" + choice], values = run_for_values("plug-in-neural-restore-upscale", image,
+                                                               image.get_layers()[0], device="cpu",
+                                                               **{"jpeg-artifacts": choice})
+            dump_layer(values[0].get_layers()[0], "big-%s.raw" % choice, "R'G'B' u8")
+            values[0].delete()
+            image.delete()
+    """, models=None)
+    assert facts["status_auto"] == facts["status_keep"] == "success", facts
+    from onnx_export.data import psnr
+
+    def result(choice: str) -> np.ndarray:
+        raw = nets_gimp.to_host(f"{EXCHANGE}/big-{choice}.raw").read_bytes()
+        return np.frombuffer(raw, np.uint8).reshape(80, 96, 3).astype(np.float32) / 255.0
+
+    assert psnr(result("auto"), truth, 2, y_only=True) > psnr(result("keep"), truth, 2, y_only=True) + 0.3
+
+
 def test_inpaint_selection_runs_the_installed_net_by_default(nets_gimp: Gimp3Chroot) -> None:
     """Inpaint Selection with its default settings (method: the trained network) on a photo
     crop with two scratches selected: an "Inpaint" layer above the source that keeps every

@@ -285,6 +285,19 @@ def test_reinstall_over_developer_symlink_keeps_its_target(plugin_src: Path, fak
     assert (checkout / "neural-restore.py").read_text() == "dev copy"
 
 
+def test_install_marks_the_entry_script_new_so_gimp_rereads_the_procedures(
+        plugin_src: Path, fake_repo: Path, tmp_path: Path) -> None:
+    """GIMP keeps a plug-in's procedures (and their settings) until its entry script's mtime
+    changes: an upgrade that changed only the package must still look new to it."""
+    import time
+
+    old = time.time() - 30 * 24 * 3600
+    os.utime(plugin_src / "neural-restore" / "neural-restore.py", (old, old))
+    before = time.time()
+    target = _install(tmp_path / "plug-ins", plugin_src, fake_repo, tmp_path)
+    assert (target / "neural-restore.py").stat().st_mtime >= before - 1
+
+
 def test_install_plugin_missing_sources(tmp_path: Path, fake_repo: Path) -> None:
     with pytest.raises(inst.InstallError, match="plug-in sources incomplete"):
         _install(tmp_path / "plug-ins", tmp_path / "nope", fake_repo, tmp_path)

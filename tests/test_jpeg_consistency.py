@@ -275,3 +275,61 @@ def test_the_estimate_counts_the_tables_step() -> None:
     kept = ops.estimate_seconds("dejpeg", {**params, "jpeg_tables": "sampling=1x1 quality=90"}, 2000, 1500)
     assert alone is not None
     assert kept == pytest.approx(alone + 3 * ops.JPEG_TABLES_SECONDS_PER_MEGAPIXEL)
+
+
+# -- Upscale removes a JPEG's artefacts first ----------------------------------------------------
+
+def _low_resolution_jpeg(quality: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """A photo crop (96×80), its ×2-smaller version saved as JPEG: (truth, JPEG pixels, tables)."""
+    from onnx_export import degrade
+
+    truth = _float(_photo())
+    small = degrade.bicubic_downscale(truth, 2)
+    img = _jpeg(Image.fromarray((np.clip(small, 0, 1) * 255 + 0.5).astype(np.uint8)), quality)
+    return truth, _float(img), jc.tables_from_pillow(img)
+
+
+def test_upscale_of_a_jpeg_removes_its_artifacts_first_when_its_tables_are_known(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """×2 of a quality-50 JPEG with the shipped nets: the JPEG net (kept to the tables) before
+    the RDN comes closer to the full-size photo than the RDN alone (held-out split: +0.76 dB Y
+    at q 50, and better at every quality 30–95 measured)."""
+    from onnx_export.data import psnr
+
+    monkeypatch.delenv("NEURAL_RESTORE_MODELS", raising=False)
+    truth, jpeg, tables = _low_resolution_jpeg(50)
+    params = {"device": "cpu", "passes": 1, "jpeg_tables": tables}
+    auto = ops.run_op("upscale", jpeg, None, params)[0].pixels
+    kept = ops.run_op("upscale", jpeg, None, {**params, "jpeg_artifacts": "keep"})[0].pixels
+    no_tables = ops.run_op("upscale", jpeg, None, {"device": "cpu", "passes": 1})[0].pixels
+    np.testing.assert_array_equal(kept, no_tables)  # auto without tables: nothing before the RDN
+    assert psnr(auto, truth, 2, y_only=True) > psnr(kept, truth, 2, y_only=True) + 0.3
+
+
+@pytest.mark.parametrize("choice, tables, first", [("auto", True, True), ("auto", False, False),
+                                                   ("remove", False, True), ("keep", True, False)])
+def test_upscale_runs_the_jpeg_net_first_as_chosen(monkeypatch: pytest.MonkeyPatch, choice: str, tables: bool,
+                                                   first: bool) -> None:
+    ran = []
+    monkeypatch.setattr(ops, "_run_net", lambda name, image, *a, **k: ran.append(name) or image)
+    _, jpeg, text = _low_resolution_jpeg(50)
+    params = {"device": "cpu", "jpeg_artifacts": choice, "jpeg_tables": text if tables else ""}
+    ops.run_op("upscale", jpeg, None, params)
+    assert ran == (["dejpeg", "rdn_x2"] if first else ["rdn_x2"])
+    alone = ops.estimate_seconds("upscale", {"device": "cpu", "jpeg_artifacts": "keep"}, 1000, 1000)
+    assert (ops.estimate_seconds("upscale", params, 1000, 1000) > alone) == first
+
+
+def test_the_cli_upscale_of_a_jpeg_removes_its_artifacts_first(tmp_path: Path) -> None:
+    truth, jpeg, _ = _low_resolution_jpeg(50)
+    source = tmp_path / "small.jpg"
+    Image.fromarray((jpeg * 255 + 0.5).astype(np.uint8)).save(source, "JPEG", quality=50)
+    outputs = {}
+    for choice in ("auto", "keep"):
+        outputs[choice] = tmp_path / f"{choice}.png"
+        done = subprocess.run([sys.executable, "-m", "engine", "upscale", str(source), "-o", str(outputs[choice]),
+                               "--passes", "1", "--device", "cpu", "--quiet", "--jpeg-artifacts", choice],
+                              cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    auto, keep = (_float(Image.open(outputs[c])) for c in ("auto", "keep"))
+    assert not np.array_equal(auto, keep) and auto.shape == keep.shape == truth.shape

@@ -219,6 +219,12 @@ UPSCALE_PARAMS = (
     DIP_PARAMS[1],
     # For method rdn only; newer, so after those.
     PASSES_PARAM,
+    # Newest: an enlargement makes JPEG blocks bigger, so a JPEG's are removed first.
+    FilterParam("jpeg_artifacts", "choice", "auto", "JPEG artifacts",
+                "Remove JPEG blocking and ringing before enlarging (the Remove JPEG Artifacts network): "
+                "auto = when the image was opened from a JPEG file (then kept to its quantisation tables)",
+                choices=(("auto", "Remove if opened from a JPEG"), ("remove", "Remove first"),
+                         ("keep", "Keep (enlarge as they are)"))),
 )
 def _net_or_dip_params(dip_strength):
     """A filter with both backends: the DIP settings first (gimpfu (GIMP 2.10) scripts pass
@@ -264,7 +270,7 @@ DIALOG_FIRST = ("mode", "preset", "amount")
 
 # Filters with a method (Upscale, Denoise, Inpaint, Remove JPEG Artifacts): what they make, the method, the network's
 # settings, then those of method dip.
-METHOD_DIALOG_FIRST = ("scale", "method", "strength", "device", "passes", "preset")
+METHOD_DIALOG_FIRST = ("scale", "method", "jpeg_artifacts", "strength", "device", "passes", "preset")
 
 
 def dialog_order(spec):
@@ -298,7 +304,7 @@ FILTERS = (
                "Enlarge the layer (or the selection's bounds) 2x or 4x with a trained network; "
                "the result opens as a new image.",
                "Upscaled", UPSCALE_PARAMS, output="new-image", selection_bounds=True,
-               context=NET_CONTEXT, scale_param="scale"),
+               context=NET_CONTEXT, scale_param="scale", sends_jpeg_tables=True),
     FilterSpec("sharpen", "sharpen", "_Sharpen...",
                "Remove blur (soft focus, defocus, resize blur) with a trained network; the result "
                "is a new layer above the source, masked to the selection if there is one.",
