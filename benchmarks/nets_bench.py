@@ -47,6 +47,9 @@ point it at your copy of Set5, Set14, BSD100, Urban100 — the same protocol run
   tables (``jpeg_tables``, as the CLI reads them from the file: the ``*_tables`` fields), and up to q 30 of CBM3D *with the
   σ that suits each image best* (an oracle over ``CBM3D_SIGMAS``: BM3D is the usual classical
   deblocker). Also F16 crops at q 10 whose Deep Image Prior results the README records.
+- upscale_jpeg (only when asked: ``--only upscale_jpeg``): ×2 of half-size crops saved as
+  JPEG q 30–95, the upscale op enlarging the JPEG as it is, after the JPEG step kept to the
+  file's tables (its default for a JPEG file) and after the JPEG step alone; Y-PSNR.
 - dejpeg_spread (only when asked: ``--only dejpeg_spread``): the 1-pass net's result kept to
   the tables with each σ of ``SPREADS`` (the step's one setting), q 10–95.
 - upscale and sharpen are also run with 8 passes (the net averaged over the image's
@@ -368,6 +371,43 @@ def bench_dejpeg(sets: dict[str, list[Path]], models: Path, qualities: str = DEJ
         report["dip_cases_q10"] = {
             f"F16 {name} ({start}:{start + side}) q10": dejpeg_case(f16[start:start + side, start:start + side], 10)
             for name, start, side in DIP_DEJPEG_CASES}
+    return report
+
+
+# Upscale of a JPEG: the op's jpeg_artifacts keep / auto (with the tables) / remove without them.
+UPSCALE_JPEG_QUALITIES = (30, 50, 75, 90, 95)
+
+
+def bench_upscale_jpeg(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
+    """×2 of centred 192² crops made half size (``degrade.bicubic_downscale``) and saved as
+    JPEG: Y-PSNR (2 px shaved) against the crop of the upscale op, 1 pass, enlarging the JPEG
+    as it is (keep), after the JPEG step kept to the file's tables (auto, what GIMP and the
+    CLI do with a JPEG file) and after the JPEG step without them (remove)."""
+    import io
+
+    from PIL import Image
+
+    from engine.jpeg_consistency import tables_from_pillow
+    from engine.ops import run_op
+
+    os.environ["NEURAL_RESTORE_MODELS"] = str(models)
+    report: dict[str, Any] = {}
+    for set_name, files in sets.items():
+        for quality in UPSCALE_JPEG_QUALITIES:
+            scores: dict[str, list[float]] = {"keep": [], "auto_with_tables": [], "remove_without_tables": []}
+            for _, truth in centre_crops(files):
+                hr = degrade.modcrop(truth, 2)
+                buffer = io.BytesIO()
+                small = degrade.bicubic_downscale(hr, 2)
+                Image.fromarray((np.clip(small, 0, 1) * 255 + 0.5).astype(np.uint8)).save(buffer, "JPEG", quality=quality)
+                with Image.open(buffer) as img:
+                    jpeg, tables = np.asarray(img.convert("RGB"), np.float32) / 255.0, tables_from_pillow(img)
+                for key, extra in (("keep", {"jpeg_artifacts": "keep"}), ("auto_with_tables", {"jpeg_tables": tables}),
+                                   ("remove_without_tables", {"jpeg_artifacts": "remove"})):
+                    out = run_op("upscale", jpeg, None, {"device": "cpu", "passes": 1, **extra})[0].pixels
+                    scores[key].append(psnr(out, hr, 2, y_only=True))
+            report[f"x2_jpeg_q{quality}/{set_name}"] = {"images": len(scores["keep"]),
+                                                       **{f"y_psnr_{k}": mean(v) for k, v in scores.items()}}
     return report
 
 
@@ -815,6 +855,8 @@ def main() -> int:
         report["inpaint"] = bench_inpaint(sets, models)
     if "dejpeg" in only:
         report["dejpeg"] = bench_dejpeg(sets, models, args.dejpeg_qualities)
+    if "upscale_jpeg" in only:
+        report["upscale_jpeg"] = bench_upscale_jpeg(sets, models)
     if "dejpeg_spread" in only:
         report["dejpeg_spread"] = bench_dejpeg_spread(sets, models)
     if "speed" in only:
