@@ -441,8 +441,8 @@ def _removes_jpeg_artifacts_first(params: dict[str, Any]) -> bool:
     image (measured: better at every quality 30–95; without the tables worse at 95)."""
     from .jpeg_consistency import parse_tables
 
-    choice = params["jpeg_artifacts"]
-    return choice == "remove" or (choice == "auto" and parse_tables(params["jpeg_tables"]) is not None)
+    choice = params.get("jpeg_artifacts", "auto")  # (.get: callers of the bare estimator)
+    return choice == "remove" or (choice == "auto" and parse_tables(params.get("jpeg_tables", "")) is not None)
 
 
 def _upscale(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
