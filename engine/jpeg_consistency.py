@@ -25,8 +25,8 @@ import numpy as np
 from .errors import BadInput
 
 BLOCK = 8
-# σ (in 0–255 levels) of the Gaussian put around each restored coefficient: measured best on
-# the held-out split (1 pass; 2 / 3 / 4 within 0.1 dB of each other at q 30–90, README).
+# σ (in 0–255 levels) of the Gaussian put around each restored coefficient: best or within
+# 0.04 dB of the best of 0.5–8 at q 10–90 (nets_bench --only dejpeg_spread; docs/results.md).
 RESTORATION_SPREAD = 3.0
 # Steps this small or larger are used to find/check the block grid: on the true grid
 # coefficients sit near multiples of them (off by rounding only), elsewhere anywhere.
@@ -36,7 +36,7 @@ GRID_MAX_MISFIT = 0.15  # mean distance to the nearest multiple, in steps (0.25 
 # 0.18 even at the least of 63 wrong offsets); too few to check a given origin: it is trusted.
 GRID_MIN_COEFFICIENTS = 50
 GRID_CHECKABLE = 20
-GRID_SAMPLE_SIDE = 512
+GRID_SAMPLE_SIDE = 512  # the grid is found on a centred crop this size (+ 2 MCUs) at most
 # Chroma is checked only among the 2–4 offsets the luma grid leaves, on samples recovered from
 # the upsampled planes (less exact: up to 0.2 measured on the true grid, 0.25+ elsewhere).
 CHROMA_MIN_COEFFICIENTS = 20
@@ -45,7 +45,7 @@ CHROMA_MAX_MISFIT = 0.25
 # none for luma (the Gaussian's tail already allows it; 0.25 / 0.5 cost 0.15 / 0.3 dB at q 95),
 # half a level for chroma, whose stored samples are recovered from upsampled, rounded pixels.
 LUMA_MARGIN = 0.0
-CHROMA_MARGIN = 0.5  # the grid is found on a centred crop this size (+ 16) at most
+CHROMA_MARGIN = 0.5
 
 # The JPEG standard's example tables (ITU T.81 Annex K), natural order, which IJG's libjpeg
 # scales by quality: what "quality 90" means in GIMP, Pillow, ImageMagick and most cameras'
@@ -235,21 +235,21 @@ def grid_misfit(plane: np.ndarray, table: np.ndarray, oy: int, ox: int) -> tuple
     return float(np.abs(ratio - np.round(ratio)).mean()), int(ratio.size)
 
 
-def _sample(plane: np.ndarray, multiple: int) -> tuple[np.ndarray, int, int]:
+def _sample(plane: np.ndarray, multiple: int) -> np.ndarray:
     """A centred crop of at most GRID_SAMPLE_SIDE (+ 2·multiple) px, cut at a multiple of
-    ``multiple`` so that grid offsets found on it hold for the plane; and where it starts."""
+    ``multiple`` so that grid offsets found on it hold for the plane."""
     h, w = plane.shape
     side = GRID_SAMPLE_SIDE + 2 * multiple
     y0 = max((h - side) // 2 // multiple * multiple, 0)
     x0 = max((w - side) // 2 // multiple * multiple, 0)
-    return plane[y0:y0 + side, x0:x0 + side], y0, x0
+    return plane[y0:y0 + side, x0:x0 + side]
 
 
 def find_grid(luma: np.ndarray, table: np.ndarray, origin: tuple[int, int] | None) -> tuple[int, int] | None:
     """Where the JPEG's 8×8 grid starts in this luma plane (0–255), (oy, ox) in 0–7, or None
     when no offset fits the table (the pixels were edited or resized since, or were never
     this JPEG). ``origin``: the region's (x, y) in the JPEG's grid, tried first."""
-    sample, _, _ = _sample(luma, 16)
+    sample = _sample(luma, 16)
     if origin is not None:
         oy, ox = (-origin[1]) % BLOCK, (-origin[0]) % BLOCK
         misfit, count = grid_misfit(sample, table, oy, ox)
@@ -387,7 +387,7 @@ def _chroma_grid(decoded_cb: np.ndarray, table: np.ndarray, factors: tuple[int, 
     if origin is not None:
         preferred = ((-origin[1]) % (BLOCK * fy), (-origin[0]) % (BLOCK * fx))
         candidates.sort(key=lambda c: c != preferred)
-    sample, _, _ = _sample(decoded_cb, 16 * max(fy, fx))
+    sample = _sample(decoded_cb, 16 * max(fy, fx))
     scored = []
     for oy, ox in candidates:
         means, _ = _box_mean(sample, fy, fx, oy % fy, ox % fx)

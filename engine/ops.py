@@ -436,13 +436,17 @@ def _record_speed(name: str, model: Any, seconds: float, pixels: int, passes: in
     record(_speed_key(name, model.card), seconds, pixels / 1e6, passes, available_cpu_threads())
 
 
+def _has_jpeg_tables(params: dict[str, Any]) -> bool:
+    from .jpeg_consistency import parse_tables
+
+    return parse_tables(params.get("jpeg_tables", "")) is not None  # (.get: the bare estimators' callers)
+
+
 def _removes_jpeg_artifacts_first(params: dict[str, Any]) -> bool:
     """Upscale's ``jpeg_artifacts``: auto removes them when the JPEG's tables came with the
     image (measured: better at every quality 30–95; without the tables worse at 95)."""
-    from .jpeg_consistency import parse_tables
-
-    choice = params.get("jpeg_artifacts", "auto")  # (.get: callers of the bare estimator)
-    return choice == "remove" or (choice == "auto" and parse_tables(params.get("jpeg_tables", "")) is not None)
+    choice = params.get("jpeg_artifacts", "auto")
+    return choice == "remove" or (choice == "auto" and _has_jpeg_tables(params))
 
 
 def _upscale(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
@@ -455,7 +459,7 @@ def _upscale(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
     title = f"Upscaled ×{scale}"
     if _removes_jpeg_artifacts_first(params):
         # An enlargement makes JPEG blocks and ringing bigger: the JPEG net (kept to the file's
-        # tables) goes first, as waifu2x's noise reduction (README "Upscale a JPEG").
+        # tables) goes first, as waifu2x's noise reduction (README, Upscale's "JPEG artifacts").
         from .jpeg_consistency import parse_tables
 
         height, width = image.shape[:2]
@@ -670,7 +674,7 @@ def _net_or_dip_estimate(task: str) -> OpEstimator:
 
             side = PROBE_GRID * PROBE_SIDE
             seconds += _net_seconds("noise_probe", params["device"], min(height, side), min(width, side), 1) or 0.0
-        if task == "dejpeg" and seconds is not None and params["jpeg_tables"] not in ("", "none", "file"):
+        if task == "dejpeg" and seconds is not None and _has_jpeg_tables(params):
             seconds += JPEG_TABLES_SECONDS_PER_MEGAPIXEL * height * width / 1e6
         return seconds
 
