@@ -1,5 +1,9 @@
 """Command line: ``python -m engine <op> IN -o OUT [options]``, plus ``serve`` and ``selfcheck``.
 
+Several inputs (files or folders of images) make a batch: ``-o`` is then a folder, each result
+is named after its input, and a file that fails is reported and skipped (``--mask`` and the
+other companion images may be folders, matched by file name).
+
 Every failure ends with one clear line on stderr and a non-zero exit (2 = bad input,
 1 = engine error, 130 = cancelled); tracebacks go to the log file only.
 """
@@ -10,6 +14,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from . import __version__
@@ -59,32 +64,48 @@ class ProgressBar:
         self.stream.flush()
 
 
+# What a folder given as input (or as a folder of masks) is searched for.
+BATCH_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".webp", ".bmp")
+BATCH_FORMATS = ("png", "tif", "jpg", "webp", "bmp")
+_FOLDER_OF_MATCHES = " (a folder: the image with the input's file name, for a batch)"
+
+
 def _add_op_parser(sub: argparse._SubParsersAction, spec: OpSpec) -> None:
     parser = sub.add_parser(spec.name, help=spec.summary, description=spec.summary)
-    parser.add_argument("input", type=Path, help="input image (PNG, TIFF, JPEG, WebP, BMP)")
+    parser.add_argument("input", type=Path, nargs="+",
+                        help="input image (PNG, TIFF, JPEG, WebP, BMP); several, or folders of them, "
+                             "make a batch")
     if spec.layered:
         parser.add_argument("-o", "--output", type=Path, required=True,
-                            help="output folder: one PNG per layer plus manifest.json (created if missing)")
+                            help="output folder: one PNG per layer plus manifest.json (created if missing); "
+                                 "a batch writes one such folder per input, named after it")
     else:
         parser.add_argument("-o", "--output", type=Path, required=True,
-                            help="output image; PNG/TIFF keep 16-bit and float samples")
+                            help="output image; PNG/TIFF keep 16-bit and float samples; for a batch (or "
+                                 "when it is an existing folder) a folder, created if missing, where each "
+                                 "result takes its input's name")
+        parser.add_argument("--format", choices=BATCH_FORMATS, default="png",
+                            help="batch: the results' file type (default: png, lossless and 16-bit "
+                                 "capable: a restored JPEG is not compressed again)")
     if spec.needs_mask:
         parser.add_argument("--mask", type=Path, required=True,
-                            help="mask image of the same size: white = pixels to fill")
+                            help="mask image of the same size: white = pixels to fill" + _FOLDER_OF_MATCHES)
     elif spec.mask_optional:
         parser.add_argument("--hint", dest="mask", type=Path, default=None,
                             help="optional hint mask of the same size (white = marked), e.g. the rough "
-                                 "foreground to segment or a box around a watermark")
+                                 "foreground to segment or a box around a watermark" + _FOLDER_OF_MATCHES)
     if spec.second_image:
         parser.add_argument("--second", type=Path, default=None,
                             help="a second image of the same size (decompose --mode transparency: "
                                  "another mix of the same two layers, e.g. a second shot with the "
-                                 "polariser turned)")
+                                 "polariser turned)" + _FOLDER_OF_MATCHES)
     for param in spec.params:
         default = CLI_DEFAULTS.get(param.name, param.default)
         parser.add_argument(f"--{param.name.replace('_', '-')}", dest=param.name, type=param.kind,
                             default=default, choices=param.choices,
                             help=f"{param.help} (default: {default})")
+    parser.add_argument("--skip-existing", action="store_true",
+                        help="leave out inputs whose result is already there (to resume a batch)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.set_defaults(op_spec=spec)
 
@@ -101,10 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _layer_stack_folder(folder: Path) -> Path:
-    """Create (or reuse) the output folder of a layered op before any work is done."""
+def _output_folder(folder: Path, what: str = "a layered op writes a folder of layers") -> Path:
+    """Create (or reuse) an output folder (a layered op's, a batch's) before any work is done."""
     if folder.exists() and not folder.is_dir():
-        raise BadInput(f"{folder} is a file; a layered op writes a folder of layers")
+        raise BadInput(f"{folder} is a file; {what}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -136,36 +157,164 @@ def _write_layer_stack(folder: Path, layers: list, loaded: LoadedImage, op: str,
     return manifest
 
 
-def _run_file_op(args: argparse.Namespace) -> int:
-    from .imageio import check_writable, read_image, read_mask, write_image
+@dataclass(frozen=True)
+class FileJob:
+    """One input and where its result goes; ``mask``/``second``: its companion images."""
+    input: Path
+    output: Path
+    mask: Path | None = None
+    second: Path | None = None
 
-    spec: OpSpec = args.op_spec
-    # Before minutes of work, not after.
+
+def _run_file_job(spec: OpSpec, job: FileJob, args: argparse.Namespace, progress) -> list:
+    """Read, run, write one image (the output was checked writable before)."""
+    from .imageio import read_image, read_mask, write_image
+
     if spec.layered:
-        _layer_stack_folder(args.output)
-    else:
-        check_writable(args.output)
-    loaded = read_image(args.input)
-    mask_path = getattr(args, "mask", None)
-    mask = read_mask(mask_path, loaded.pixels.shape[:2]) if mask_path is not None else None
-    second_path = getattr(args, "second", None)
-    second = read_image(second_path).pixels if second_path is not None else None
+        _output_folder(job.output)
+    loaded = read_image(job.input)
+    mask = read_mask(job.mask, loaded.pixels.shape[:2]) if job.mask is not None else None
+    second = read_image(job.second).pixels if job.second is not None else None
     params = {p.name: getattr(args, p.name) for p in spec.params}
     if params.get("jpeg_tables") == "file":  # the input's own tables, if it is a JPEG
         params["jpeg_tables"] = loaded.jpeg_tables
-    bar = None if args.quiet else ProgressBar()
-    layers = run_op(spec.name, loaded.pixels, mask, params, JobContext(bar), second=second)
+    layers = run_op(spec.name, loaded.pixels, mask, params, JobContext(progress), second=second)
     if spec.layered:
-        manifest = _write_layer_stack(args.output, layers, loaded, spec.name, params)
-        if not args.quiet:
-            print(f"wrote {len(layers)} layers and {manifest}", file=sys.stderr)
-        return 0
-    write_image(args.output, layers[0].pixels, loaded.sample_type, loaded.metadata)
+        _write_layer_stack(job.output, layers, loaded, spec.name, params)
+        return layers
+    write_image(job.output, layers[0].pixels, loaded.sample_type, loaded.metadata)
     for extra in layers[1:]:
-        extra_path = args.output.with_name(f"{args.output.stem}-{extra.role}{args.output.suffix}")
+        extra_path = job.output.with_name(f"{job.output.stem}-{extra.role}{job.output.suffix}")
         write_image(extra_path, extra.pixels, loaded.sample_type, loaded.metadata)
+    return layers
+
+
+def _companion_names(args: argparse.Namespace) -> dict[str, str]:
+    return {"mask": "--hint" if args.op_spec.mask_optional else "--mask", "second": "--second"}
+
+
+def _companion(path: Path | None, image: Path, option: str) -> Path | None:
+    """A companion image (mask, hint, second shot): a file serves every input; in a folder,
+    the image with the input's file name (any image type)."""
+    if path is None or not path.is_dir():
+        return path
+    matches = sorted(p for p in path.iterdir() if p.stem == image.stem and p.suffix.lower() in BATCH_SUFFIXES)
+    if not matches:
+        raise BadInput(f"{option} folder {path} has no image named {image.stem} (for {image.name})")
+    return matches[0]
+
+
+def is_batch(args: argparse.Namespace) -> bool:
+    inputs: list[Path] = args.input
+    return (len(inputs) > 1 or inputs[0].is_dir()
+            or (not args.op_spec.layered and args.output.is_dir()))
+
+
+def batch_inputs(inputs: list[Path]) -> list[Path]:
+    """The files to process: each file named, and each named folder's images (not its
+    subfolders, nor hidden files), in name order, each once; missing ones fail before any
+    work."""
+    files: list[Path] = []
+    missing = [str(p) for p in inputs if not p.exists()]
+    if missing:
+        raise BadInput(f"input not found: {', '.join(missing)}")
+    for path in inputs:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
+                           and p.suffix.lower() in BATCH_SUFFIXES)
+            if not found:
+                raise BadInput(f"{path} holds no images ({', '.join(BATCH_SUFFIXES)})")
+            files.extend(found)
+        else:
+            files.append(path)
+    seen: set[Path] = set()  # `in/*.png in/a.png` names a.png twice: one result
+    return [p for p in files if not (p.resolve() in seen or seen.add(p.resolve()))]
+
+
+def plan_batch(args: argparse.Namespace) -> list[FileJob]:
+    """Every input's job, checked before any work: the output folder can be written, no two
+    results share a name, no result would overwrite an input."""
+    from .imageio import check_writable
+
+    spec: OpSpec = args.op_spec
+    inputs = batch_inputs(args.input)
+    folder = _output_folder(args.output, "several inputs need an output folder (-o)")
+    outputs: dict[Path, Path] = {}
+    for path in inputs:
+        out = folder / (path.stem if spec.layered else f"{path.stem}.{args.format}")
+        if out in outputs:
+            raise BadInput(f"{outputs[out].name} and {path.name} would both be written to {out.name}: "
+                           "rename one, or run them as two batches")
+        outputs[out] = path
+    written_over = [p for out, p in outputs.items() if not spec.layered and out.resolve() == p.resolve()]
+    if written_over:
+        raise BadInput(f"the result of {written_over[0]} would replace it: choose another output folder "
+                       "(or another --format)")
+    check_writable(next(iter(outputs)) if not spec.layered else folder / "probe.png")
+    return [FileJob(path, out, getattr(args, "mask", None), getattr(args, "second", None))
+            for out, path in outputs.items()]
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    """Each job in turn; a file that fails is reported and the rest go on. Exit 0 when all
+    were written, else the code of the failures (2 when every one was bad input, else 1)."""
+    spec: OpSpec = args.op_spec
+    jobs = plan_batch(args)
+    if args.skip_existing:
+        # A layered result is there once its manifest is (written last).
+        kept = [job for job in jobs if not (job.output / "manifest.json" if spec.layered else job.output).exists()]
+        if not args.quiet and len(kept) < len(jobs):
+            print(f"{len(jobs) - len(kept)} already done (--skip-existing)", file=sys.stderr)
+        jobs = kept
+    failed: dict[str, int] = {}
+    options = _companion_names(args)
+    for number, job in enumerate(jobs, 1):
+        if not args.quiet:
+            print(f"[{number}/{len(jobs)}] {job.input} → {job.output}", file=sys.stderr)
+        try:
+            job = FileJob(job.input, job.output, _companion(job.mask, job.input, options["mask"]),
+                          _companion(job.second, job.input, options["second"]))
+            _run_file_job(spec, job, args, None if args.quiet else ProgressBar())
+        except (Cancelled, KeyboardInterrupt):
+            print(f"stopped at {job.input}: {number - 1 - len(failed)} of {len(jobs)} results written",
+                  file=sys.stderr)
+            raise
+        except EngineError as exc:  # this file's fault, or the engine's on it: go on with the rest
+            print(f"error: {job.input}: {exc.message}", file=sys.stderr)
+            failed[str(job.input)] = EXIT_BAD_INPUT if isinstance(exc, BadInput) else EXIT_ENGINE
+        except Exception as exc:  # noqa: BLE001 - a bug met on one file must not lose the others
+            log.exception("CLI batch failure on %s", job.input)
+            print(f"error: {job.input}: internal engine error: {exc!r}; details in the log", file=sys.stderr)
+            failed[str(job.input)] = EXIT_ENGINE
+    done = len(jobs) - len(failed)
+    if not args.quiet or failed:
+        print(f"wrote {done} of {len(jobs)} results to {args.output}"
+              + (f"; failed: {', '.join(failed)}" if failed else ""), file=sys.stderr)
+    if not failed:
+        return 0
+    return EXIT_BAD_INPUT if set(failed.values()) == {EXIT_BAD_INPUT} else EXIT_ENGINE
+
+
+def _run_file_op(args: argparse.Namespace) -> int:
+    from .imageio import check_writable
+
+    spec: OpSpec = args.op_spec
+    if is_batch(args):
+        return _run_batch(args)
+    if args.skip_existing and (args.output / "manifest.json" if spec.layered else args.output).exists():
+        if not args.quiet:
+            print(f"{args.output} is already there (--skip-existing)", file=sys.stderr)
+        return 0
+    if not spec.layered:  # before minutes of work, not after (a layered op's folder: in the job)
+        check_writable(args.output)
+    options = _companion_names(args)
+    source = args.input[0]
+    job = FileJob(source, args.output, _companion(getattr(args, "mask", None), source, options["mask"]),
+                  _companion(getattr(args, "second", None), source, options["second"]))
+    layers = _run_file_job(spec, job, args, None if args.quiet else ProgressBar())
     if not args.quiet:
-        print(f"wrote {args.output}", file=sys.stderr)
+        written = args.output / "manifest.json" if spec.layered else args.output
+        print(f"wrote {f'{len(layers)} layers and ' if spec.layered else ''}{written}", file=sys.stderr)
     return 0
 
 

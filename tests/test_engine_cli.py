@@ -1,4 +1,5 @@
 """The CLI as a user types it: real subprocesses, real files, one clear line on failure."""
+import json
 import subprocess
 import sys
 
@@ -145,3 +146,106 @@ def test_unwritable_log_folder_still_runs_and_says_so_on_stderr(tmp_path):
     assert (tmp_path / "out.png").is_file()
     assert "cannot write the log file /proc/neural-restore-logs/engine.log" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- batches -------------------------------------------------------------------------------------
+
+def _photos(folder, names, size=(40, 48)):
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(len(names))
+    for name in names:
+        pixels = rng.integers(0, 256, size + (3,), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / name, **({"quality": 80} if name.endswith(".jpg") else {}))
+    return folder
+
+
+def test_a_batch_writes_each_result_as_a_single_run_would_and_reports_the_file_that_failed(tmp_path):
+    photos = _photos(tmp_path / "in", ["a.png", "b.jpg"])
+    (photos / "broken.png").write_bytes(b"not an image")
+    (photos / "notes.txt").write_text("not an image either: not picked up")
+    extra = _photos(tmp_path / "more", ["c.png"])
+    result = run_cli("sharpen", photos, extra / "c.png", photos / "a.png", "-o", tmp_path / "out", "--passes", "1")
+    assert result.returncode == 2  # one input was bad; the others were written
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png", "c.png"]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {photos / 'broken.png'}: cannot read broken.png as an image: "
+                      f"cannot identify image file '{photos / 'broken.png'}'"]
+    assert f"wrote 3 of 4 results to {tmp_path / 'out'}; failed: {photos / 'broken.png'}" in result.stderr
+    assert "[4/4]" in result.stderr and "Traceback" not in result.stderr
+    # The same pixels as one file at a time (b.jpg: its own JPEG tables are not a sharpen
+    # matter; a PNG result of a JPEG keeps 8 bits).
+    for name, out in (("a.png", "a.png"), ("b.jpg", "b.png")):
+        single = run_cli("sharpen", photos / name, "-o", tmp_path / f"single-{out}", "--passes", "1", "--quiet")
+        assert single.returncode == 0, single.stderr
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / out)),
+                                      np.asarray(Image.open(tmp_path / f"single-{out}")))
+
+
+def test_a_batch_finds_each_inputs_mask_by_name_in_a_folder_of_masks(tmp_path):
+    photos = _photos(tmp_path / "in", ["a.png", "b.png", "c.png"])
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for name, box in (("a", (5, 15)), ("c", (20, 30))):  # b has none
+        mask = np.zeros((40, 48), np.uint8)
+        mask[box[0]:box[1], box[0]:box[1]] = 255
+        Image.fromarray(mask).save(masks / f"{name}.png")
+    result = run_cli("inpaint", photos, "--mask", masks, "-o", tmp_path / "out", "--passes", "1", "--quiet")
+    assert result.returncode == 2
+    assert f"--mask folder {masks} has no image named b (for b.png)" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "c.png"]
+    for name, box in (("a", (5, 15)), ("c", (20, 30))):
+        source = np.asarray(Image.open(photos / f"{name}.png"))
+        out = np.asarray(Image.open(tmp_path / "out" / f"{name}.png"))
+        hole = np.zeros((40, 48), bool)
+        hole[box[0]:box[1], box[0]:box[1]] = True
+        np.testing.assert_array_equal(out[~hole], source[~hole])  # each got its own hole filled
+        assert not np.array_equal(out[hole], source[hole])
+
+
+@pytest.mark.parametrize("setup, args, message", [
+    ("", ["{in}", "{in}/nowhere.png", "-o", "{out}"], "input not found: {in}/nowhere.png"),
+    ("", ["{in}", "-o", "{in}", "--format", "jpg"], "would replace it"),
+    ("collide", ["{in}", "{other}/a.jpg", "-o", "{out}"], "a.png and a.jpg would both be written to a.png"),
+    ("file_out", ["{in}/a.png", "{in}/b.jpg", "-o", "{out}"], "several inputs need an output folder"),
+    ("empty", ["{other}", "-o", "{out}"], "holds no images"),
+])
+def test_a_batch_is_refused_before_any_work_when_it_cannot_end_well(tmp_path, setup, args, message):
+    photos = _photos(tmp_path / "in", ["a.png", "b.jpg"])
+    (tmp_path / "other").mkdir()
+    if setup == "collide":
+        _photos(tmp_path / "other", ["a.jpg"])
+    if setup == "file_out":
+        (tmp_path / "out").write_text("a file")
+    names = {"in": photos, "other": tmp_path / "other", "out": tmp_path / "out"}
+    result = run_cli("denoise", *[a.format(**names) for a in args], "--passes", "1")
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error:") and message.format(**names) in line
+    assert sorted(p.name for p in photos.iterdir()) == ["a.png", "b.jpg"]
+    assert not (tmp_path / "out").is_dir() or not any((tmp_path / "out").iterdir())
+
+
+def test_skip_existing_resumes_a_batch_and_an_existing_folder_takes_a_single_result(tmp_path):
+    photos = _photos(tmp_path / "in", ["a.png", "b.png"])
+    out = tmp_path / "out"
+    out.mkdir()
+    Image.new("RGB", (4, 4)).save(out / "a.png")  # "done" in an earlier run
+    result = run_cli("denoise", photos / "b.png", "-o", out, "--passes", "1", "--quiet")  # cp-like
+    assert result.returncode == 0, result.stderr
+    assert Image.open(out / "b.png").size == (48, 40)
+    (out / "b.png").unlink()
+    result = run_cli("denoise", photos, "-o", out, "--passes", "1", "--skip-existing")
+    assert result.returncode == 0, result.stderr
+    assert "1 already done (--skip-existing)" in result.stderr and "wrote 1 of 1 results" in result.stderr
+    assert Image.open(out / "a.png").size == (4, 4) and Image.open(out / "b.png").size == (48, 40)
+
+
+def test_a_layered_batch_writes_a_folder_per_input(tmp_path):
+    pytest.importorskip("torch")
+    photos = _photos(tmp_path / "in", ["a.png", "b.png"], size=(32, 32))
+    result = run_cli("decompose", photos, "-o", tmp_path / "layers", "--mode", "dehaze", "--iterations", "5",
+                     "--device", "cpu", "--quiet")
+    assert result.returncode == 0, result.stderr
+    for name in ("a", "b"):
+        manifest = json.loads((tmp_path / "layers" / name / "manifest.json").read_text())
+        assert manifest["op"] == "decompose" and len(manifest["layers"]) >= 2
