@@ -52,6 +52,10 @@ point it at your copy of Set5, Set14, BSD100, Urban100 — the same protocol run
   file's tables (its default for a JPEG file) and after the JPEG step alone; Y-PSNR.
 - dejpeg_spread (only when asked: ``--only dejpeg_spread``): the 1-pass net's result kept to
   the tables with each σ of ``SPREADS`` (the step's one setting), q 10–95.
+- jpeg_resave (only when asked: ``--only jpeg_resave``): per held-out photo, the JPEG's
+  PSNR at q 85–98 and, at q 95, RGB and Y PSNR of the JPEG and of the net kept to its
+  tables: whether a photo was a JPEG before (Berkeley's were: saved again at its quality on
+  the same grid it comes back nearly unchanged, so its PSNR peaks there).
 - upscale and sharpen are also run with 8 passes (the net averaged over the image's
   mirrored/turned copies, ``runner.run_model(..., passes=8)``; what the ops do automatically
   up to 1 megapixel): the ``*_8_passes`` fields.
@@ -441,6 +445,37 @@ def bench_dejpeg_spread(sets: dict[str, list[Path]], models: Path) -> dict[str, 
                 report[f"jpeg_q{quality}/{set_name}"] = {f"psnr_{k}": mean(v) for k, v in scores.items()}
     finally:
         jpeg_consistency.RESTORATION_SPREAD = chosen
+    return report
+
+
+RESAVE_QUALITIES = (85, 90, 92, 94, 95, 96, 98)
+
+
+def bench_jpeg_resave(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
+    os.environ["NEURAL_RESTORE_MODELS"] = str(models)
+    report: dict[str, Any] = {}
+    for set_name, files in sets.items():
+        rows = []
+        for path, truth in centre_crops(files):
+            row: dict[str, Any] = {"image": path.name, "folder": path.parent.name,
+                                   **{f"jpeg_q{q}": round(psnr(jpeg_copy(truth, q), truth), 3)
+                                      for q in RESAVE_QUALITIES}}
+            jpeg, tables = jpeg_copy(truth, 95, with_tables=True)
+            kept = run_dejpeg_net(jpeg, tables=tables)
+            row.update(y_jpeg_q95=round(psnr(jpeg, truth, y_only=True), 3),
+                       net_tables_q95=round(psnr(kept, truth), 3),
+                       y_net_tables_q95=round(psnr(kept, truth, y_only=True), 3))
+            row["jpeg_peaks_at_95"] = bool(row["jpeg_q95"] > max(row["jpeg_q96"], row["jpeg_q98"]))
+            rows.append(row)
+        groups = {"jpeg_before": [r for r in rows if r["jpeg_peaks_at_95"]],
+                  "not": [r for r in rows if not r["jpeg_peaks_at_95"]]}
+        report[set_name] = {
+            **{group: {"images": len(members),
+                       **{key: mean([r[key] for r in members])
+                          for key in ("jpeg_q90", "jpeg_q95", "jpeg_q96", "y_jpeg_q95", "net_tables_q95",
+                                      "y_net_tables_q95")}}
+               for group, members in groups.items() if members},
+            "per_image": rows}
     return report
 
 
@@ -859,6 +894,8 @@ def main() -> int:
         report["upscale_jpeg"] = bench_upscale_jpeg(sets, models)
     if "dejpeg_spread" in only:
         report["dejpeg_spread"] = bench_dejpeg_spread(sets, models)
+    if "jpeg_resave" in only:
+        report["jpeg_resave"] = bench_jpeg_resave(sets, models)
     if "speed" in only:
         report["speed"] = bench_speed(models, sizes, args.speed_repeats)
     if "estimates" in only:
