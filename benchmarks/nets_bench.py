@@ -52,6 +52,10 @@ point it at your copy of Set5, Set14, BSD100, Urban100 — the same protocol run
   file's tables (its default for a JPEG file) and after the JPEG step alone; Y-PSNR.
 - dejpeg_spread (only when asked: ``--only dejpeg_spread``): the 1-pass net's result kept to
   the tables with each σ of ``SPREADS`` (the step's one setting), q 10–95.
+- upscale_other (only when asked: ``--only upscale_other``): ×3 and ×8, which no network
+  computes itself: the upscale op (×3: the ×4 net's result reduced; ×8: it enlarged ×2 by
+  bicubic) against bicubic and the alternatives (×3: the ×2 net's result enlarged; ×8: the ×2
+  net run on the ×4 net's result); Y-PSNR, same protocol as upscale.
 - jpeg_resave (only when asked: ``--only jpeg_resave``): per held-out photo, the JPEG's
   PSNR at q 85–98 and, at q 95, RGB and Y PSNR of the JPEG and of the net kept to its
   tables: whether a photo was a JPEG before (Berkeley's were: saved again at its quality on
@@ -187,6 +191,37 @@ def bench_upscale(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
                     "gain_8_passes_db": lambda r: r["net_8_passes"] - r["bicubic"]}),
                 "per_image": rows,
             }
+    return report
+
+
+def bench_upscale_other(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
+    from engine.ops import resize_to, run_op
+
+    os.environ["NEURAL_RESTORE_MODELS"] = str(models)
+    x2 = runner.load_model(models / "rdn_x2.onnx", "cpu")
+    report: dict[str, Any] = {}
+    for scale in (3, 8):
+        for set_name, files in sets.items():
+            rows = []
+            for path in files:
+                hr = degrade.modcrop(as_float(path), scale)
+                lr = degrade.bicubic_downscale(hr, scale)
+                height, width = hr.shape[:2]
+                (layer,), took = timed(lambda: run_op("upscale", lr, None, {"scale": scale, "device": "cpu",
+                                                                               "passes": 1}))
+                if scale == 3:
+                    other = resize_to(runner.run_model(x2, lr), height, width)
+                else:
+                    (by4,) = run_op("upscale", lr, None, {"scale": 4, "device": "cpu", "passes": 1})
+                    other = runner.run_model(x2, by4.pixels)
+                rows.append({"image": path.name, "seconds": round(took, 3),
+                             "op": round(psnr(layer.pixels, hr, scale, y_only=True), 3),
+                             "alternative": round(psnr(np.clip(other, 0, 1), hr, scale, y_only=True), 3),
+                             "bicubic": round(psnr(degrade.bicubic_upscale(lr, scale), hr, scale, y_only=True), 3)})
+            report[f"x{scale}/{set_name}"] = {
+                "images": len(rows), "alternative": "x2 net enlarged" if scale == 3 else "x2 net after the x4 net",
+                **{f"y_psnr_{k}": mean([r[k] for r in rows]) for k in ("op", "alternative", "bicubic")},
+                "gain_db": mean([r["op"] - r["bicubic"] for r in rows]), "per_image": rows}
     return report
 
 
@@ -894,6 +929,8 @@ def main() -> int:
         report["upscale_jpeg"] = bench_upscale_jpeg(sets, models)
     if "dejpeg_spread" in only:
         report["dejpeg_spread"] = bench_dejpeg_spread(sets, models)
+    if "upscale_other" in only:
+        report["upscale_other"] = bench_upscale_other(sets, models)
     if "jpeg_resave" in only:
         report["jpeg_resave"] = bench_jpeg_resave(sets, models)
     if "speed" in only:

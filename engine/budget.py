@@ -88,9 +88,14 @@ def work_area(op: str, height: int, width: int, mask: np.ndarray | None) -> tupl
 
 
 def _output_scale(op: str, params: dict[str, Any]) -> int:
-    """How many times larger than the input each output side is (Upscale with DIP fits the
-    enlarged image: its net and full-size copies are scale² bigger per input pixel)."""
-    return int(params.get("scale") or 1) if op == "upscale" else 1
+    """How many times larger than the input each side of what the op computes is (Upscale
+    with DIP fits the enlarged image: its net and full-size copies are scale² bigger per input
+    pixel; ×3 is fitted at ×4, then reduced)."""
+    if op != "upscale" or not params.get("scale"):
+        return 1
+    from .ops import UPSCALE_COMPUTED_SCALE
+
+    return UPSCALE_COMPUTED_SCALE.get(params.get("method", "rdn"), {}).get(int(params["scale"]), int(params["scale"]))
 
 
 def _net_bytes_per_pixel(op: str, params: dict[str, Any]) -> float | None:

@@ -294,8 +294,44 @@ def test_upscale_refuses_a_result_too_large_to_send(monkeypatch: pytest.MonkeyPa
         ops.run_op("upscale", _image(30, 60, 3), None, {"scale": 2})
 
 
+@pytest.mark.parametrize("scale, net_scale", [(3, 4), (8, 4)])
+@pytest.mark.parametrize("channels", [3, 4])
+def test_upscale_by_3_and_8_resizes_the_networks_result(scale: int, net_scale: int, channels: int) -> None:
+    # ×3: the ×4 net's result reduced; ×8: the ×4 result enlarged ×2 (a second net pass
+    # measured no better): every channel resized alike, at float precision.
+    image = _image(18, 22, channels, seed=3)
+    (layer,) = ops.run_op("upscale", image, None, {"scale": scale, "device": "cpu"})
+    assert layer.pixels.shape == (18 * scale, 22 * scale, channels) and layer.pixels.dtype == np.float32
+    assert layer.title == f"Upscaled ×{scale}"
+    (native,) = ops.run_op("upscale", image, None, {"scale": net_scale, "device": "cpu"})
+    np.testing.assert_array_equal(layer.pixels, ops.resize_to(native.pixels, 18 * scale, 22 * scale))
+    # The picture, not merely its size: each channel's mean is kept.
+    np.testing.assert_allclose(layer.pixels.mean(axis=(0, 1)), image.mean(axis=(0, 1)), atol=0.01)
+    assert ops.estimate_seconds("upscale", {"scale": scale, "method": "rdn", "device": "cpu", "passes": 1},
+                                18, 22) == ops.estimate_seconds("upscale", {"scale": net_scale, "method": "rdn",
+                                                                            "device": "cpu", "passes": 1}, 18, 22)
+
+
+def test_resize_to_keeps_sixteen_bit_steps_and_range() -> None:
+    ramp = np.linspace(0.0, 1.0, 4096, dtype=np.float32).reshape(64, 64, 1)
+    out = ops.resize_to(ramp, 48, 48)
+    assert out.shape == (48, 48, 1) and out.min() >= 0.0 and out.max() <= 1.0
+    assert len(np.unique(np.round(out * 65535))) > 1000  # not quantised to 8 bits on the way
+
+
+def test_dip_upscale_by_3_fits_at_4_and_its_memory_is_counted_so() -> None:
+    from engine import budget
+    params = {"method": "dip", "preset": "auto"}
+    by3 = budget.working_bytes("upscale", {**params, "scale": 3}, 500, 500)
+    by4 = budget.working_bytes("upscale", {**params, "scale": 4}, 500, 500)
+    by8 = budget.working_bytes("upscale", {**params, "scale": 8}, 500, 500)
+    assert by3 == by4 and by8 > by4  # (tiles keep ×8 from being 4× ×4)
+    assert ops.upscale_computed_scale({"method": "dip", "scale": 8}) == 8
+    assert ops.upscale_computed_scale({"method": "rdn", "scale": 8}) == 4
+
+
 @pytest.mark.parametrize("params, words", [
-    ({"scale": 3}, "must be one of 2, 4"),
+    ({"scale": 5}, "must be one of 2, 3, 4, 8"),
     ({"scale": "2"}, "must be an integer"),
     ({"method": "esrgan"}, "must be one of rdn, dip"),
     ({"preset": "best"}, "must be one of auto, fast, quality, paper"),
@@ -422,7 +458,7 @@ def test_cli_sharpen_amount(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--scale", "3"], "invalid choice: 3"),
+    (["--scale", "6"], "invalid choice: 6"),
     (["--method", "bicubic"], "invalid choice: 'bicubic'"),
     (["--device", "tpu"], "invalid choice: 'tpu'"),
     (["--passes", "5"], "invalid choice: 5"),

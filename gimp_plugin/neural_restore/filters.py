@@ -207,8 +207,12 @@ AMOUNT_PARAM = FilterParam("amount", "int", 100, "Amount (%)",
                            "How much of the recovered detail to add: 100 = the network's result, "
                            "0 = no change, up to 300 for stronger sharpening (also of noise)", 0, 300)
 UPSCALE_PARAMS = (
-    FilterParam("scale", "choice", "2", "Scale", "Enlargement factor: 2 or 4",
-                choices=(("2", "2x"), ("4", "4x")), engine_type="int"),
+    # 3x and 8x after the networks' own factors: GIMP 2.10 scripts pass the option's index.
+    FilterParam("scale", "choice", "2", "Scale",
+                "Enlargement factor: 2x and 4x are the networks' own; 3x is the 4x result reduced, 8x the "
+                "4x result enlarged 2x (Deep Image Prior fits 8x itself)",
+                choices=(("2", "2x"), ("4", "4x"), ("3", "3x (4x, reduced)"), ("8", "8x (4x, then enlarged 2x)")),
+                engine_type="int"),
     FilterParam("method", "choice", "rdn", "Method",
                 "rdn: trained network, seconds; dip: Deep Image Prior, minutes",
                 choices=(("rdn", "Trained network (RDN, fast)"), ("dip", "Deep Image Prior (slow)"))),
