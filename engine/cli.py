@@ -238,6 +238,8 @@ def plan_batch(args: argparse.Namespace) -> list[FileJob]:
 
     spec: OpSpec = args.op_spec
     inputs = batch_inputs(args.input)
+    if not args.output.exists() and args.output.suffix.lower() in BATCH_SUFFIXES:  # a typo'd single run
+        raise BadInput(f"{args.output.name} names an image, but there are several inputs: give an output folder")
     folder = _output_folder(args.output, "several inputs need an output folder (-o)")
     outputs: dict[Path, Path] = {}
     for path in inputs:

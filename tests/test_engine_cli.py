@@ -208,6 +208,7 @@ def test_a_batch_finds_each_inputs_mask_by_name_in_a_folder_of_masks(tmp_path):
     ("collide", ["{in}", "{other}/a.jpg", "-o", "{out}"], "a.png and a.jpg would both be written to a.png"),
     ("file_out", ["{in}/a.png", "{in}/b.jpg", "-o", "{out}"], "several inputs need an output folder"),
     ("empty", ["{other}", "-o", "{out}"], "holds no images"),
+    ("", ["{in}/a.png", "{in}/b.jpg", "-o", "{out}.png"], "out.png names an image, but there are several inputs"),
 ])
 def test_a_batch_is_refused_before_any_work_when_it_cannot_end_well(tmp_path, setup, args, message):
     photos = _photos(tmp_path / "in", ["a.png", "b.jpg"])
@@ -223,6 +224,7 @@ def test_a_batch_is_refused_before_any_work_when_it_cannot_end_well(tmp_path, se
     assert line.startswith("error:") and message.format(**names) in line
     assert sorted(p.name for p in photos.iterdir()) == ["a.png", "b.jpg"]
     assert not (tmp_path / "out").is_dir() or not any((tmp_path / "out").iterdir())
+    assert not (tmp_path / "out.png").exists()
 
 
 def test_skip_existing_resumes_a_batch_and_an_existing_folder_takes_a_single_result(tmp_path):
