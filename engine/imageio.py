@@ -302,7 +302,8 @@ def write_image(path: str | Path, pixels: np.ndarray, sample_type: str, metadata
                 channels -= 1
             # fromarray infers L / LA / RGB / RGBA from the channel count
             image = Image.fromarray(np.ascontiguousarray(data[:, :, 0] if channels == 1 else data))
-            options: dict = {"quality": 95} if suffix in (".jpg", ".jpeg") else {}
+            # Lossy formats at 95: Pillow's WebP default (80) would blur a restoration again.
+            options: dict = {"quality": 95} if suffix in (".jpg", ".jpeg", ".webp") else {}
             if suffix != ".bmp":  # Pillow's BMP writer takes neither
                 options.update({k: v for k, v in (("icc_profile", profile), ("exif", exif)) if v})
             image.save(path, **options)

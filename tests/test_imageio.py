@@ -134,3 +134,16 @@ def test_exif_is_carried_upright_with_the_results_size(tmp_path, suffix, sample_
 def test_a_damaged_exif_record_is_dropped_not_fatal(tmp_path):
     write_image(tmp_path / "a.jpg", np.zeros((4, 4, 3), np.float32), "u8", FileMetadata(exif=b"Exif\0\0garbage"))
     assert read_image(tmp_path / "a.jpg").metadata.exif is None
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".webp"])
+def test_lossy_results_are_written_at_quality_95(tmp_path, suffix):
+    # Pillow's WebP default (quality 80) would put back some of the blur a filter removed.
+    y, x = np.mgrid[0:64, 0:64]
+    pixels = (0.5 + 0.4 * np.sin(x / 2.0) * np.cos(y / 3.0))[..., None].repeat(3, axis=2).astype(np.float32)
+    write_image(tmp_path / f"ours{suffix}", pixels, "u8")
+    Image.fromarray((pixels * 255 + 0.5).astype(np.uint8)).save(tmp_path / f"q95{suffix}", quality=95)
+    Image.fromarray((pixels * 255 + 0.5).astype(np.uint8)).save(tmp_path / f"q80{suffix}", quality=80)
+    errors = {name: float(np.abs(read_image(tmp_path / f"{name}{suffix}").pixels - pixels).mean())
+              for name in ("ours", "q95", "q80")}
+    assert errors["ours"] == pytest.approx(errors["q95"], abs=1e-6) and errors["ours"] < errors["q80"]
