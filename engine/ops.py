@@ -655,9 +655,9 @@ _SHARPEN_AMOUNT = Param("amount", int, 100, "percent of the recovered detail add
 # Inpaint (the whole op: fill, then the net; session 14, results/2026-12-07-nets-estimates-inpaint-cpu.json):
 # 1.71 s/MP on a machine where the same run gave rdn_x2 10.7 and sharpen 2.18, i.e. 0.16 × rdn_x2
 # and 0.78 × sharpen: 0.7 on the scale above.
-# noise_probe (the blind denoise net) and dejpeg: the same design as denoise (which reads a
-# 4th channel).
-_NET_SECONDS_PER_MEGAPIXEL = {"rdn_x2": 4.59, "rdn_x4": 3.22, "sharpen": 0.85, "denoise": 0.54, "noise_probe": 0.54,
+# noise_probe (the blind denoise net) and dejpeg: base 16, the design denoise had until
+# session 18; denoise is now base 24 like sharpen (plus a 4th input channel): sharpen's rate.
+_NET_SECONDS_PER_MEGAPIXEL = {"rdn_x2": 4.59, "rdn_x4": 3.22, "sharpen": 0.85, "denoise": 0.85, "noise_probe": 0.54,
                               "inpaint": 0.7, "dejpeg": 0.54}
 
 
