@@ -93,9 +93,9 @@ def _output_scale(op: str, params: dict[str, Any]) -> int:
     pixel; ×3 is fitted at ×4, then reduced)."""
     if op != "upscale" or not params.get("scale"):
         return 1
-    from .ops import UPSCALE_COMPUTED_SCALE
+    from .ops import upscale_computed_scale
 
-    return UPSCALE_COMPUTED_SCALE.get(params.get("method", "rdn"), {}).get(int(params["scale"]), int(params["scale"]))
+    return upscale_computed_scale(params)
 
 
 def _net_bytes_per_pixel(op: str, params: dict[str, Any]) -> float | None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from . import __version__
 from .errors import BadInput, Cancelled, EngineError
+from .imageio import WRITABLE
 from .logs import LOGGER_NAME, diagnostics, setup_logging
 from .ops import OPS, JobContext, OpSpec, run_op
 
@@ -64,8 +65,8 @@ class ProgressBar:
         self.stream.flush()
 
 
-# What a folder given as input (or as a folder of masks) is searched for.
-BATCH_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".webp", ".bmp")
+# What a folder given as input (or as a folder of masks) is searched for: the types read and written.
+BATCH_SUFFIXES = tuple(sorted(WRITABLE))
 BATCH_FORMATS = ("png", "tif", "jpg", "webp", "bmp")
 _FOLDER_OF_MATCHES = " (a folder: the image with the input's file name, for a batch)"
 
