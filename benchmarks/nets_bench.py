@@ -195,7 +195,8 @@ def bench_upscale(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
 
 
 def bench_upscale_other(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
-    from engine.ops import resize_to, run_op
+    from engine.onnx.tiling import resize_to
+    from engine.ops import run_op
 
     os.environ["NEURAL_RESTORE_MODELS"] = str(models)
     x2 = runner.load_model(models / "rdn_x2.onnx", "cpu")

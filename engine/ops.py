@@ -462,18 +462,6 @@ def upscale_computed_scale(params: dict[str, Any]) -> int:
     return UPSCALE_COMPUTED_SCALE[params.get("method", "rdn")][params["scale"]]
 
 
-def resize_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Every channel (alpha too) to height×width, float32 all the way (16-bit stays 16-bit),
-    by Pillow's bicubic, antialiased when reducing; clipped to [0, 1]."""
-    from PIL import Image
-
-    out = np.empty((height, width, image.shape[2]), np.float32)
-    for c in range(image.shape[2]):
-        plane = Image.fromarray(np.ascontiguousarray(image[:, :, c], dtype=np.float32))
-        out[:, :, c] = np.asarray(plane.resize((width, height), Image.Resampling.BICUBIC), dtype=np.float32)
-    return np.clip(out, 0.0, 1.0, out=out)
-
-
 def _upscale(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
              ctx: JobContext) -> list[ResultLayer]:
     scale = params["scale"]
@@ -481,6 +469,8 @@ def _upscale(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
     if max(height, width) * max(scale, upscale_computed_scale(params)) > MAX_RESULT_SIDE:
         raise BadInput(f"×{scale} of a {width}×{height} image would exceed {MAX_RESULT_SIDE} px on a side: "
                        f"upscale a smaller area (select it first in GIMP)")
+
+    from .onnx.tiling import resize_to  # Pillow only
 
     def to_result_size(pixels: np.ndarray) -> np.ndarray:
         same = pixels.shape[:2] == (height * scale, width * scale)

@@ -16,7 +16,7 @@ from engine import ops  # noqa: E402
 from engine.errors import BadInput, EngineError  # noqa: E402
 from engine.imageio import read_image, write_image  # noqa: E402
 from engine.onnx import runner  # noqa: E402
-from engine.onnx.tiling import resize_alpha  # noqa: E402
+from engine.onnx.tiling import resize_alpha, resize_to  # noqa: E402
 from neural_restore import filters  # noqa: E402
 from neural_restore.client import EngineProcess  # noqa: E402
 from neural_restore.filters import FilterError  # noqa: E402
@@ -304,7 +304,7 @@ def test_upscale_by_3_and_8_resizes_the_networks_result(scale: int, net_scale: i
     assert layer.pixels.shape == (18 * scale, 22 * scale, channels) and layer.pixels.dtype == np.float32
     assert layer.title == f"Upscaled ×{scale}"
     (native,) = ops.run_op("upscale", image, None, {"scale": net_scale, "device": "cpu"})
-    np.testing.assert_array_equal(layer.pixels, ops.resize_to(native.pixels, 18 * scale, 22 * scale))
+    np.testing.assert_array_equal(layer.pixels, resize_to(native.pixels, 18 * scale, 22 * scale))
     # The picture, not merely its size: each channel's mean is kept.
     np.testing.assert_allclose(layer.pixels.mean(axis=(0, 1)), image.mean(axis=(0, 1)), atol=0.01)
     assert ops.estimate_seconds("upscale", {"scale": scale, "method": "rdn", "device": "cpu", "passes": 1},
@@ -314,7 +314,7 @@ def test_upscale_by_3_and_8_resizes_the_networks_result(scale: int, net_scale: i
 
 def test_resize_to_keeps_sixteen_bit_steps_and_range() -> None:
     ramp = np.linspace(0.0, 1.0, 4096, dtype=np.float32).reshape(64, 64, 1)
-    out = ops.resize_to(ramp, 48, 48)
+    out = resize_to(ramp, 48, 48)
     assert out.shape == (48, 48, 1) and out.min() >= 0.0 and out.max() <= 1.0
     assert len(np.unique(np.round(out * 65535))) > 1000  # not quantised to 8 bits on the way
 

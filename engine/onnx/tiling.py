@@ -167,11 +167,19 @@ def run_tiled(image: np.ndarray, infer: Infer, *, scale: int = 1, multiple: int 
     return out[:height * scale, :width * scale]
 
 
+def resize_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Every channel (alpha too) to height×width, float32 all the way (16-bit stays 16-bit),
+    by Pillow's bicubic, antialiased when reducing; clipped to [0, 1]."""
+    out = np.empty((height, width, image.shape[2]), np.float32)
+    for c in range(image.shape[2]):
+        plane = Image.fromarray(np.ascontiguousarray(image[:, :, c], dtype=np.float32))
+        out[:, :, c] = np.asarray(plane.resize((width, height), Image.Resampling.BICUBIC), dtype=np.float32)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
 def resize_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
     """H×W×1 alpha → (s·H)×(s·W)×1 by bicubic (float32, so 16-bit alpha keeps its depth)."""
     if scale == 1:
         return alpha.astype(np.float32, copy=False)
     h, w = alpha.shape[:2]
-    im = Image.fromarray(np.ascontiguousarray(alpha[:, :, 0], dtype=np.float32))
-    big = np.asarray(im.resize((w * scale, h * scale), Image.Resampling.BICUBIC), dtype=np.float32)
-    return np.clip(big, 0.0, 1.0)[:, :, None]
+    return resize_to(alpha, h * scale, w * scale)
