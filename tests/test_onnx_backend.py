@@ -543,6 +543,11 @@ def test_a_wider_unet_grown_from_a_trained_one_starts_as_that_net(tmp_path: Path
     opt.zero_grad()
     wide(x).square().mean().backward()
     assert wide.stem.weight.grad[4:].abs().sum() > 0 and wide.fuses[0].weight.grad[:4, 4:6].abs().sum() > 0
+    # A higher channel cap too: the source's levels are read from its tensors (4, 8, 12 → 6, 12, 18).
+    wider_cap = UNet(UNetConfig(base=6, depth=2, max_channels=18))
+    wider_cap.load_state_dict(widen_state(narrow.state_dict(), wider_cap))
+    with torch.no_grad():
+        assert torch.allclose(wider_cap(x), narrow(x), atol=1e-6)
     with pytest.raises(ValueError, match="narrower net of the same depth"):
         widen_state(wide.state_dict(), narrow)
     with pytest.raises(ValueError, match="narrower net of the same depth"):

@@ -153,12 +153,14 @@ def widen_state(source: dict[str, torch.Tensor], model: UNet) -> dict[str, torch
     """
     cfg = model.config
     old_base, old_in = source_base(source), source_in_channels(source)
-    src_cfg = UNetConfig(base=old_base, depth=cfg.depth, max_channels=cfg.max_channels, in_channels=old_in)
-    src_ch, dst_ch = level_channels(src_cfg), level_channels(cfg)
-    if any(s > d for s, d in zip(src_ch, dst_ch)) or old_in > cfg.in_channels \
-            or f"downs.{cfg.depth - 1}.weight" not in source \
-            or f"downs.{cfg.depth}.weight" in source:
-        raise ValueError(f"the source (base {old_base}) does not fit this net (base {cfg.base}, depth {cfg.depth}): "
+    if f"downs.{cfg.depth - 1}.weight" not in source or f"downs.{cfg.depth}.weight" in source:
+        raise ValueError(f"the source does not fit this net (depth {cfg.depth}): "
+                         "only a narrower net of the same depth can be widened")
+    # Read from the tensors, not from a config: the source may have had another max_channels.
+    src_ch = [old_base] + [int(source[f"downs.{i}.weight"].shape[0]) for i in range(cfg.depth)]
+    dst_ch = level_channels(cfg)
+    if any(s > d for s, d in zip(src_ch, dst_ch)) or old_in > cfg.in_channels:
+        raise ValueError(f"the source (channels {src_ch}) does not fit this net (channels {dst_ch}): "
                          "only a narrower net of the same depth can be widened")
 
     def place(name: str, rows: list[int], cols: list[int]) -> None:
