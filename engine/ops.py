@@ -391,8 +391,9 @@ _DECOMPOSE_PARAMS = (
 MAX_RESULT_SIDE = 65535
 
 
-# passes = 0 (automatic) averages 8 passes up to this many input pixels: a second or two on a
-# CPU, for ~0.1 dB (README "Passes"); larger images get one pass, so their time stays seconds.
+# passes = 0 (automatic) averages 8 passes up to this many input pixels: seconds on a CPU (at
+# 1 MP 2–10 s by net on the slower dev CPU), for 0.1–0.3 dB (README "Passes"); larger images
+# get one pass, so the time grows with the area at the one-pass rate.
 AUTO_PASSES_MAX_PIXELS = 1_000_000
 AUTO_PASSES = 8
 
