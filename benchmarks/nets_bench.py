@@ -3,7 +3,8 @@ speed, and (with --big) peak memory and seams of a 6000×4000 ×2 upscale.
 
     python benchmarks/nets_bench.py [--models DIR] [--max-images N]
                                     [--only upscale,sharpen,denoise,inpaint,dejpeg,speed,estimates]
-                                    [--set NAME=DIR ...] [--speed-sizes 256,512] [--speed-repeats 9]
+                                    [--set NAME=DIR ...] [--dejpeg-qualities 10,…,none] [--no-cbm3d-oracle]
+                                    [--speed-sizes 256,512] [--speed-repeats 9]
                                     [--estimate-side 1024]
                                     [--big [--big-size 6000x4000]] > benchmarks/results/nets.json
 
@@ -358,7 +359,8 @@ def best_cbm3d(jpeg: np.ndarray, truth: np.ndarray, sigmas: tuple[int, ...]) -> 
     return max((psnr(np.clip(filtered(sigma), 0.0, 1.0), truth), sigma) for sigma in sigmas)
 
 
-def dejpeg_row(truth: np.ndarray, jpeg: np.ndarray, quality: int, tables: str = "") -> dict[str, Any]:
+def dejpeg_row(truth: np.ndarray, jpeg: np.ndarray, quality: int, tables: str = "",
+               oracle: bool = True) -> dict[str, Any]:
     net, net_s = timed(lambda: run_dejpeg_net(jpeg))
     net8, net8_s = timed(lambda: run_dejpeg_net(jpeg, passes=8))
     row = {"net": round(psnr(net, truth), 3), "net_8_passes": round(psnr(net8, truth), 3),
@@ -371,25 +373,26 @@ def dejpeg_row(truth: np.ndarray, jpeg: np.ndarray, quality: int, tables: str = 
                    tables_seconds_over_net=round(kept_s - net_s, 3))
     if quality:  # (an uncompressed input is the truth: no PSNR to give)
         row.update(jpeg=round(psnr(jpeg, truth), 3), y_jpeg=round(psnr(jpeg, truth, y_only=True), 3))
-    if quality in CBM3D_SIGMAS:
+    if oracle and quality in CBM3D_SIGMAS:
         score, sigma = best_cbm3d(jpeg, truth, CBM3D_SIGMAS[quality])
         row.update(cbm3d_oracle=round(score, 3), cbm3d_sigma=sigma)
     return {**row, "seconds": {"net": round(net_s, 3), "net_8_passes": round(net8_s, 3)}}
 
 
-def dejpeg_case(truth: np.ndarray, quality: int) -> dict[str, Any]:
+def dejpeg_case(truth: np.ndarray, quality: int, oracle: bool = True) -> dict[str, Any]:
     if not quality:  # 0: not compressed (8-bit rounding only, as any image file is)
         return dejpeg_row(truth, np.round(truth * 255) / 255, quality)
     jpeg, tables = jpeg_copy(truth, quality, with_tables=True)
-    return dejpeg_row(truth, jpeg, quality, tables)
+    return dejpeg_row(truth, jpeg, quality, tables, oracle)
 
 
-def bench_dejpeg(sets: dict[str, list[Path]], models: Path, qualities: str = DEJPEG_QUALITIES) -> dict[str, Any]:
+def bench_dejpeg(sets: dict[str, list[Path]], models: Path, qualities: str = DEJPEG_QUALITIES,
+                 oracle: bool = True) -> dict[str, Any]:
     os.environ["NEURAL_RESTORE_MODELS"] = str(models)  # the op finds its net there
     report: dict[str, Any] = {}
     for quality in [0 if q == "none" else int(q) for q in qualities.split(",")]:
         for set_name, files in sets.items():
-            rows = [{"image": path.name, "folder": path.parent.name, **dejpeg_case(truth, quality)}
+            rows = [{"image": path.name, "folder": path.parent.name, **dejpeg_case(truth, quality, oracle)}
                     for path, truth in centre_crops(files)]
             keys = [k for k in ("jpeg", "net", "net_8_passes", "net_tables", "net_8_passes_tables", "cbm3d_oracle",
                                 "y_jpeg", "y_net_8_passes", "y_net_8_passes_tables") if k in rows[0]]
@@ -884,6 +887,8 @@ def main() -> int:
                         metavar="NAME=DIR", help="also measure on this folder of ground-truth images (repeatable)")
     parser.add_argument("--dejpeg-qualities", default=DEJPEG_QUALITIES,
                         help="dejpeg part: JPEG qualities, comma-separated; none = uncompressed")
+    parser.add_argument("--no-cbm3d-oracle", action="store_true",
+                        help="dejpeg part: skip the (slow) per-image CBM3D search, e.g. to compare two nets")
     parser.add_argument("--speed-sizes", default="256,512", help="square input sides, comma-separated")
     parser.add_argument("--speed-repeats", type=int, default=9)
     parser.add_argument("--speed-child", action="store_true", help=argparse.SUPPRESS)
@@ -925,7 +930,7 @@ def main() -> int:
     if "inpaint" in only:
         report["inpaint"] = bench_inpaint(sets, models)
     if "dejpeg" in only:
-        report["dejpeg"] = bench_dejpeg(sets, models, args.dejpeg_qualities)
+        report["dejpeg"] = bench_dejpeg(sets, models, args.dejpeg_qualities, not args.no_cbm3d_oracle)
     if "upscale_jpeg" in only:
         report["upscale_jpeg"] = bench_upscale_jpeg(sets, models)
     if "dejpeg_spread" in only:
