@@ -113,6 +113,56 @@ def _net_bytes_per_pixel(op: str, params: dict[str, Any]) -> float | None:
     return per_pixel * (_PAPER_NET_FACTOR.get(op, 1.0) if paper_sized else 1.0) * scale**2
 
 
+# The trained nets (ONNX Runtime; engine/onnx/runner.py tiles them from an activation budget):
+# peak = a fixed part (Python, numpy, ONNX Runtime, the model: 70–85 MB measured on tiny
+# inputs), the full-size image copies (the file or wire copy, float32 colour, the result,
+# alpha, the written copy), counted per pixel of input plus output, and the tiles'
+# activations, which the runner sizes from what is left (at least NET_MIN_ACTIVATION_BYTES).
+# Measured with the whole CLI command on photos up to 12 MP: benchmarks/memory_bench.py
+# (results/2026-12-07-memory-nets-cpu.json).
+NET_BASE_BYTES = 128 << 20
+NET_IMAGE_BYTES_PER_PIXEL = 36
+NET_MIN_ACTIVATION_BYTES = 256 << 20
+NET_OPS = ("denoise", "inpaint", "dejpeg", "upscale", "sharpen")
+
+
+def _uses_trained_net(op: str, params: dict[str, Any]) -> bool:
+    if op == "sharpen":
+        return True
+    if op == "upscale":
+        return params.get("method", "rdn") != "dip"
+    return op in NET_OPS and params.get("method") == "net"
+
+
+def net_image_bytes(input_pixels: int, scale: int = 1, result_scale: int | None = None) -> int:
+    """Fixed part + full-size copies of a trained net's run on ``input_pixels`` whose net
+    enlarges ``scale``× (Upscale ×3/×8: the result is then resized to ``result_scale``×)."""
+    result = scale if result_scale is None else result_scale
+    copies = input_pixels * (1 + scale * scale + (result * result if result != scale else 0))
+    return NET_BASE_BYTES + NET_IMAGE_BYTES_PER_PIXEL * copies
+
+
+def net_activation_budget(input_pixels: int, scale: int, ceiling: int) -> int:
+    """Activation bytes the ONNX runner may use: ``ceiling`` (its own cap), less when the
+    memory available would not hold that next to the copies; never below the minimum."""
+    free = available_bytes()
+    if free is not None:
+        ceiling = min(ceiling, free - net_image_bytes(input_pixels, scale))
+    return max(NET_MIN_ACTIVATION_BYTES, ceiling)
+
+
+def _net_need(op: str, params: dict[str, Any], height: int, width: int, smallest: bool) -> int:
+    from .onnx.runner import CPU_BUDGET_BYTES  # no onnxruntime import: constants only
+
+    result_scale = int(params.get("scale") or 1) if op == "upscale" else 1
+    scale = _output_scale(op, params)
+    fixed = net_image_bytes(height * width, scale, result_scale)
+    if smallest:
+        return fixed + NET_MIN_ACTIVATION_BYTES
+    own_cap = CPU_BUDGET_BYTES - 12 * height * width * (1 + scale * scale)  # the runner's rule
+    return fixed + net_activation_budget(height * width, scale, own_cap)
+
+
 def _tiled_need(net_bytes_per_pixel: float, height: int, width: int, image_pixels: int, tile: int) -> int:
     net_pixels = min(height, tile) * min(width, tile)
     return int(TORCH_BASE_BYTES + IMAGE_BYTES_PER_PIXEL * image_pixels + net_bytes_per_pixel * net_pixels)
@@ -128,6 +178,8 @@ def working_bytes(op: str, params: dict[str, Any], height: int, width: int,
     full-size images plus one tile's fit on the area the op works on (``work``, default the
     whole image; inpaint: the hole's window). The tile is the one a run would choose now
     (``tile`` param, else from the memory available)."""
+    if _uses_trained_net(op, params):
+        return _net_need(op, params, height, width, smallest=False)
     per_pixel = _net_bytes_per_pixel(op, params)
     if per_pixel is None:
         return None
@@ -147,17 +199,23 @@ def check(op: str, params: dict[str, Any], image_shape: tuple[int, ...], mask: n
     even in its smallest tiles (or the requested ``tile``)."""
     per_pixel = _net_bytes_per_pixel(op, params)
     budget = available_bytes()
-    if per_pixel is None or budget is None:
+    if budget is None or (per_pixel is None and not _uses_trained_net(op, params)):
         return
     height, width = image_shape[0], image_shape[1]
     work_h, work_w = work_area(op, height, width, mask)
-    image_pixels = height * width * _output_scale(op, params) ** 2
-    # The smallest tile (in input px; Upscale's smallest enlarged tile is 64² too).
-    smallest = _requested_tile(params) // _output_scale(op, params)
-    need = _tiled_need(per_pixel, work_h, work_w, image_pixels, smallest)
+    if per_pixel is None:  # a trained net: the copies of the whole image, the smallest tiles
+        work_h, work_w = height, width
+        need = _net_need(op, params, height, width, smallest=True)
+    else:
+        image_pixels = height * width * _output_scale(op, params) ** 2
+        # The smallest tile (in input px; Upscale's smallest enlarged tile is 64² too).
+        smallest = _requested_tile(params) // _output_scale(op, params)
+        need = _tiled_need(per_pixel, work_h, work_w, image_pixels, smallest)
     if need <= budget:
         return
     area = {"inpaint": "the selected area and its surroundings", "upscale": "the enlarged image"}.get(op, "the image")
+    if per_pixel is None:  # a trained net keeps the whole image (Upscale: the enlarged one too)
+        area = "the enlarged image" if op == "upscale" else "the image"
     raise BadInput(f"{op} on {area} ({work_w}×{work_h} pixels) needs about {_gigabytes(need)} of memory, "
                    f"this machine has {_gigabytes(budget)} free: select a smaller area (or crop / "
                    f"scale the image down), or close other programs, and try again")

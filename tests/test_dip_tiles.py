@@ -155,12 +155,9 @@ def test_budget_counts_one_tile_and_refuses_only_what_no_tile_fits(monkeypatch: 
     monkeypatch.setenv(budget.BUDGET_ENV, "2000")
     with pytest.raises(BadInput, match="needs about 4.2 GB"):
         budget.check("denoise", {"preset": "auto"}, (8000, 8000, 3), None)  # the image copies alone
-    # Upscale with DIP fits the enlarged image (scale² per input pixel); with rdn: not measured.
+    # Upscale with DIP fits the enlarged image (scale² per input pixel).
     monkeypatch.setenv(budget.BUDGET_ENV, str(24 * 1024))
-    assert budget.working_bytes("upscale", {"method": "rdn", "scale": 4}, 2000, 2000) is None
-    # The other trained nets likewise (their runner tiles from a budget); their DIP method is counted.
     for op in ("denoise", "inpaint", "dejpeg"):
-        assert budget.working_bytes(op, {"method": "net"}, 8000, 8000) is None
         assert budget.working_bytes(op, {"method": "dip", "preset": "auto"}, 8000, 8000) > 4 << 30
     upscale = budget.working_bytes("upscale", {"method": "dip", "scale": 4, "preset": "auto"}, 2000, 2000)
     assert upscale > budget.working_bytes("denoise", {"preset": "auto"}, 2000, 2000)
@@ -195,3 +192,41 @@ def test_time_estimate_counts_one_run_per_tile(monkeypatch: pytest.MonkeyPatch) 
     grid = tiles.plan(3000, 2000, budget.DIP_MAX_TILE)
     assert presets.estimate_seconds("denoise", "fast", "cpu", 100, 3000, 2000) == pytest.approx(
         grid.count * one_tile, rel=0.01)
+
+
+def test_trained_nets_count_their_image_copies_and_refuse_what_even_small_tiles_cannot_hold(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ONNX ops keep the whole image (and Upscale's enlarged one) in memory and tile the
+    net: their need is the copies plus the tiles' activations, which shrink to what is free."""
+    monkeypatch.setenv(budget.BUDGET_ENV, str(24 * 1024))
+    denoise = budget.working_bytes("denoise", {"method": "net"}, 3000, 4000)
+    sharpen = budget.working_bytes("sharpen", {}, 3000, 4000)
+    x2 = budget.working_bytes("upscale", {"method": "rdn", "scale": 2}, 3000, 4000)
+    x4 = budget.working_bytes("upscale", {"method": "rdn", "scale": 4}, 3000, 4000)
+    x8 = budget.working_bytes("upscale", {"method": "rdn", "scale": 8}, 3000, 4000)
+    assert denoise == sharpen and denoise < x2 < x4 < x8
+    assert x4 > 12e6 * 16 * budget.NET_IMAGE_BYTES_PER_PIXEL  # the ×4 result's copies alone
+    # With less memory free the activations get less (smaller tiles), down to the minimum.
+    monkeypatch.setenv(budget.BUDGET_ENV, "1400")
+    short = budget.working_bytes("denoise", {"method": "net"}, 3000, 4000)
+    assert short < denoise and short <= 1400 << 20
+    budget.check("denoise", {"method": "net"}, (3000, 4000, 3), None)  # fits with small tiles
+    with pytest.raises(BadInput, match=r"upscale on the enlarged image .* needs about 7.2 GB .* 1.4 GB free"):
+        budget.check("upscale", {"method": "rdn", "scale": 4}, (3000, 4000, 3), None)
+    # A DIP method is counted by its own rule; the net's rule does not apply to it.
+    assert budget.working_bytes("denoise", {"method": "dip", "preset": "auto"}, 3000, 4000) != short
+
+
+def test_onnx_runner_tiles_shrink_when_memory_is_short(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.onnx import runner
+
+    rgb = np.zeros((2000, 2000, 3), np.float32)
+    monkeypatch.setenv(budget.BUDGET_ENV, str(24 * 1024))
+    roomy = runner.cpu_activation_budget(rgb, 1)
+    assert roomy == runner.CPU_BUDGET_BYTES - rgb.size * 4 * 2  # the runner's own cap
+    monkeypatch.setenv(budget.BUDGET_ENV, "700")
+    tight = runner.cpu_activation_budget(rgb, 1)
+    assert budget.NET_MIN_ACTIVATION_BYTES <= tight < roomy
+    assert tight + budget.net_image_bytes(2000 * 2000) <= 700 << 20 or tight == budget.NET_MIN_ACTIVATION_BYTES
+    monkeypatch.setenv(budget.BUDGET_ENV, "1")
+    assert runner.cpu_activation_budget(rgb, 1) == budget.NET_MIN_ACTIVATION_BYTES

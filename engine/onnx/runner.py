@@ -42,10 +42,10 @@ from . import tiling
 DEVICES = ("auto", "cpu", "cuda")
 CPU_BUDGET_BYTES = 1536 * 2**20
 # A big image's own float32 input and output count against the CPU budget (a 6000×4000 ×2
-# result alone is 1.1 GB); the tiles' activations get what is left, but never less than this
-# (ORT's arena grows in powers of two, so the real use can be ~1.5× the estimate: measured
-# 1.3 GB peak for 3000×2000 ×2 with the 1.2 GB budget it then gets).
-MIN_CPU_ACTIVATION_BYTES = 256 * 2**20
+# result alone is 1.1 GB); the tiles' activations get what is left, but never less than
+# engine.budget.NET_MIN_ACTIVATION_BYTES (ORT's arena grows in powers of two, so the real use
+# can be ~1.5× the estimate: measured 1.3 GB peak for 3000×2000 ×2 with the 1.2 GB budget it
+# then gets), and less on a machine short of memory (cpu_activation_budget).
 CUDA_BUDGET_BYTES = 3 * 2**30
 PASSES = (1, 2, 4, 8)
 
@@ -228,8 +228,13 @@ def _is_out_of_memory(exc: Exception) -> bool:
 
 
 def cpu_activation_budget(rgb: np.ndarray, scale: int) -> float:
+    """Bytes the tiles' activations may take: CPU_BUDGET_BYTES less the float32 input and
+    output, and less again where the memory available would not hold that next to the image
+    copies (engine.budget: smaller tiles, the same result, only slower); at least the minimum."""
+    from engine import budget
+
     image_bytes = rgb.size * 4 * (1 + scale * scale)  # float32 input and output
-    return max(MIN_CPU_ACTIVATION_BYTES, CPU_BUDGET_BYTES - image_bytes)
+    return budget.net_activation_budget(rgb.shape[0] * rgb.shape[1], scale, CPU_BUDGET_BYTES - image_bytes)
 
 
 def _checked_passes(passes: int) -> int:
