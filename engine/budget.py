@@ -151,6 +151,21 @@ def net_activation_budget(input_pixels: int, scale: int, ceiling: int) -> int:
     return max(NET_MIN_ACTIVATION_BYTES, ceiling)
 
 
+def _whole_image_activation_bytes(op: str, scale: int, height: int, width: int) -> float | None:
+    """What one tile covering the whole (padded) image would take: a small image needs less
+    than any budget. None when the model's card cannot be read."""
+    from .errors import EngineError
+    from .onnx import runner, tiling  # no onnxruntime import: cards and constants only
+
+    name = f"rdn_x{scale}" if op == "upscale" else op
+    try:
+        floats = float(runner.read_card(runner.find_model(name))["architecture"]["activation_floats_per_px"])
+    except (EngineError, KeyError, TypeError, ValueError, OSError):
+        return None
+    padded = (height + 64) * (width + 64)  # the reflect padding and overlap around it
+    return padded * floats * tiling.BYTES_PER_FLOAT * tiling.RUNTIME_OVERHEAD
+
+
 def _net_need(op: str, params: dict[str, Any], height: int, width: int, smallest: bool) -> int:
     from .onnx.runner import CPU_BUDGET_BYTES  # no onnxruntime import: constants only
 
@@ -160,7 +175,9 @@ def _net_need(op: str, params: dict[str, Any], height: int, width: int, smallest
     if smallest:
         return fixed + NET_MIN_ACTIVATION_BYTES
     own_cap = CPU_BUDGET_BYTES - 12 * height * width * (1 + scale * scale)  # the runner's rule
-    return fixed + net_activation_budget(height * width, scale, own_cap)
+    activations = net_activation_budget(height * width, scale, own_cap)
+    whole = _whole_image_activation_bytes(op, scale, height, width)
+    return fixed + int(activations if whole is None else min(activations, whole))
 
 
 def _tiled_need(net_bytes_per_pixel: float, height: int, width: int, image_pixels: int, tile: int) -> int:
