@@ -148,6 +148,21 @@ def test_unwritable_log_folder_still_runs_and_says_so_on_stderr(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+
+def test_an_upscale_that_memory_cannot_hold_is_refused_before_any_work(tmp_path):
+    """The trained nets keep the whole image and its enlargement in memory: an ×8 of a
+    600² photo with 300 MB free is refused with the need named, and nothing is written."""
+    import os
+    Image.new("RGB", (600, 600), (9, 90, 200)).save(tmp_path / "photo.png")
+    env = dict(os.environ, NEURAL_RESTORE_MEMORY_BUDGET_MB="300")
+    result = subprocess.run([sys.executable, "-m", "engine", "upscale", str(tmp_path / "photo.png"), "-o",
+                             str(tmp_path / "big.png"), "--scale", "8"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 2, result.stderr
+    assert "upscale on the enlarged image (600×600 pixels) needs about 1." in result.stderr
+    assert "300 MB free" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "big.png").exists()
+
 # -- batches -------------------------------------------------------------------------------------
 
 def _photos(folder, names, size=(40, 48)):
