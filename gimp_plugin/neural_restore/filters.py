@@ -305,8 +305,8 @@ FILTERS = (
                "JPEG artifacts removed", DEJPEG_PARAMS, selection_bounds=True, context=DIP_CONTEXT,
                mask_result=True, sends_jpeg_tables=True),
     FilterSpec("upscale", "upscale", "_Upscale...",
-               "Enlarge the layer (or the selection's bounds) 2x or 4x with a trained network; "
-               "the result opens as a new image.",
+               "Enlarge the layer (or the selection's bounds) 2x, 3x, 4x or 8x with a trained network "
+               "(seconds) or a Deep Image Prior (minutes); the result opens as a new image.",
                "Upscaled", UPSCALE_PARAMS, output="new-image", selection_bounds=True,
                context=NET_CONTEXT, scale_param="scale", sends_jpeg_tables=True),
     FilterSpec("sharpen", "sharpen", "_Sharpen...",
