@@ -123,7 +123,6 @@ def _net_bytes_per_pixel(op: str, params: dict[str, Any]) -> float | None:
 NET_BASE_BYTES = 128 << 20
 NET_IMAGE_BYTES_PER_PIXEL = 36
 NET_MIN_ACTIVATION_BYTES = 256 << 20
-NET_OPS = ("denoise", "inpaint", "dejpeg", "upscale", "sharpen")
 
 
 def _uses_trained_net(op: str, params: dict[str, Any]) -> bool:
@@ -131,7 +130,7 @@ def _uses_trained_net(op: str, params: dict[str, Any]) -> bool:
         return True
     if op == "upscale":
         return params.get("method", "rdn") != "dip"
-    return op in NET_OPS and params.get("method") == "net"
+    return op in ("denoise", "inpaint", "dejpeg") and params.get("method") == "net"
 
 
 def net_image_bytes(input_pixels: int, scale: int = 1, result_scale: int | None = None) -> int:
@@ -167,15 +166,14 @@ def _whole_image_activation_bytes(op: str, scale: int, height: int, width: int) 
 
 
 def _net_need(op: str, params: dict[str, Any], height: int, width: int, smallest: bool) -> int:
-    from .onnx.runner import CPU_BUDGET_BYTES  # no onnxruntime import: constants only
+    from .onnx.runner import cpu_activation_budget  # no onnxruntime import
 
     result_scale = int(params.get("scale") or 1) if op == "upscale" else 1
     scale = _output_scale(op, params)
     fixed = net_image_bytes(height * width, scale, result_scale)
     if smallest:
         return fixed + NET_MIN_ACTIVATION_BYTES
-    own_cap = CPU_BUDGET_BYTES - 12 * height * width * (1 + scale * scale)  # the runner's rule
-    activations = net_activation_budget(height * width, scale, own_cap)
+    activations = cpu_activation_budget(height * width, 3, scale)  # what the runner would take now
     whole = _whole_image_activation_bytes(op, scale, height, width)
     return fixed + int(activations if whole is None else min(activations, whole))
 
@@ -219,20 +217,20 @@ def check(op: str, params: dict[str, Any], image_shape: tuple[int, ...], mask: n
     if budget is None or (per_pixel is None and not _uses_trained_net(op, params)):
         return
     height, width = image_shape[0], image_shape[1]
-    work_h, work_w = work_area(op, height, width, mask)
     if per_pixel is None:  # a trained net: the copies of the whole image, the smallest tiles
         work_h, work_w = height, width
         need = _net_need(op, params, height, width, smallest=True)
+        area = "the enlarged image" if op == "upscale" else "the image"
     else:
+        work_h, work_w = work_area(op, height, width, mask)
+        area = {"inpaint": "the selected area and its surroundings",
+                "upscale": "the enlarged image"}.get(op, "the image")
         image_pixels = height * width * _output_scale(op, params) ** 2
         # The smallest tile (in input px; Upscale's smallest enlarged tile is 64² too).
         smallest = _requested_tile(params) // _output_scale(op, params)
         need = _tiled_need(per_pixel, work_h, work_w, image_pixels, smallest)
     if need <= budget:
         return
-    area = {"inpaint": "the selected area and its surroundings", "upscale": "the enlarged image"}.get(op, "the image")
-    if per_pixel is None:  # a trained net keeps the whole image (Upscale: the enlarged one too)
-        area = "the enlarged image" if op == "upscale" else "the image"
     raise BadInput(f"{op} on {area} ({work_w}×{work_h} pixels) needs about {_gigabytes(need)} of memory, "
                    f"this machine has {_gigabytes(budget)} free: select a smaller area (or crop / "
                    f"scale the image down), or close other programs, and try again")

@@ -222,11 +222,11 @@ def test_onnx_runner_tiles_shrink_when_memory_is_short(monkeypatch: pytest.Monke
 
     rgb = np.zeros((2000, 2000, 3), np.float32)
     monkeypatch.setenv(budget.BUDGET_ENV, str(24 * 1024))
-    roomy = runner.cpu_activation_budget(rgb, 1)
+    roomy = runner.cpu_activation_budget(2000 * 2000, 3, 1)
     assert roomy == runner.CPU_BUDGET_BYTES - rgb.size * 4 * 2  # the runner's own cap
     monkeypatch.setenv(budget.BUDGET_ENV, "700")
-    tight = runner.cpu_activation_budget(rgb, 1)
+    tight = runner.cpu_activation_budget(2000 * 2000, 3, 1)
     assert budget.NET_MIN_ACTIVATION_BYTES <= tight < roomy
     assert tight + budget.net_image_bytes(2000 * 2000) <= 700 << 20 or tight == budget.NET_MIN_ACTIVATION_BYTES
     monkeypatch.setenv(budget.BUDGET_ENV, "1")
-    assert runner.cpu_activation_budget(rgb, 1) == budget.NET_MIN_ACTIVATION_BYTES
+    assert runner.cpu_activation_budget(2000 * 2000, 3, 1) == budget.NET_MIN_ACTIVATION_BYTES

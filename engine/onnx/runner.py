@@ -227,14 +227,15 @@ def _is_out_of_memory(exc: Exception) -> bool:
     return any(s in text for s in ("out of memory", "failed to allocate", "bad_alloc", "cudaerrormemoryallocation"))
 
 
-def cpu_activation_budget(rgb: np.ndarray, scale: int) -> float:
-    """Bytes the tiles' activations may take: CPU_BUDGET_BYTES less the float32 input and
-    output, and less again where the memory available would not hold that next to the image
-    copies (engine.budget: smaller tiles, the same result, only slower); at least the minimum."""
+def cpu_activation_budget(pixels: int, channels: int, scale: int) -> float:
+    """Bytes the tiles' activations may take on a ``pixels``-pixel input of ``channels``:
+    CPU_BUDGET_BYTES less the float32 input and output, and less again where the memory
+    available would not hold that next to the image copies (engine.budget: smaller tiles, the
+    same result, only slower); at least the minimum."""
     from engine import budget
 
-    image_bytes = rgb.size * 4 * (1 + scale * scale)  # float32 input and output
-    return budget.net_activation_budget(rgb.shape[0] * rgb.shape[1], scale, CPU_BUDGET_BYTES - image_bytes)
+    image_bytes = pixels * channels * 4 * (1 + scale * scale)  # float32 input and output
+    return budget.net_activation_budget(pixels, scale, CPU_BUDGET_BYTES - image_bytes)
 
 
 def _checked_passes(passes: int) -> int:
@@ -269,7 +270,8 @@ def run_rgb(model: OnnxModel, rgb: np.ndarray, *, tile: int | None = None, overl
         raise BadInput(f"{model.path.name} reads {model.input_channels} channels; got an array of shape {rgb.shape}")
     overlap = model.tile_overlap if overlap is None else overlap
     if tile is None:
-        budget = memory_budget_bytes or (CUDA_BUDGET_BYTES if model.on_gpu else cpu_activation_budget(rgb, model.scale))
+        budget = memory_budget_bytes or (CUDA_BUDGET_BYTES if model.on_gpu else
+                                         cpu_activation_budget(rgb.shape[0] * rgb.shape[1], rgb.shape[2], model.scale))
         tile = tiling.tile_from_budget(budget, model.activation_floats_per_px, overlap, model.size_multiple)
     smallest = tiling.min_tile(overlap, model.size_multiple)
 
