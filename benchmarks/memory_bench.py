@@ -82,8 +82,8 @@ def measure(label: str, width: int, height: int, folder: Path, env: dict[str, st
     if predicted:
         row["prediction_covers_peak"] = predicted >= peak_kb * 1024
     if done.returncode != 0:
-        row["error"] = done.stderr.strip().splitlines()[-25:-20] if "Command exited" in done.stderr else \
-            done.stderr.strip().splitlines()[-1:]
+        engine_part = re.split(r"^(?:Command exited|\tCommand being timed)", done.stderr, flags=re.M)[0]
+        row["error"] = engine_part.strip().splitlines()[-1:]  # the engine's last line, before time's report
     for path in (image, mask, out):
         path.unlink(missing_ok=True)
     return row
