@@ -23,6 +23,7 @@ and the seconds each mode took (target on a CPU at 256²: ≤ 300 s per mode).
     python benchmarks/decompose_bench.py --size 256 --device cpu            # the full run
     python benchmarks/decompose_bench.py --size 64 --iterations 100         # a smoke test
     python benchmarks/decompose_bench.py --size 128 --only transparency     # one mode while tuning
+    python benchmarks/decompose_bench.py --size 384 --working-side 192      # fitted at 192, carried to 384
 
 Without --iterations every run stops by itself (the engine's automatic stop); "iterations"
 in the report is how many it ran.
@@ -102,7 +103,7 @@ def text_mark(size: int) -> tuple[np.ndarray, np.ndarray]:
 def run(image, mode, hint, args, second=None):
     started = time.monotonic()
     result = doubledip.decompose(image, mode, hint, second=second, iterations=args.iterations or None,
-                                 seed=args.seed, device=args.device)
+                                 seed=args.seed, device=args.device, working_side=args.working_side or None)
     return result, round(time.monotonic() - started, 1)
 
 
@@ -112,6 +113,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=0, help="0 = the engine's automatic count")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--working-side", type=int, default=0,
+                        help="fit on a copy of this longer side and carry the split to --size (0 = the "
+                             "engine's default for the device: 384 on a CPU, 512 on a GPU)")
     parser.add_argument("--only", default="transparency,transparency-pair,segment,segment-same-palette,dehaze,watermark,watermark-text",
                         help="comma-separated cases to run (default: all)")
     args = parser.parse_args()
@@ -121,7 +125,8 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown case(s): {', '.join(sorted(unknown))}")
     size = args.size
-    report: dict = {"size": size, "device": args.device, "iterations": args.iterations or "auto", "cases": {}}
+    report: dict = {"size": size, "device": args.device, "iterations": args.iterations or "auto",
+                    "working_side": args.working_side or "auto", "cases": {}}
 
     a, b = crop("denoising/F16_GT.png", size), crop("inpainting/kate.png", size)
     def best_assignment(result) -> tuple[float, float]:

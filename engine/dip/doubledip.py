@@ -47,6 +47,7 @@ import torch.nn.functional as F
 
 from engine.errors import BadInput, Cancelled
 
+from . import full_resolution
 from .loop import CancelCallback, FitStats, Generator, ProgressCallback, StoppingRule, fit_generators
 from .nets import LIGHT_DENOISE, PAPER_DENOISE, NetConfig
 from .tasks import MIN_IMAGE_SIDE, _checked_image, _checked_iterations, _checked_seed, _padding, resolve_device
@@ -389,7 +390,8 @@ def _colour_log_likelihood(image: np.ndarray, members: np.ndarray) -> np.ndarray
     return np.log(density[index])
 
 
-def _mask_snapped_to_colour_edges(image: np.ndarray, layers: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _mask_snapped_to_colour_edges(image: np.ndarray, layers: dict[str, np.ndarray],
+                                  band_radius: int | None = None) -> dict[str, np.ndarray]:
     """Segment's very last step: let the mask's edge move, within a band (EDGE_BAND), to where
     the colours say the object ends.
 
@@ -412,7 +414,7 @@ def _mask_snapped_to_colour_edges(image: np.ndarray, layers: dict[str, np.ndarra
     inside = mask > 0.5
     if inside.all() or not inside.any():
         return dict(layers)
-    radius = max(1, round(EDGE_BAND * min(inside.shape)))
+    radius = max(1, round(EDGE_BAND * min(inside.shape))) if band_radius is None else band_radius
     band = _dilated(inside, radius) & _dilated(~inside, radius)
     near = _dilated(inside, COLOUR_MODEL_REACH * radius) & _dilated(~inside, COLOUR_MODEL_REACH * radius)
     object_model, background_model = inside & ~band & near, ~inside & ~band & near
@@ -792,6 +794,7 @@ def decompose(
     preview: PreviewLayers | None = None,
     nets: tuple[NetConfig, NetConfig] | None = None,
     augment: bool | None = None,
+    working_side: int | None = None,
 ) -> Decomposition:
     """Split ``image`` (float32 H×W×C in [0, 1], C = 1 or 3) into the ``mode``'s layers.
 
@@ -804,6 +807,9 @@ def decompose(
     overrides `default_nets(device, preset)`. ``augment`` (flips/rotations, as in the paper) defaults to on
     on a GPU only: it slows the fit several-fold, which CPU budgets cannot afford. ``preview`` gets the layers so far (as returned). On cancel,
     `Cancelled.partial` holds the `Decomposition` so far (or None).
+    ``working_side``: an image whose longer side is larger is split on a reduced copy of
+    that longer side and the split carried to full size (`full_resolution`; watermark first
+    crops to its box and a margin); None: `WORKING_SIDE` for the device.
     """
     if mode not in MODES:
         raise BadInput(f"unknown decomposition mode {mode!r}; expected one of {', '.join(MODES)}")
@@ -814,10 +820,112 @@ def decompose(
     iterations = _checked_iterations(iterations)
     seed = _checked_seed(seed)
     torch_device = resolve_device(device)
-    layer_net, mask_net = nets or default_nets(torch_device, preset)
-    if augment is None:
-        augment = torch_device.type == "cuda"
+    side = _checked_working_side(working_side, torch_device)
+    fit = _Fit(mode, iterations, seed, torch_device, nets or default_nets(torch_device, preset),
+               torch_device.type == "cuda" if augment is None else augment, progress, cancel_requested)
+    shown = None if preview is None else (lambda decomposition: preview(decomposition.layers))
+    if mode == "watermark" and max(height, width) > side:
+        assert hint is not None
+        rows, cols = full_resolution.watermark_window(_box_of(hint))
+        if (rows.stop - rows.start, cols.stop - cols.start) != (height, width):
+            def pasted(part: Decomposition) -> Decomposition:
+                clean, mask = image.copy(), np.zeros((height, width, 1), np.float32)
+                clean[rows, cols], mask[rows, cols] = part.layers["clean"], part.layers["mask"]
+                return replace(part, layers={"clean": clean, "mask": mask})
 
+            return _transformed(pasted, shown, lambda inner: _decompose_at_most(
+                fit, np.ascontiguousarray(image[rows, cols]), hint[rows, cols], None, side, inner))
+    return _decompose_at_most(fit, image, hint, second, side, shown)
+
+
+# The longest side a decomposition is fitted at (larger images: on a reduced copy, carried to
+# full size; `full_resolution`): on a CPU about what the 270 s budget fits with enough
+# iterations (a 384×256 copy: ~450 of segment's, its 128² runs settle after 475–550), on a
+# GPU what the paper's nets, three of them, keep within an 8 GB card.
+WORKING_SIDE = {"cpu": 384, "cuda": 512}
+MAX_WORKING_SIDE = 8192
+
+
+def _checked_working_side(side: int | None, device: torch.device) -> int:
+    if side is None or side == 0:
+        return WORKING_SIDE["cuda" if device.type == "cuda" else "cpu"]
+    if isinstance(side, bool) or not isinstance(side, int) or not MIN_IMAGE_SIDE * 8 <= side <= MAX_WORKING_SIDE:
+        raise BadInput(f"working side must be 0 (automatic) or a whole number from {MIN_IMAGE_SIDE * 8} "
+                       f"to {MAX_WORKING_SIDE} pixels, not {side!r}")
+    return side
+
+
+def _box_of(hint: np.ndarray) -> np.ndarray:
+    """The bounding box of a bool H×W hint, as a bool H×W mask."""
+    rows, cols = np.flatnonzero(hint.any(axis=1)), np.flatnonzero(hint.any(axis=0))
+    box = np.zeros(hint.shape, bool)
+    box[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = True
+    return box
+
+
+def _transformed(transform: Callable[[Decomposition], Decomposition],
+                 preview: Callable[[Decomposition], None] | None,
+                 run: Callable[[Callable[[Decomposition], None] | None], Decomposition]) -> Decomposition:
+    """``run(preview)``'s decomposition through ``transform``, and so every preview and a
+    cancelled run's partial result."""
+    inner = None if preview is None else (lambda decomposition: preview(transform(decomposition)))
+    try:
+        result = run(inner)
+    except Cancelled as cancelled:
+        partial = transform(cancelled.partial) if isinstance(cancelled.partial, Decomposition) else None
+        raise Cancelled(cancelled.message, partial) from None
+    return transform(result)
+
+
+def _decompose_at_most(fit: "_Fit", image: np.ndarray, hint: np.ndarray | None, second: np.ndarray | None,
+                       side: int, preview: Callable[[Decomposition], None] | None) -> Decomposition:
+    """``fit`` on ``image``, on a reduced copy if its longer side is above ``side``."""
+    height, width = image.shape[:2]
+    work = full_resolution.working_shape(height, width, side, MIN_IMAGE_SIDE)
+    if work == (height, width):
+        return fit.run(image, hint, second, preview)
+    small = full_resolution.resized(image, work)
+    small_hint = None if hint is None else full_resolution.reduced_mask(hint, work)
+    if small_hint is not None and (small_hint.all() or not small_hint.any()):
+        small_hint = None if fit.mode == "segment" else small_hint
+    small_second = None if second is None else full_resolution.resized(second, work)
+    box = None if fit.mode != "watermark" or hint is None else _box_of(hint)
+
+    def enlarged(part: Decomposition) -> Decomposition:
+        layers = full_resolution.carried(part.mode, part.layers, part.colour, image, small, second,
+                                         _two_mixture_layers, box, _mask_snapped_to_colour_edges)
+        return replace(part, layers=layers)
+
+    return _transformed(enlarged, preview, lambda inner: fit.run(small, small_hint, small_second, inner))
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """One Double-DIP fit's settings (checked), applied to an image of any size by `run`."""
+
+    mode: str
+    iterations: int | None
+    seed: int
+    device: torch.device
+    nets: tuple[NetConfig, NetConfig]
+    augment: bool
+    progress: ProgressCallback | None
+    cancel_requested: CancelCallback | None
+
+    def run(self, image: np.ndarray, hint: np.ndarray | None, second: np.ndarray | None,
+            preview: Callable[[Decomposition], None] | None) -> Decomposition:
+        return _fit_decomposition(image, self.mode, hint, second, self.iterations, self.seed, self.device,
+                                  self.nets, self.augment, self.progress, self.cancel_requested, preview)
+
+
+def _fit_decomposition(image: np.ndarray, mode: str, hint: np.ndarray | None, second: np.ndarray | None,
+                       iterations: int | None, seed: int, torch_device: torch.device,
+                       nets: tuple[NetConfig, NetConfig], augment: bool, progress: ProgressCallback | None,
+                       cancel_requested: CancelCallback | None,
+                       preview: Callable[[Decomposition], None] | None) -> Decomposition:
+    """Double-DIP on ``image`` as it is (the public `decompose` has checked every argument)."""
+    height, width, channels = image.shape
+    layer_net, mask_net = nets
     # Sizes are powers of two: padding to the stricter net's rule satisfies both.
     rule = max((layer_net, mask_net), key=lambda net: (net.size_multiple, net.min_side))
     pad_y, pad_x = _padding(height, rule), _padding(width, rule)
@@ -870,9 +978,7 @@ def decompose(
         priors["airlight_prior"] = colour.clone()
     elif mode == "watermark":
         assert hint is not None
-        rows, cols = np.flatnonzero(hint.any(axis=1)), np.flatnonzero(hint.any(axis=0))
-        box = np.zeros((height, width), bool)
-        box[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = True
+        box = _box_of(hint)
         box_t = tensor(np.pad(box, (pad_y, pad_x)).astype(np.float32))
         priors["box"] = box_t
         priors["box_weight"] = _normalised(box_t)
@@ -916,7 +1022,7 @@ def decompose(
 
     def preview_layers(outputs: dict[str, np.ndarray]) -> None:
         assert preview is not None
-        preview(assemble(outputs, objective.step).layers)
+        preview(assemble(outputs, objective.step))
 
     try:
         outputs = fit_generators(
