@@ -125,6 +125,49 @@ NET_IMAGE_BYTES_PER_PIXEL = 36
 NET_MIN_ACTIVATION_BYTES = 256 << 20
 
 
+# Decompose (Double-DIP) fits its two or three nets together on a copy whose longer side is at
+# most the working side (engine/dip/full_resolution.py carries the split to full size): on
+# a CPU about what its 270 s budget fits with enough iterations (a 384×256 copy: ~450 of
+# segment's; its 128² runs settle after 475–550), on a GPU what the paper's nets, three of
+# them, keep within an 8 GB card.
+DECOMPOSE_WORKING_SIDE = {"cpu": 384, "cuda": 512}
+DECOMPOSE_MIN_WORKING_SIDE = 64
+DECOMPOSE_MAX_WORKING_SIDE = 8192
+
+
+def decompose_working_shape(height: int, width: int, side: int) -> tuple[int, int]:
+    """(height, width) of the copy Decompose fits: the image's own when its longer side is at
+    most ``side``, else scaled so that it is (never below 8 px)."""
+    longer = max(height, width)
+    if longer <= side:
+        return height, width
+    scale = side / longer
+    return max(8, round(height * scale)), max(8, round(width * scale))
+
+
+# Its memory: torch, the fit on the working copy (per pixel of it: the nets' activations and
+# Adam's states, the objective's priors; three nets for segment and transparency, two for
+# dehaze and watermark), and the full-size copies that carry the split (per pixel of the
+# image: the input, the enlarged layers and maps, the residual, the result layers with alpha,
+# the files written). Measured with the whole CLI command (`benchmarks/memory_bench.py --ops
+# decompose_…`, light nets, results/2026-12-07-memory-decompose-cpu.json): on a 384×288
+# photo (the fit alone) 1.39 / 1.45 / 1.02 / 1.01 GB for segment / transparency / dehaze /
+# watermark, i.e. ~9.5 and ~5.6 KB per pixel above torch; on a 4000×3000 one 2.7 / 2.6 /
+# 1.6 / … GB, ~190 B per pixel above torch where the fit's memory has been handed back.
+DECOMPOSE_FIT_BYTES_PER_PIXEL = {"segment": 10240, "transparency": 10240, "dehaze": 6144, "watermark": 6144}
+DECOMPOSE_IMAGE_BYTES_PER_PIXEL = 200
+
+
+def _decompose_need(params: dict[str, Any], height: int, width: int) -> int:
+    device = "cuda" if str(params.get("device", "")).startswith("cuda") else "cpu"
+    side = int(params.get("working_side") or 0) or DECOMPOSE_WORKING_SIDE[device]
+    work_h, work_w = decompose_working_shape(height, width, side)
+    paper_sized = params.get("preset") in ("quality", "paper") or (device == "cuda" and params.get("preset") == "auto")
+    per_pixel = DECOMPOSE_FIT_BYTES_PER_PIXEL.get(str(params.get("mode")), max(DECOMPOSE_FIT_BYTES_PER_PIXEL.values()))
+    fit = per_pixel * (_PAPER_NET_FACTOR["denoise"] if paper_sized else 1.0) * work_h * work_w
+    return int(TORCH_BASE_BYTES + fit + DECOMPOSE_IMAGE_BYTES_PER_PIXEL * height * width)
+
+
 def _uses_trained_net(op: str, params: dict[str, Any]) -> bool:
     if op == "sharpen":
         return True
@@ -195,6 +238,8 @@ def working_bytes(op: str, params: dict[str, Any], height: int, width: int,
     (``tile`` param, else from the memory available)."""
     if _uses_trained_net(op, params):
         return _net_need(op, params, height, width, smallest=False)
+    if op == "decompose":
+        return _decompose_need(params, height, width)
     per_pixel = _net_bytes_per_pixel(op, params)
     if per_pixel is None:
         return None
@@ -214,10 +259,14 @@ def check(op: str, params: dict[str, Any], image_shape: tuple[int, ...], mask: n
     even in its smallest tiles (or the requested ``tile``)."""
     per_pixel = _net_bytes_per_pixel(op, params)
     budget = available_bytes()
-    if budget is None or (per_pixel is None and not _uses_trained_net(op, params)):
+    if budget is None or (per_pixel is None and not _uses_trained_net(op, params) and op != "decompose"):
         return
     height, width = image_shape[0], image_shape[1]
-    if per_pixel is None:  # a trained net: the copies of the whole image, the smallest tiles
+    if op == "decompose":  # the fit on the working copy and the full-size layers
+        work_h, work_w = height, width
+        need = _decompose_need(params, height, width)
+        area = "the image"
+    elif per_pixel is None:  # a trained net: the copies of the whole image, the smallest tiles
         work_h, work_w = height, width
         need = _net_need(op, params, height, width, smallest=True)
         area = "the enlarged image" if op == "upscale" else "the image"
@@ -231,6 +280,8 @@ def check(op: str, params: dict[str, Any], image_shape: tuple[int, ...], mask: n
         need = _tiled_need(per_pixel, work_h, work_w, image_pixels, smallest)
     if need <= budget:
         return
+    smaller = ("choose a smaller working size (or crop / scale the image down)" if op == "decompose"
+               else "select a smaller area (or crop / scale the image down)")
     raise BadInput(f"{op} on {area} ({work_w}×{work_h} pixels) needs about {_gigabytes(need)} of memory, "
-                   f"this machine has {_gigabytes(budget)} free: select a smaller area (or crop / "
-                   f"scale the image down), or close other programs, and try again")
+                   f"this machine has {_gigabytes(budget)} free: {smaller}, or close other programs, "
+                   f"and try again")

@@ -154,6 +154,8 @@ def _dip_kwargs(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
         kwargs["fits"] = params["fits"] or None  # 0 means "the preset's"
     if "strength" in params:  # denoise: the share of the measured noise level to remove
         kwargs["strength"] = params["strength"] / 100.0
+    if "working_side" in params:  # decompose: larger images are split on a reduced copy
+        kwargs["working_side"] = params["working_side"] or None  # 0 means "the device's"
     return kwargs
 
 
@@ -275,7 +277,8 @@ def _decompose_estimate(params: dict[str, Any], height: int, width: int) -> floa
     from .dip import doubledip
 
     return doubledip.estimate_seconds(params["mode"], params["preset"], params["device"],
-                                      params["iterations"] or None, height, width)
+                                      params["iterations"] or None, height, width,
+                                      params.get("working_side") or None)
 # The layer a live preview shows per mode: the one that holds the picture without the
 # separated part (background, transmission, dehazed image, clean image).
 DECOMPOSE_PREVIEW_LAYER = {"segment": "background", "transparency": "transmission", "dehaze": "dehazed",
@@ -382,6 +385,10 @@ _DECOMPOSE_PARAMS = (
     _DIP_PARAMS[2],
     Param("preset", str, "auto", "nets: fast (light), quality or paper (the paper's) or auto (the paper's "
           "on a GPU, light on a CPU)", choices=("auto", "fast", "quality", "paper")),
+    Param("working_side", int, 0, "an image whose longer side is larger is split on a copy reduced to this "
+          "side and the split carried to full size (fine detail kept in the layers); larger: finer "
+          "edges, slower, more memory; 0 = automatic (384 on a CPU, 512 on a GPU)",
+          minimum=0, maximum=8192),
 )
 
 # -- trained nets (ONNX Runtime; no torch on this path) -------------------------------------

@@ -479,7 +479,7 @@ def test_preset_is_appended_for_positional_callers_and_shown_first_in_the_dialog
     assert "strength" not in [p.name for p in _spec("inpaint-selection").params]
     assert _spec("denoise").param("method").default == "net"
     # Decompose: which layers first, then quality; filters without either keep their order.
-    assert filters.dialog_order(_spec("decompose")) == ["mode", "preset", "iterations", "seed", "device"]
+    assert filters.dialog_order(_spec("decompose")) == ["mode", "preset", "iterations", "seed", "device", "working_side"]
     # Upscale: the DIP settings (for method dip) follow the method choice.
     assert filters.dialog_order(_spec("upscale")) == ["scale", "method", "jpeg_artifacts", "device", "passes",
                                                       "preset", "iterations", "seed"]

@@ -69,7 +69,7 @@ def test_runs_under_python_2_7_and_registers_both_filters(facts: dict[str, Any])
             # After the DIP settings, for positional callers from before the trained nets.
             newer = (["method", "passes", "strength"] if name.endswith("denoise")
                      else ["method", "passes"] if name.endswith(("inpaint-selection", "jpeg-artifacts"))
-                     else [])
+                     else ["working_side"])
             assert proc["params"] == ["image", "drawable"] + own + ["iterations", "seed", "device", "preset"] + newer
         assert proc["imagetypes"] == "RGB*, GRAY*"
 

@@ -52,6 +52,40 @@ def test_dehaze_builds_a_layer_group_that_reproduces_the_source(gimp) -> None:
     assert _psnr(composite, hazy) > 20, _psnr(composite, hazy)
 
 
+def test_a_layer_larger_than_the_working_size_gets_full_size_layers(gimp) -> None:
+    # 112×96 with Working size 64: fitted on a 64×55 copy, the layers carried to full size.
+    clear = np.asarray(Image.open(SHARED_DATA / "dip/inpainting/kate.png").convert("RGB"), np.float32)[200:296, 200:312]
+    t = 0.25 + 0.7 * (np.mgrid[:96, :112][0][..., None] / 96)
+    hazy = np.clip(clear * t + np.array([225.0, 225.0, 230.0]) * (1 - t), 0, 255).astype(np.uint8)
+    _write(gimp, "hazy-large.raw", hazy.tobytes())
+    facts = run_in_gimp(gimp, """
+        image = Gimp.Image.new(140, 120, Gimp.ImageBaseType.RGB)
+        layer = Gimp.Layer.new(image, "Source", 112, 96, Gimp.ImageType.RGB_IMAGE, 100.0, Gimp.LayerMode.NORMAL)
+        image.insert_layer(layer, None, 0)
+        layer.set_offsets(3, 4)
+        layer.get_buffer().set(Gegl.Rectangle.new(0, 0, 112, 96), "R'G'B' u8", read_raw("hazy-large.raw"))
+        layer.get_buffer().flush()
+        facts["status"], facts["message"] = run_filter("plug-in-neural-restore-decompose", image, layer,
+                                                       mode="dehaze", iterations=60, seed=0, device="cpu",
+                                                       working_side=64)
+        group = image.get_layers()[0]
+        facts["children"] = [{"name": c.get_name(), "size": [c.get_width(), c.get_height()],
+                              "offsets": list(c.get_offsets()[-2:])} for c in group.get_children()]
+        visible = Gimp.Layer.new_from_visible(image, image, "composite")
+        image.insert_layer(visible, None, 0)
+        visible.set_offsets(0, 0)
+        rect = Gegl.Rectangle.new(3, 4, 112, 96)
+        with open(X + "/composite-large.raw", "wb") as handle:
+            handle.write(bytes(visible.get_buffer().get(rect, 1.0, "R'G'B' u8", Gegl.AbyssPolicy.CLAMP)))
+        image.delete()
+    """)
+    assert facts["status"] == "success", facts["message"]
+    assert [c["name"] for c in facts["children"]] == ["Transmission map", "Haze", "Dehazed"]
+    assert all(c["size"] == [112, 96] and c["offsets"] == [3, 4] for c in facts["children"])
+    composite = np.frombuffer(gimp.to_host(f"{EXCHANGE}/composite-large.raw").read_bytes(), np.uint8).reshape(96, 112, 3)
+    assert _psnr(composite, hazy) > 20, _psnr(composite, hazy)
+
+
 def test_transparency_with_two_selected_layers_separates_them_jointly(gimp) -> None:
     # Two shots of the same two layers, the second with a weaker "reflection" (discs).
     yy, xx = np.mgrid[:SIZE, :SIZE] / SIZE

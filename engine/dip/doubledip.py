@@ -45,6 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine import budget
 from engine.errors import BadInput, Cancelled
 
 from . import full_resolution
@@ -671,6 +672,13 @@ CPU_SECONDS_PER_ITERATION_MEGAPIXEL = {
 CPU_SECONDS_OUTSIDE_LOOP_PER_MEGAPIXEL = 12.0
 
 
+# Seconds per megapixel of the full image to carry a split made on the working copy to full
+# size (`full_resolution`), with the files read and written: the whole CLI command on
+# 2000×1500 and 4000×3000 photos less the same run on a 384×288 one (25 iterations each,
+# `benchmarks/memory_bench.py --ops decompose_*`), the larger per mode, rounded up.
+CPU_SECONDS_CARRY_PER_MEGAPIXEL = {"segment": 3.5, "transparency": 2.0, "dehaze": 1.2, "watermark": 1.5}
+
+
 def _speed_key(mode: str) -> str:
     return f"dip:decompose_{mode}"
 
@@ -689,27 +697,31 @@ def _record_cpu_run(mode: str, pixels: int, stats: FitStats) -> None:
 
 
 def estimate_seconds(mode: str, preset: str, device: str, iterations: int | None,
-                     height: int, width: int) -> float | None:
+                     height: int, width: int, working_side: int | None = None) -> float | None:
     """Expected seconds of `decompose` on a height×width image, or None where not measured
-    (a GPU, or the paper-sized nets on a CPU)."""
+    (a GPU, or the paper-sized nets on a CPU): the fit on the working copy, and carrying the
+    split to a larger image's full size."""
     from .presets import cpu_thread_factor
 
     try:
         torch_device = resolve_device(device)
         nets = default_nets(torch_device, preset)
+        side = _checked_working_side(working_side, torch_device)
     except BadInput:
         return None
     if torch_device.type == "cuda" or nets != (LIGHT_DENOISE, LIGHT_MASK) or mode not in MODES:
         return None
+    work_h, work_w = budget.decompose_working_shape(height, width, side)
     rule = max(nets, key=lambda net: (net.size_multiple, net.min_side))
-    pixels = rule.padded_side(height) * rule.padded_side(width)
+    pixels = rule.padded_side(work_h) * rule.padded_side(work_w)
     count = iterations or expected_iterations(mode, torch_device, pixels)
     from ..measured_speed import recorded
 
     per_iteration = (CPU_SECONDS_PER_ITERATION_MEGAPIXEL[mode] * pixels / 1e6 * cpu_thread_factor()
                      * (recorded(_speed_key(mode)) or 1.0))  # as fast as this machine ran it before
     outside = CPU_SECONDS_OUTSIDE_LOOP_PER_MEGAPIXEL * pixels / 1e6
-    return round(per_iteration * count + outside, 1)
+    carry = CPU_SECONDS_CARRY_PER_MEGAPIXEL[mode] * height * width / 1e6 if (work_h, work_w) != (height, width) else 0.0
+    return round(per_iteration * count + outside + carry, 1)
 
 
 def _checked_hint(hint: np.ndarray | None, shape: tuple[int, int], mode: str) -> np.ndarray | None:
@@ -809,7 +821,7 @@ def decompose(
     `Cancelled.partial` holds the `Decomposition` so far (or None).
     ``working_side``: an image whose longer side is larger is split on a reduced copy of
     that longer side and the split carried to full size (`full_resolution`; watermark first
-    crops to its box and a margin); None: `WORKING_SIDE` for the device.
+    crops to its box and a margin); None: `budget.DECOMPOSE_WORKING_SIDE` for the device.
     """
     if mode not in MODES:
         raise BadInput(f"unknown decomposition mode {mode!r}; expected one of {', '.join(MODES)}")
@@ -838,20 +850,13 @@ def decompose(
     return _decompose_at_most(fit, image, hint, second, side, shown)
 
 
-# The longest side a decomposition is fitted at (larger images: on a reduced copy, carried to
-# full size; `full_resolution`): on a CPU about what the 270 s budget fits with enough
-# iterations (a 384×256 copy: ~450 of segment's, its 128² runs settle after 475–550), on a
-# GPU what the paper's nets, three of them, keep within an 8 GB card.
-WORKING_SIDE = {"cpu": 384, "cuda": 512}
-MAX_WORKING_SIDE = 8192
-
-
 def _checked_working_side(side: int | None, device: torch.device) -> int:
     if side is None or side == 0:
-        return WORKING_SIDE["cuda" if device.type == "cuda" else "cpu"]
-    if isinstance(side, bool) or not isinstance(side, int) or not MIN_IMAGE_SIDE * 8 <= side <= MAX_WORKING_SIDE:
-        raise BadInput(f"working side must be 0 (automatic) or a whole number from {MIN_IMAGE_SIDE * 8} "
-                       f"to {MAX_WORKING_SIDE} pixels, not {side!r}")
+        return budget.DECOMPOSE_WORKING_SIDE["cuda" if device.type == "cuda" else "cpu"]
+    low, high = budget.DECOMPOSE_MIN_WORKING_SIDE, budget.DECOMPOSE_MAX_WORKING_SIDE
+    if isinstance(side, bool) or not isinstance(side, int) or not low <= side <= high:
+        raise BadInput(f"working side must be 0 (automatic) or a whole number from {low} to {high} pixels, "
+                       f"not {side!r}")
     return side
 
 
@@ -881,7 +886,7 @@ def _decompose_at_most(fit: "_Fit", image: np.ndarray, hint: np.ndarray | None, 
                        side: int, preview: Callable[[Decomposition], None] | None) -> Decomposition:
     """``fit`` on ``image``, on a reduced copy if its longer side is above ``side``."""
     height, width = image.shape[:2]
-    work = full_resolution.working_shape(height, width, side, MIN_IMAGE_SIDE)
+    work = budget.decompose_working_shape(height, width, side)
     if work == (height, width):
         return fit.run(image, hint, second, preview)
     small = full_resolution.resized(image, work)

@@ -5,7 +5,7 @@ takes ~3 KB per pixel and net: a 12-megapixel photo would need ~100 GB) and so d
 (a CPU spends its 270 s budget on ~400² pixels). What a decomposition decides — which pixels
 are the object's, how much haze lies where, how two layers mix — is smooth or follows the
 photo's edges, so it is decided on a copy whose longer side is at most the working side
-(`working_shape`) and carried to the full image (`carried`):
+(`engine.budget.decompose_working_shape`) and carried to the full image (`carried`):
 
 * the maps are enlarged: transparency's weights and dehaze's transmission (smooth by
   design) bilinearly; segment's mask bilinearly, then its edge is snapped to the full image's
@@ -54,16 +54,6 @@ MIN_DIVISOR = 0.05
 # the clean net need the photo around the mark).
 WATERMARK_MIN_MARGIN = 32
 WATERMARK_MARGIN_FRACTION = 0.5
-
-
-def working_shape(height: int, width: int, side: int, min_side: int) -> tuple[int, int]:
-    """(height, width) of the copy that is fitted: the image's own when its longer side is
-    at most ``side``, else scaled so that it is (never below ``min_side``)."""
-    longer = max(height, width)
-    if longer <= side:
-        return height, width
-    scale = side / longer
-    return max(min_side, round(height * scale)), max(min_side, round(width * scale))
 
 
 def _as_tensor(array: np.ndarray) -> torch.Tensor:
@@ -225,5 +215,5 @@ def watermark_window(box: np.ndarray) -> tuple[slice, slice]:
             slice(max(0, cols[0] - margin), min(width, cols[-1] + 1 + margin)))
 
 
-__all__ = ["working_shape", "resized", "reduced_mask", "guided_enlarged", "split_residual", "carried",
+__all__ = ["resized", "reduced_mask", "guided_enlarged", "split_residual", "carried",
            "watermark_window"]

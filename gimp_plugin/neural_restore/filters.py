@@ -267,6 +267,14 @@ DECOMPOSE_MODE_PARAM = FilterParam(
              ("watermark", "Watermark")))
 
 
+# Decompose fits larger layers on a copy of this longer side and carries the split to full
+# size (the engine's working_side). Last: gimpfu scripts pass settings by position.
+WORKING_SIDE_PARAM = FilterParam("working_side", "int", 0, "Working size (px)",
+                                 "Larger layers are split on a copy of this size (longer side) and the "
+                                 "split is carried to full size, fine detail included; larger is finer "
+                                 "but slower; 0 = automatic (384 on a CPU, 512 on a GPU)", 0, 8192)
+
+
 # Settings the GIMP 3 dialog shows first, in this order: what the filter makes (Decompose's
 # layers), then the quality (Sharpen: its amount); the rest keep their PDB order.
 DIALOG_FIRST = ("mode", "preset", "amount")
@@ -319,7 +327,7 @@ FILTERS = (
                "layers, haze, watermark); they appear in a new layer group above the source, "
                "whose composite reproduces it. Transparency with two layers selected (two shots "
                "of the same scene, the reflection stronger in one) separates both jointly.",
-               "Decompose", (DECOMPOSE_MODE_PARAM,) + DIP_PARAMS, output="layer-group",
+               "Decompose", (DECOMPOSE_MODE_PARAM,) + DIP_PARAMS + (WORKING_SIDE_PARAM,), output="layer-group",
                selection_hint=True, selection_required_for=("watermark",),
                second_layer_for=("transparency",)),
 )
