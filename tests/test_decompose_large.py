@@ -224,3 +224,14 @@ def test_memory_need_is_the_working_copys_fit_plus_the_full_size_copies(monkeypa
                                        r"smaller working size"):
         budget.check("decompose", params, (3000, 4000, 3), None)
     budget.check("decompose", params, (96, 128, 3), None)  # a small one fits
+
+
+def test_progress_covers_the_carry_and_ends_at_one() -> None:
+    image = _crop("dip/denoising/F16_GT.png", 96)
+    reports: list[tuple[float, str]] = []
+    doubledip.decompose(image, "dehaze", iterations=5, device="cpu", nets=SMALL_NETS, working_side=64,
+                        progress=lambda fraction, text: reports.append((fraction, text)))
+    fractions = [fraction for fraction, _ in reports]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    carry = [text for fraction, text in reports if "carrying the layers to 96×96" in text]
+    assert carry and all(fraction <= doubledip.FIT_SHARE for fraction, _ in reports[:-1])

@@ -1,6 +1,7 @@
 """Decompose into layers on Double-DIP's own inputs, with our CLI exactly as a user runs it.
 
     python docs/examples/make_decompose_examples.py [--side 128] [case ...]   # needs ../shared/data/doubledip
+    python docs/examples/make_decompose_examples.py --side 0 dehaze-hongkong watermark-full-size
 
 Each case downscales one of ../shared/data/doubledip's images (longer side ``--side``; the CPU
 budget of a README picture), runs ``python -m engine decompose`` on it, and writes
@@ -38,16 +39,27 @@ CASES = {
     "dehaze-tiananmen": ("dehaze", "tiananmen.png", None, None),
     "watermark": ("watermark", "fotolia.jpg", "fotolia_watermark.png", None),
     "watermark-fotolia2": ("watermark", "fotolia2.jpg", (0.32, 0.43, 0.69, 0.57), None),
+    # At full size (--side 0): larger than the working side, so fitted on a reduced copy
+    # (dehaze) or on the mark's box and margin (watermark), then carried to full size.
+    "dehaze-hongkong": ("dehaze", "hongkong.png", None, None),
+    "watermark-full-size": ("watermark", "fotolia.jpg", "fotolia_watermark.png", None),
 }
+# Tiles of a full-size case are shown at most this large in the picture.
+SHEET_TILE_SIDE = 520
 CAPTION_HEIGHT = 14
 
 
 def _fit(image: Image.Image, side: int, resample: Image.Resampling) -> Image.Image:
+    """``image`` with its longer side ``side`` (0: as it is)."""
+    if side == 0:
+        return image
     scale = side / max(image.size)
     return image.resize((max(8, round(image.width * scale)), max(8, round(image.height * scale))), resample)
 
 
 def _sheet(tiles: list[tuple[str, Image.Image]], out: Path) -> None:
+    tiles = [(caption, tile if max(tile.size) <= SHEET_TILE_SIDE else _fit(tile, SHEET_TILE_SIDE, Image.Resampling.LANCZOS))
+             for caption, tile in tiles]
     gap = 6
     width = sum(t.width for _, t in tiles) + gap * (len(tiles) - 1)
     height = max(t.height for _, t in tiles) + CAPTION_HEIGHT
@@ -106,7 +118,7 @@ def make_case(name: str, side: int, iterations: int) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("cases", nargs="*", help=f"some of {', '.join(CASES)} (default: all)")
-    parser.add_argument("--side", type=int, default=128, help="longer side of the downscaled input")
+    parser.add_argument("--side", type=int, default=128, help="longer side of the downscaled input (0: full size)")
     parser.add_argument("--iterations", type=int, default=0, help="0 = the engine's automatic count")
     args = parser.parse_args()
     unknown = sorted(set(args.cases) - set(CASES))

@@ -901,7 +901,25 @@ def _decompose_at_most(fit: "_Fit", image: np.ndarray, hint: np.ndarray | None, 
                                          _two_mixture_layers, box, _mask_snapped_to_colour_edges)
         return replace(part, layers=layers)
 
-    return _transformed(enlarged, preview, lambda inner: fit.run(small, small_hint, small_second, inner))
+    progress = fit.progress
+    if progress is not None:  # the fit's progress up to FIT_SHARE, then the carry's step
+        fit = replace(fit, progress=lambda fraction, text: progress(FIT_SHARE * fraction, text))
+    try:
+        result = fit.run(small, small_hint, small_second, None if preview is None else (lambda part: preview(enlarged(part))))
+    except Cancelled as cancelled:  # the layers so far, at full size too
+        partial = enlarged(cancelled.partial) if isinstance(cancelled.partial, Decomposition) else None
+        raise Cancelled(cancelled.message, partial) from None
+    if progress is not None:
+        progress(FIT_SHARE, f"Double-DIP {fit.mode}: fitted on {work[1]}×{work[0]}, carrying the layers "
+                            f"to {width}×{height} pixels")
+    carried = enlarged(result)
+    if progress is not None:
+        progress(1.0, f"Double-DIP {fit.mode}: done")
+    return carried
+
+
+# The progress bar's share of a large layer's fit; the carry to full size takes the rest.
+FIT_SHARE = 0.95
 
 
 @dataclass(frozen=True)
