@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--working-side", type=int, default=0,
                         help="fit on a copy of this longer side and carry the split to --size (0 = the "
-                             "engine's default for the device: 384 on a CPU, 512 on a GPU)")
+                             "engine's default for the device: 256 on a CPU, 384 for watermark, 512 on a GPU)")
     parser.add_argument("--only", default="transparency,transparency-pair,segment,segment-same-palette,dehaze,watermark,watermark-text",
                         help="comma-separated cases to run (default: all)")
     args = parser.parse_args()

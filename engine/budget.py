@@ -127,12 +127,25 @@ NET_MIN_ACTIVATION_BYTES = 256 << 20
 
 # Decompose (Double-DIP) fits its two or three nets together on a copy whose longer side is at
 # most the working side (engine/dip/full_resolution.py carries the split to full size): on
-# a CPU about what its 270 s budget fits with enough iterations (a 384×256 copy: ~450 of
-# segment's; its 128² runs settle after 475–550), on a GPU what the paper's nets, three of
-# them, keep within an 8 GB card.
-DECOMPOSE_WORKING_SIDE = {"cpu": 384, "cuda": 512}
+# a CPU what its 270 s budget fits with enough iterations — at 256² segment runs 662, dehaze
+# ~1060; at 384² the budget allows fewer than the 300 minimum, and the 384² benchmark fitted
+# whole scored below the same images fitted at 192 and carried to 384 in every mode but
+# segment with colours, the stripe watermark and one-mix transparency (dehaze +4.5 against
+# +11.3 dB, in 1.2–2.8× the time; docs/results.md, "Large layers"); on a GPU what the
+# paper's nets, three of them, keep within an 8 GB card. Watermark fits only its box and a
+# margin, and a mark's strokes need the resolution: 384 on a CPU (the fotolia mark, 500×334,
+# is then fitted at full size in ~200 s).
+DECOMPOSE_WORKING_SIDE = {"cpu": 256, "cuda": 512}
+DECOMPOSE_WATERMARK_WORKING_SIDE_CPU = 384
 DECOMPOSE_MIN_WORKING_SIDE = 64
 DECOMPOSE_MAX_WORKING_SIDE = 8192
+
+
+def decompose_working_side(mode: str, device: str) -> int:
+    """The automatic working side of ``mode`` on ``device`` ("cpu" or "cuda")."""
+    if device == "cuda":
+        return DECOMPOSE_WORKING_SIDE["cuda"]
+    return DECOMPOSE_WATERMARK_WORKING_SIDE_CPU if mode == "watermark" else DECOMPOSE_WORKING_SIDE["cpu"]
 
 
 def decompose_working_shape(height: int, width: int, side: int) -> tuple[int, int]:
@@ -150,17 +163,18 @@ def decompose_working_shape(height: int, width: int, side: int) -> tuple[int, in
 # dehaze and watermark), and the full-size copies that carry the split (per pixel of the
 # image: the input, the enlarged layers and maps, the residual, the result layers with alpha,
 # the files written). Measured with the whole CLI command (`benchmarks/memory_bench.py --ops
-# decompose_…`, light nets, results/2026-12-07-memory-decompose-cpu.json): on a 384×288
-# photo (the fit alone) 1.39 / 1.45 / 1.02 / 1.01 GB for segment / transparency / dehaze /
-# watermark, i.e. ~9.5 and ~5.6 KB per pixel above torch; on a 4000×3000 one 2.7 / 2.6 /
-# 1.6 / … GB, ~190 B per pixel above torch where the fit's memory has been handed back.
+# decompose_…`, light nets, results/2026-12-07-memory-decompose-cpu.json and a run before
+# it): on a 384×288 photo (the fit alone) 1.39–1.49 / 1.39–1.45 / 1.02–1.04 / 1.01–1.02 GB
+# for segment / transparency / dehaze / watermark, i.e. up to ~10 and ~6 KB per pixel above
+# torch; on a 4000×3000 one 2.66–2.78 / 2.50–2.60 / 1.63–1.66 GB (watermark: its box only,
+# 1.03), ≤ 200 B per pixel above torch (the fit's memory is handed back before the carry).
 DECOMPOSE_FIT_BYTES_PER_PIXEL = {"segment": 10240, "transparency": 10240, "dehaze": 6144, "watermark": 6144}
 DECOMPOSE_IMAGE_BYTES_PER_PIXEL = 200
 
 
 def _decompose_need(params: dict[str, Any], height: int, width: int) -> int:
     device = "cuda" if str(params.get("device", "")).startswith("cuda") else "cpu"
-    side = int(params.get("working_side") or 0) or DECOMPOSE_WORKING_SIDE[device]
+    side = int(params.get("working_side") or 0) or decompose_working_side(str(params.get("mode")), device)
     work_h, work_w = decompose_working_shape(height, width, side)
     paper_sized = params.get("preset") in ("quality", "paper") or (device == "cuda" and params.get("preset") == "auto")
     per_pixel = DECOMPOSE_FIT_BYTES_PER_PIXEL.get(str(params.get("mode")), max(DECOMPOSE_FIT_BYTES_PER_PIXEL.values()))

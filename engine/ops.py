@@ -387,7 +387,7 @@ _DECOMPOSE_PARAMS = (
           "on a GPU, light on a CPU)", choices=("auto", "fast", "quality", "paper")),
     Param("working_side", int, 0, "an image whose longer side is larger is split on a copy reduced to this "
           "side and the split carried to full size (fine detail kept in the layers); larger: finer "
-          "edges, slower, more memory; 0 = automatic (384 on a CPU, 512 on a GPU)",
+          "edges, slower, more memory; 0 = automatic (256 on a CPU, 384 for watermark, 512 on a GPU)",
           minimum=0, maximum=8192),
 )
 

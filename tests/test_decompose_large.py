@@ -1,6 +1,6 @@
 """Decompose on images larger than its working side (engine/dip/full_resolution.py): the split
 is fitted on a reduced copy and carried to full size. Small images and a small working side
-stand in for a photo and the default 384."""
+stand in for a photo and the default 256 (CPU)."""
 from __future__ import annotations
 
 import numpy as np
@@ -203,18 +203,18 @@ def test_estimates_follow_the_working_copy() -> None:
                   "working_side": working_side}
         return estimate_seconds("decompose", params, side, side)
 
-    # A 4000² photo is fitted at 384²: the fit's minutes, and seconds per megapixel to carry it.
+    # A 4000² photo is fitted at 256²: the fit's minutes, and seconds per megapixel to carry it.
     carry = doubledip.CPU_SECONDS_CARRY_PER_MEGAPIXEL["dehaze"] * 16
-    assert estimate(4000) == pytest.approx(estimate(384) + carry, abs=0.2)
+    assert estimate(4000) == pytest.approx(estimate(256) + carry, abs=0.2)
     # A smaller working copy: each iteration is cheaper (an automatic run spends the CPU's
     # time budget on more of them).
-    assert estimate(4000, working_side=256, iterations=500) < estimate(4000, iterations=500)
+    assert estimate(4000, working_side=128, iterations=500) < estimate(4000, iterations=500)
 
 
 def test_memory_need_is_the_working_copys_fit_plus_the_full_size_copies(monkeypatch) -> None:
     params = {"mode": "segment", "device": "cpu", "preset": "auto", "working_side": 0}
     need = budget.working_bytes("decompose", params, 3000, 4000)
-    fit = budget.DECOMPOSE_FIT_BYTES_PER_PIXEL["segment"] * 288 * 384
+    fit = budget.DECOMPOSE_FIT_BYTES_PER_PIXEL["segment"] * 192 * 256
     assert need == budget.TORCH_BASE_BYTES + fit + budget.DECOMPOSE_IMAGE_BYTES_PER_PIXEL * 3000 * 4000
     # A larger working side costs more; two nets (dehaze) less than three.
     assert budget.working_bytes("decompose", {**params, "working_side": 1024}, 3000, 4000) > need

@@ -706,7 +706,7 @@ def estimate_seconds(mode: str, preset: str, device: str, iterations: int | None
     try:
         torch_device = resolve_device(device)
         nets = default_nets(torch_device, preset)
-        side = _checked_working_side(working_side, torch_device)
+        side = _checked_working_side(working_side, torch_device, mode)
     except BadInput:
         return None
     if torch_device.type == "cuda" or nets != (LIGHT_DENOISE, LIGHT_MASK) or mode not in MODES:
@@ -821,7 +821,7 @@ def decompose(
     `Cancelled.partial` holds the `Decomposition` so far (or None).
     ``working_side``: an image whose longer side is larger is split on a reduced copy of
     that longer side and the split carried to full size (`full_resolution`; watermark first
-    crops to its box and a margin); None: `budget.DECOMPOSE_WORKING_SIDE` for the device.
+    crops to its box and a margin); None: `budget.decompose_working_side` for the mode and device.
     """
     if mode not in MODES:
         raise BadInput(f"unknown decomposition mode {mode!r}; expected one of {', '.join(MODES)}")
@@ -832,7 +832,7 @@ def decompose(
     iterations = _checked_iterations(iterations)
     seed = _checked_seed(seed)
     torch_device = resolve_device(device)
-    side = _checked_working_side(working_side, torch_device)
+    side = _checked_working_side(working_side, torch_device, mode)
     fit = _Fit(mode, iterations, seed, torch_device, nets or default_nets(torch_device, preset),
                torch_device.type == "cuda" if augment is None else augment, progress, cancel_requested)
     shown = None if preview is None else (lambda decomposition: preview(decomposition.layers))
@@ -850,9 +850,9 @@ def decompose(
     return _decompose_at_most(fit, image, hint, second, side, shown)
 
 
-def _checked_working_side(side: int | None, device: torch.device) -> int:
+def _checked_working_side(side: int | None, device: torch.device, mode: str) -> int:
     if side is None or side == 0:
-        return budget.DECOMPOSE_WORKING_SIDE["cuda" if device.type == "cuda" else "cpu"]
+        return budget.decompose_working_side(mode, "cuda" if device.type == "cuda" else "cpu")
     low, high = budget.DECOMPOSE_MIN_WORKING_SIDE, budget.DECOMPOSE_MAX_WORKING_SIDE
     if isinstance(side, bool) or not isinstance(side, int) or not low <= side <= high:
         raise BadInput(f"working side must be 0 (automatic) or a whole number from {low} to {high} pixels, "

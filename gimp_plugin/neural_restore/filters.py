@@ -272,7 +272,7 @@ DECOMPOSE_MODE_PARAM = FilterParam(
 WORKING_SIDE_PARAM = FilterParam("working_side", "int", 0, "Working size (px)",
                                  "Larger layers are split on a copy of this size (longer side) and the "
                                  "split is carried to full size, fine detail included; larger is finer "
-                                 "but slower; 0 = automatic (384 on a CPU, 512 on a GPU)", 0, 8192)
+                                 "but slower; 0 = automatic (256 on a CPU, 384 for watermark, 512 on a GPU)", 0, 8192)
 
 
 # Settings the GIMP 3 dialog shows first, in this order: what the filter makes (Decompose's
