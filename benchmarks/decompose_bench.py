@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -125,7 +126,10 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown case(s): {', '.join(sorted(unknown))}")
     size = args.size
-    report: dict = {"size": size, "device": args.device, "iterations": args.iterations or "auto",
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    report: dict = {"date": time.strftime("%Y-%m-%d"), "commit": commit, "command": " ".join(sys.argv),
+                    "size": size, "device": args.device, "iterations": args.iterations or "auto",
                     "working_side": args.working_side or "auto", "cases": {}}
 
     a, b = crop("denoising/F16_GT.png", size), crop("inpainting/kate.png", size)
