@@ -235,3 +235,21 @@ def test_progress_covers_the_carry_and_ends_at_one() -> None:
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     carry = [text for fraction, text in reports if "carrying the layers to 96×96" in text]
     assert carry and all(fraction <= doubledip.FIT_SHARE for fraction, _ in reports[:-1])
+
+
+def test_two_shots_larger_than_the_working_side_are_solved_at_full_size() -> None:
+    from tests.test_decompose import _two_synthetic_layers
+
+    bands, discs = _two_synthetic_layers(128)
+    first = (0.5 * bands + 0.5 * discs).astype(np.float32)
+    second = (0.7 * bands + 0.3 * discs).astype(np.float32)
+    result = doubledip.decompose(first, "transparency", second=second, iterations=150, device="cpu",
+                                 nets=SMALL_NETS, working_side=64)
+    layers = result.layers
+    assert {name: layer.shape for name, layer in layers.items()} == {
+        "transmission": (128, 128, 3), "reflection": (128, 128, 3), "weight": (128, 128, 1),
+        "second_weight": (128, 128, 1)}
+    # Solved from both full-size shots: each recombines from the layers and its own weight.
+    w1, w2 = layers["weight"], layers["second_weight"]
+    assert _psnr(w1 * layers["reflection"] + (1 - w1) * layers["transmission"], first) > 35
+    assert _psnr(w2 * layers["reflection"] + (1 - w2) * layers["transmission"], second) > 35
