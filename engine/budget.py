@@ -163,11 +163,13 @@ def decompose_working_shape(height: int, width: int, side: int) -> tuple[int, in
 # dehaze and watermark), and the full-size copies that carry the split (per pixel of the
 # image: the input, the enlarged layers and maps, the residual, the result layers with alpha,
 # the files written). Measured with the whole CLI command (`benchmarks/memory_bench.py --ops
-# decompose_…`, light nets, results/2026-12-07-memory-decompose-cpu.json and a run before
-# it): on a 384×288 photo (the fit alone) 1.39–1.49 / 1.39–1.45 / 1.02–1.04 / 1.01–1.02 GB
-# for segment / transparency / dehaze / watermark, i.e. up to ~10 and ~6 KB per pixel above
-# torch; on a 4000×3000 one 2.66–2.78 / 2.50–2.60 / 1.63–1.66 GB (watermark: its box only,
-# 1.03), ≤ 200 B per pixel above torch (the fit's memory is handed back before the carry).
+# decompose_…`, light nets): with the working side 384 (…-memory-decompose-working-384-cpu.json)
+# a 384×288 photo, the fit alone, peaked at 1.39 / 1.39 / 1.04 / 1.02 GB for segment /
+# transparency / dehaze / watermark (1.49 / 1.45 / 1.02 / 1.01 in a run before it), up to
+# ~10 and ~6 KB per pixel above torch; with today's 256 (…-memory-decompose-cpu.json) a
+# 4000×3000 photo peaked at 2.94 / 2.12 / 1.40 GB (watermark, its box only: 1.04), the
+# prediction 3.17 / 3.17 / 2.98 GB: about 200 B per pixel above torch at most (the fit's
+# memory is mostly handed back before the carry).
 DECOMPOSE_FIT_BYTES_PER_PIXEL = {"segment": 10240, "transparency": 10240, "dehaze": 6144, "watermark": 6144}
 DECOMPOSE_IMAGE_BYTES_PER_PIXEL = 200
 
