@@ -1,7 +1,7 @@
 """Decompose into layers on Double-DIP's own inputs, with our CLI exactly as a user runs it.
 
     python docs/examples/make_decompose_examples.py [--side 128] [case ...]   # needs ../shared/data/doubledip
-    python docs/examples/make_decompose_examples.py --side 0 dehaze-hongkong watermark-full-size
+    python docs/examples/make_decompose_examples.py --side 0 dehaze-hongkong watermark-full-size   # + <case>-detail.png, 1:1
 
 Each case downscales one of ../shared/data/doubledip's images (longer side ``--side``; the CPU
 budget of a README picture), runs ``python -m engine decompose`` on it, and writes
@@ -46,6 +46,10 @@ CASES = {
 }
 # Tiles of a full-size case are shown at most this large in the picture.
 SHEET_TILE_SIDE = 520
+# Full-size cases (--side 0) also get <case>-detail.png: the input beside this layer, 1:1, in a
+# DETAIL_SIZE crop centred on the image (or on the hint's box), to show the detail kept.
+DETAIL_LAYER = {"dehaze": "Dehazed", "watermark": "Clean", "segment": "Foreground", "transparency": "Transmission"}
+DETAIL_SIZE = (400, 300)
 CAPTION_HEIGHT = 14
 
 
@@ -71,6 +75,18 @@ def _sheet(tiles: list[tuple[str, Image.Image]], out: Path) -> None:
         draw.text((x + 2, 1), caption, fill=(0, 0, 0))
         x += tile.width + gap
     canvas.save(out, optimize=True)
+
+
+def _detail(source: Image.Image, title: str, layer: Image.Image, around: tuple[int, int, int, int] | None,
+            out: Path) -> None:
+    """The input and ``layer`` (titled ``title``) side by side at 1:1, a DETAIL_SIZE crop
+    centred on ``around`` (a box) or on the image."""
+    left, top, right, bottom = around or (0, 0, source.width, source.height)
+    width, height = min(DETAIL_SIZE[0], source.width), min(DETAIL_SIZE[1], source.height)
+    x = min(max(0, (left + right - width) // 2), source.width - width)
+    y = min(max(0, (top + bottom - height) // 2), source.height - height)
+    box = (x, y, x + width, y + height)
+    _sheet([("input, 1:1", source.crop(box)), (f"{title}, 1:1", layer.crop(box))], out)
 
 
 def make_case(name: str, side: int, iterations: int) -> dict[str, object]:
@@ -107,6 +123,9 @@ def make_case(name: str, side: int, iterations: int) -> dict[str, object]:
             tiles.append((layer["title"], Image.open(work / "layers" / layer["file"])))
         OUT.mkdir(exist_ok=True)
         _sheet(tiles, OUT / f"{name}.png")
+        if side == 0:
+            hint_box = Image.open(work / "hint.png").getbbox() if (work / "hint.png").exists() else None
+            _detail(source, DETAIL_LAYER[mode], dict(tiles)[DETAIL_LAYER[mode]], hint_box, OUT / f"{name}-detail.png")
     shown = " ".join(shlex.quote(a) for a in args).replace(str(work) + "/", "")
     return {"mode": mode, "image": f"../shared/data/doubledip/{image_name}",
             "hint": list(hint_name) if isinstance(hint_name, tuple) else hint_name,
