@@ -299,15 +299,7 @@ def _square_max(x: torch.Tensor, radius: int, padding: int = 0) -> torch.Tensor:
 
 def _box_blur(x: np.ndarray, radius: int) -> np.ndarray:
     """Mean over a (2r+1)² window (edges: mean of the part inside), any trailing channels."""
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    t = t.reshape(1, 1, *x.shape[:2]) if x.ndim == 2 else t.permute(2, 0, 1)[None]
-    # A row pass then a column pass: each clipped window is a rectangle, whose mean is the
-    # mean of its column means (every column holds as many rows), at O(r) per pixel.
-    size = 2 * radius + 1
-    rows = F.avg_pool2d(t, (1, size), 1, (0, radius), count_include_pad=False)
-    mean = F.avg_pool2d(rows, (size, 1), 1, (radius, 0), count_include_pad=False)
-    out = mean[0].permute(1, 2, 0).numpy()
-    return out[:, :, 0] if x.ndim == 2 else out
+    return full_resolution.box_blurred(x, radius)
 
 
 def _background_explained_removed(image: np.ndarray, layers: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -504,13 +496,9 @@ def _dark_channel(image: np.ndarray, radius: int) -> np.ndarray:
 
 
 def _guided_filter(guide: np.ndarray, source: np.ndarray, radius: int, eps: float) -> np.ndarray:
-    """He et al.'s guided filter (grey guide): edge-aware smoothing of ``source``."""
-    mean_g, mean_s = _box_blur(guide, radius), _box_blur(source, radius)
-    cov = _box_blur(guide * source, radius) - mean_g * mean_s
-    var = _box_blur(guide * guide, radius) - mean_g**2
-    a = cov / (var + eps)
-    b = mean_s - a * mean_g
-    return _box_blur(a, radius) * guide + _box_blur(b, radius)
+    """He et al.'s guided filter (grey guide): edge-aware smoothing of ``source`` (the fast
+    guided filter's enlargement, to the same size)."""
+    return full_resolution.guided_enlarged(source, guide, guide, radius, eps)
 
 
 def dark_channel_prior(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -891,8 +879,8 @@ def _decompose_at_most(fit: "_Fit", image: np.ndarray, hint: np.ndarray | None, 
         return fit.run(image, hint, second, preview)
     small = full_resolution.resized(image, work)
     small_hint = None if hint is None else full_resolution.reduced_mask(hint, work)
-    if small_hint is not None and (small_hint.all() or not small_hint.any()):
-        small_hint = None if fit.mode == "segment" else small_hint
+    if fit.mode == "segment" and small_hint is not None and small_hint.all():
+        small_hint = None  # (reduced_mask keeps a non-empty hint non-empty)
     small_second = None if second is None else full_resolution.resized(second, work)
     box = None if fit.mode != "watermark" or hint is None else _box_of(hint)
 
@@ -904,15 +892,15 @@ def _decompose_at_most(fit: "_Fit", image: np.ndarray, hint: np.ndarray | None, 
     progress = fit.progress
     if progress is not None:  # the fit's progress up to FIT_SHARE, then the carry's step
         fit = replace(fit, progress=lambda fraction, text: progress(FIT_SHARE * fraction, text))
-    try:
-        result = fit.run(small, small_hint, small_second, None if preview is None else (lambda part: preview(enlarged(part))))
-    except Cancelled as cancelled:  # the layers so far, at full size too
-        partial = enlarged(cancelled.partial) if isinstance(cancelled.partial, Decomposition) else None
-        raise Cancelled(cancelled.message, partial) from None
-    if progress is not None:
-        progress(FIT_SHARE, f"Double-DIP {fit.mode}: fitted on {work[1]}×{work[0]}, carrying the layers "
-                            f"to {width}×{height} pixels")
-    carried = enlarged(result)
+
+    def run(inner: Callable[[Decomposition], None] | None) -> Decomposition:
+        result = fit.run(small, small_hint, small_second, inner)
+        if progress is not None:
+            progress(FIT_SHARE, f"Double-DIP {fit.mode}: fitted on {work[1]}×{work[0]}, carrying the layers "
+                                f"to {width}×{height} pixels")
+        return result
+
+    carried = _transformed(enlarged, preview, run)
     if progress is not None:
         progress(1.0, f"Double-DIP {fit.mode}: done")
     return carried

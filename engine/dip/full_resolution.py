@@ -87,9 +87,17 @@ def reduced_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Mean over (2r+1)² windows of an N×C×H×W tensor (edges: the part inside), as a row pass
+    then a column pass: each clipped window is a rectangle, whose mean is the mean of its
+    column means, at O(r) per pixel."""
     size = 2 * radius + 1
     rows = F.avg_pool2d(x, (1, size), 1, (0, radius), count_include_pad=False)
     return F.avg_pool2d(rows, (size, 1), 1, (radius, 0), count_include_pad=False)
+
+
+def box_blurred(array: np.ndarray, radius: int) -> np.ndarray:
+    """`_box_mean` of an H×W or H×W×C array."""
+    return _as_array(_box_mean(_as_tensor(array), radius), array.ndim)
 
 
 def grey(image: np.ndarray) -> np.ndarray:
@@ -97,12 +105,10 @@ def grey(image: np.ndarray) -> np.ndarray:
 
 
 def guided_enlarged(small_map: np.ndarray, small_grey: np.ndarray, full_grey: np.ndarray,
-                    radius: int | None = None, eps: float | None = None) -> np.ndarray:
+                    radius: int = GUIDE_RADIUS, eps: float = GUIDE_EPS) -> np.ndarray:
     """``small_map`` (h×w or h×w×k) enlarged to ``full_grey``'s size along its edges: per
     window of the copy, map ≈ a·grey + b (least squares, ridge ``eps``); a and b are
     enlarged and applied to the full-size grey image (He & Sun's fast guided filter)."""
-    radius = GUIDE_RADIUS if radius is None else radius
-    eps = GUIDE_EPS if eps is None else eps
     guide = _as_tensor(small_grey)
     source = _as_tensor(small_map)
     mean_g, mean_s = _box_mean(guide, radius), _box_mean(source, radius)
@@ -216,5 +222,5 @@ def watermark_window(box: np.ndarray) -> tuple[slice, slice]:
             slice(max(0, cols[0] - margin), min(width, cols[-1] + 1 + margin)))
 
 
-__all__ = ["resized", "reduced_mask", "guided_enlarged", "split_residual", "carried",
+__all__ = ["box_blurred", "resized", "reduced_mask", "guided_enlarged", "split_residual", "carried",
            "watermark_window"]
