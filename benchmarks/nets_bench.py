@@ -613,14 +613,37 @@ def camera_like_noise(truth: np.ndarray, sigma: float, seed_text: str) -> np.nda
     return degrade.jpeg(np.clip(truth + noise, 0.0, 1.0), 90)
 
 
+def phone_like_noise(truth: np.ndarray, sigma: float, seed_text: str) -> np.ndarray:
+    """A phone photo's noise, made unlike anything the nets were trained on: shot + read noise
+    in linear light (gamma 2.2; σ is the noise of mid-grey in the 8-bit picture), then a camera
+    pipeline's smearing — luma noise blurred 0.5 px (demosaicing), colour noise 1.5 px and
+    weakened to 60 % (chroma noise reduction leaves blotches) — and JPEG quality 85 with 4:2:0
+    chroma (Pillow's default, as phones save)."""
+    from onnx_export import degrade
+
+    seed = int.from_bytes(seed_text.encode("utf-8")[:8].ljust(8, b"\0"), "little")
+    rng = np.random.default_rng(seed)
+    linear = np.clip(truth, 0.0, 1.0).astype(np.float32) ** 2.2
+    mid = 0.5 ** 2.2  # mid-grey in linear light; d(x^(1/2.2))/dx there converts σ to linear units
+    sigma_linear = (sigma / 255.0) / ((1 / 2.2) * mid ** (1 / 2.2 - 1))
+    std = np.sqrt(0.8 * sigma_linear ** 2 * linear / mid + 0.2 * sigma_linear ** 2)
+    noisy_linear = np.clip(linear + std * rng.standard_normal(truth.shape).astype(np.float32), 0.0, 1.0)
+    noise = noisy_linear ** (1 / 2.2) - np.clip(truth, 0.0, 1.0)
+    luma = noise.mean(axis=2, keepdims=True)
+    smeared = degrade.gaussian_blur(luma, 0.5) + 0.6 * degrade.gaussian_blur(noise - luma, 1.5)
+    return degrade.jpeg(np.clip(truth + smeared, 0.0, 1.0), 85)
+
+
 def bench_denoise_strength(files: list[Path], probe) -> dict[str, Any]:
-    """PSNR (1 pass) at each strength, on white σ=25 noise, on grey grain σ=25 and on
-    camera-like noise of σ=35 (``camera_like_noise``), held-out crops, beside the blind net
+    """PSNR (1 pass) at each strength, on white σ=25 noise, on grey grain σ=25, on
+    camera-like noise of σ=35 (``camera_like_noise``) and phone-like noise of σ=20
+    (``phone_like_noise``), held-out crops, beside the blind net
     (the probe) alone: is 100 % right, and what do other strengths buy?"""
     report: dict[str, Any] = {}
     cases = (("white_sigma_25", lambda t, n: noisy_copy(t, 25, n)),
              ("grey_grain_sigma_25", lambda t, n: grey_grain(t, 25, n)),
-             ("camera_like_sigma_35", lambda t, n: camera_like_noise(t, 35, n)))
+             ("camera_like_sigma_35", lambda t, n: camera_like_noise(t, 35, n)),
+             ("phone_like_sigma_20", lambda t, n: phone_like_noise(t, 20, n)))
     for case, make in cases:
         rows = []
         for path, truth in centre_crops(files):

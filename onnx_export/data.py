@@ -108,7 +108,9 @@ class PatchData:
                  noise_probability: float = degrade.NOISE_PROBABILITY,
                  jpeg_probability: float = degrade.JPEG_PROBABILITY,
                  blur_mix: tuple[float, float, float] = degrade.BLUR_MIX, in_channels: int = 3,
-                 level_probe: str | Path | None = None) -> None:
+                 level_probe: str | Path | None = None,
+                 noise_mix: tuple[float, ...] = degrade.NOISE_MIX,
+                 denoise_jpeg_probability: float = degrade.DENOISE_JPEG_PROBABILITY) -> None:
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}")
         self.probe = None  # the blind net whose residual is a level-reading denoise net's level
@@ -121,6 +123,7 @@ class PatchData:
         # Training batches only: validation keeps degrade's default mix (see ``validation``).
         self.noise_probability, self.jpeg_probability = noise_probability, jpeg_probability
         self.blur_mix = blur_mix
+        self.noise_mix, self.denoise_jpeg_probability = noise_mix, denoise_jpeg_probability
         self.files = list_images(dirs)
         if not self.files:
             raise FileNotFoundError(f"no images in {', '.join(map(str, dirs))}")
@@ -167,7 +170,7 @@ class PatchData:
                     src = degrade.inpaint_input(tgt, hole)
                     weights.append(hole[None].astype(np.float32))
                 elif self.task == "denoise":
-                    src = degrade.denoise_degradation(tgt, rng)
+                    src = degrade.denoise_degradation(tgt, rng, self.noise_mix, self.denoise_jpeg_probability)
                     if self.probe is not None:
                         src = degrade.denoise_input(src, self.probe)
                 elif self.task == "dejpeg":

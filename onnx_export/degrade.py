@@ -185,13 +185,15 @@ def correlated_noise(shape: tuple[int, ...], sigma: float, blur: float, rng: np.
     return (noise * (sigma / max(float(noise.std()), 1e-6))).astype(np.float32)
 
 
-def denoise_degradation(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One random blind noise for the denoise net: a kind (``NOISE_MIX``), σ uniform in
-    (0, ``MAX_NOISE_SIGMA``], clipped; then sometimes 8-bit rounding, sometimes JPEG q 75–95
-    (a phone's noisy, compressed photo)."""
+def denoise_degradation(img: np.ndarray, rng: np.random.Generator,
+                        mix: tuple[float, ...] = NOISE_MIX,
+                        jpeg_probability: float = DENOISE_JPEG_PROBABILITY) -> np.ndarray:
+    """One random blind noise for the denoise net: a kind (``mix``: shares of NOISE_KINDS), σ
+    uniform in (0, ``MAX_NOISE_SIGMA``], clipped; then sometimes 8-bit rounding, sometimes
+    JPEG q 75–95 (a phone's noisy, compressed photo)."""
     img = img.astype(np.float32, copy=False)
     sigma = float(rng.uniform(1.0 / 255.0, MAX_NOISE_SIGMA))
-    kind = rng.choice(NOISE_KINDS, p=list(NOISE_MIX))
+    kind = rng.choice(NOISE_KINDS, p=list(mix))
     if kind == "white":
         out = add_noise(img, sigma, rng)
     elif kind == "signal":
@@ -204,7 +206,7 @@ def denoise_degradation(img: np.ndarray, rng: np.random.Generator) -> np.ndarray
     out = np.clip(out, 0.0, 1.0)
     if rng.random() < QUANTISE_PROBABILITY:
         out = np.round(out * 255.0) / 255.0
-    if rng.random() < DENOISE_JPEG_PROBABILITY:
+    if rng.random() < jpeg_probability:
         out = jpeg(out, int(rng.integers(75, 96)))
     return out.astype(np.float32)
 

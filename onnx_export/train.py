@@ -91,6 +91,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--blur-mix", type=_blur_mix, default=degrade.BLUR_MIX, metavar="G,D,R",
                    help="unet only: relative shares of Gaussian, defocus and resize blur in training "
                         "batches (default 2,1,1; validation keeps the default)")
+    p.add_argument("--noise-mix", type=_noise_mix, default=degrade.NOISE_MIX, metavar="W,S,L,C",
+                   help="unet --task denoise: relative shares of white / signal-dependent / luminance-only / "
+                        "correlated noise in training batches (default "
+                        f"{','.join(f'{v:g}' for v in degrade.NOISE_MIX)}; validation keeps white σ=25)")
+    p.add_argument("--denoise-jpeg-prob", type=float, default=degrade.DENOISE_JPEG_PROBABILITY,
+                   help="unet --task denoise: share of noisy training inputs JPEG'd at q 75–95 "
+                        f"(default {degrade.DENOISE_JPEG_PROBABILITY:g})")
     p.add_argument("--in-channels", dest="in_channels", type=int, choices=(3, 4),
                    help="unet --task denoise: 4 = also read the noise level to remove (a strength "
                         "knob at run time); the other tasks' inputs are fixed (inpaint: 4)")
@@ -118,21 +125,31 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--in-channels is for --model unet --task denoise (3 or 4)")
     if args.task is not None and args.task not in KIND_TASKS[args.model]:
         p.error(f"--task {args.task} is not a task of --model {args.model}")
-    if not (0.0 <= args.noise_prob <= 1.0 and 0.0 <= args.jpeg_prob <= 1.0):
-        p.error("--noise-prob and --jpeg-prob are probabilities in [0, 1]")
+    if not all(0.0 <= v <= 1.0 for v in (args.noise_prob, args.jpeg_prob, args.denoise_jpeg_prob)):
+        p.error("--noise-prob, --jpeg-prob and --denoise-jpeg-prob are probabilities in [0, 1]")
     return args
 
 
-def _blur_mix(text: str) -> tuple[float, float, float]:
-    """"G,D,R" relative weights → shares summing to 1 (argparse type)."""
+def _shares(text: str, count: int, example: str) -> tuple[float, ...]:
+    """"a,b,…" relative weights → ``count`` shares summing to 1 (argparse type)."""
     try:
         weights = [float(v) for v in text.split(",")]
     except ValueError:
         weights = []
-    if len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0:
-        raise argparse.ArgumentTypeError("give three non-negative weights G,D,R, e.g. 2,1,2")
+    if len(weights) != count or min(weights) < 0 or sum(weights) <= 0:
+        raise argparse.ArgumentTypeError(f"give {count} non-negative weights, e.g. {example}")
     total = sum(weights)
-    return (weights[0] / total, weights[1] / total, weights[2] / total)
+    return tuple(w / total for w in weights)
+
+
+def _noise_mix(text: str) -> tuple[float, ...]:
+    """"W,S,L,C" (white, signal-dependent, luminance, correlated) → shares (argparse type)."""
+    return _shares(text, len(degrade.NOISE_KINDS), "4,2,1,3")
+
+
+def _blur_mix(text: str) -> tuple[float, float, float]:
+    """"G,D,R" relative weights → shares summing to 1 (argparse type)."""
+    return _shares(text, 3, "2,1,2")  # type: ignore[return-value]
 
 
 def _arch_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -233,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                      val_fraction=args.val_fraction, val_max_side=args.val_max_side,
                      noise_probability=args.noise_prob, jpeg_probability=args.jpeg_prob,
                      blur_mix=args.blur_mix, in_channels=params.get("in_channels", 3),
-                     level_probe=args.level_probe)
+                     level_probe=args.level_probe, noise_mix=args.noise_mix,
+                     denoise_jpeg_probability=args.denoise_jpeg_prob)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999))
     disc = disc_opt = None
     if args.gan_weight > 0 or (state is not None and state.get("disc") is not None):
@@ -348,9 +366,9 @@ def degradation_text(args: argparse.Namespace, task: str) -> str:
     if task == "denoise":
         return (f"one of white Gaussian / signal-dependent (shot + read) / luminance-only / spatially "
                 f"correlated (blurred 0.4–1 px) noise "
-                f"(shares {', '.join(f'{v:.2f}' for v in degrade.NOISE_MIX)}), σ ≤ "
+                f"(shares {', '.join(f'{v:.2f}' for v in args.noise_mix)}), σ ≤ "
                 f"{degrade.MAX_NOISE_SIGMA * 255:.0f}/255, clipped; 8-bit rounding "
-                f"(p {degrade.QUANTISE_PROBABILITY:g}); JPEG q 75–95 (p {degrade.DENOISE_JPEG_PROBABILITY:g}); "
+                f"(p {degrade.QUANTISE_PROBABILITY:g}); JPEG q 75–95 (p {args.denoise_jpeg_prob:g}); "
                 f"validation: white Gaussian σ=25/255"
                 + ("; the input's 4th channel: the noise level measured by the blind net noise_probe "
                    "(engine.noise_level.probe_noise_level)" if args.in_channels == 4 else ""))

@@ -738,6 +738,37 @@ def test_blur_mix_chooses_the_blur_kind() -> None:
             train._blur_mix(bad)
 
 
+def test_noise_mix_and_jpeg_share_choose_the_denoise_degradation() -> None:
+    from onnx_export import train
+
+    img = _test_image(48, 40)
+    for seed in range(6):
+        # All weight on grey grain: the same noise in every channel, whatever the draw.
+        grain = degrade.denoise_degradation(img, np.random.default_rng(seed), (0, 0, 1, 0), 0.0) - img
+        assert np.median(np.abs(grain[..., 0] - grain[..., 1])) < 0.01
+        # Always JPEG'd: 8-bit values, and not the un-JPEG'd draw.
+        jpegged = degrade.denoise_degradation(img, np.random.default_rng(seed), (1, 0, 0, 0), 1.0)
+        plain = degrade.denoise_degradation(img, np.random.default_rng(seed), (1, 0, 0, 0), 0.0)
+        np.testing.assert_allclose(jpegged * 255, np.round(jpegged * 255), atol=1e-3)
+        assert not np.array_equal(jpegged, plain)
+    # The defaults are the mix the shipped nets were trained with.
+    np.testing.assert_array_equal(degrade.denoise_degradation(img, np.random.default_rng(3)),
+                                  degrade.denoise_degradation(img, np.random.default_rng(3), degrade.NOISE_MIX,
+                                                              degrade.DENOISE_JPEG_PROBABILITY))
+    assert train._noise_mix("4,2,1,3") == pytest.approx((0.4, 0.2, 0.1, 0.3))
+    for bad in ("1,2,3", "1,-1,1,1", "0,0,0,0"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            train._noise_mix(bad)
+    args = train.parse_args(["--model", "unet", "--task", "denoise", "--data", "x", "--out", "y.pt", "--steps", "1",
+                             "--noise-mix", "1,1,1,1", "--denoise-jpeg-prob", "0.35"])
+    assert args.noise_mix == pytest.approx((0.25,) * 4) and args.denoise_jpeg_prob == 0.35
+    assert "shares 0.25, 0.25, 0.25, 0.25" in train.degradation_text(args, "denoise")
+    assert "JPEG q 75–95 (p 0.35)" in train.degradation_text(args, "denoise")
+    with pytest.raises(SystemExit):
+        train.parse_args(["--model", "unet", "--task", "denoise", "--data", "x", "--out", "y.pt", "--steps", "1",
+                          "--denoise-jpeg-prob", "1.5"])
+
+
 def test_patch_data_shapes(tiny_images: Path) -> None:
     data = PatchData([tiny_images], "upscale", patch=8, scale=2)
     batch = data.batch(3, np.random.default_rng(0))
