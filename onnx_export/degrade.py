@@ -161,11 +161,11 @@ def sharpen_degradation(img: np.ndarray, rng: np.random.Generator, noise_probabi
 # -- denoising --------------------------------------------------------------------------------
 
 NOISE_KINDS = ("white", "signal", "luminance", "correlated")
-NOISE_MIX = (0.5, 0.2, 0.15, 0.15)  # how often each of NOISE_KINDS is drawn
+NOISE_MIX = (0.5, 0.2, 0.15, 0.15)  # how often each of NOISE_KINDS is drawn (train --noise-mix; session 21: 4,2,1,3)
 MAX_NOISE_SIGMA = 55.0 / 255.0  # a little past σ=50, the usual top of the benchmarks
 VALIDATION_NOISE_SIGMA = 25.0 / 255.0
 QUANTISE_PROBABILITY = 0.5
-DENOISE_JPEG_PROBABILITY = 0.1
+DENOISE_JPEG_PROBABILITY = 0.1  # train --denoise-jpeg-prob (session 21: 0.35)
 
 
 def signal_noise(img: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:

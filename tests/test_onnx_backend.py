@@ -751,7 +751,7 @@ def test_noise_mix_and_jpeg_share_choose_the_denoise_degradation() -> None:
         plain = degrade.denoise_degradation(img, np.random.default_rng(seed), (1, 0, 0, 0), 0.0)
         np.testing.assert_allclose(jpegged * 255, np.round(jpegged * 255), atol=1e-3)
         assert not np.array_equal(jpegged, plain)
-    # The defaults are the mix the shipped nets were trained with.
+    # The defaults are the mix every run drew before session 21 (the noise probe's).
     np.testing.assert_array_equal(degrade.denoise_degradation(img, np.random.default_rng(3)),
                                   degrade.denoise_degradation(img, np.random.default_rng(3), degrade.NOISE_MIX,
                                                               degrade.DENOISE_JPEG_PROBABILITY))
