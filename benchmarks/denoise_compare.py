@@ -31,14 +31,10 @@ from onnx_export.data import psnr  # noqa: E402
 Noise = Callable[[np.ndarray, str], np.ndarray]
 
 
-def _seed(name: str, salt: str) -> int:
-    return int.from_bytes((name + salt).encode("utf-8")[:8].ljust(8, b"\0"), "little")
-
-
 def blurred_noise(sigma: float, blur: float, quality: int | None = None) -> Noise:
     """White noise of σ blurred ``blur`` px (not rescaled: blurring weakens it), maybe JPEG'd."""
     def make(truth: np.ndarray, name: str) -> np.ndarray:
-        noise = np.random.default_rng(_seed(name, "b")).normal(0, sigma / 255, truth.shape).astype(np.float32)
+        noise = np.random.default_rng(nb.seed_of(name)).normal(0, sigma / 255, truth.shape).astype(np.float32)
         noisy = np.clip(truth + degrade.gaussian_blur(noise, blur), 0, 1).astype(np.float32)
         return degrade.jpeg(noisy, quality) if quality else noisy
     return make

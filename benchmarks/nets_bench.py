@@ -525,8 +525,13 @@ DENOISE_SIGMAS = (15, 25, 50)
 DIP_DENOISE_CASES = (("F16", 256), ("122048", 128), ("135069", 128))
 
 
+def seed_of(text: str) -> int:
+    """A fixed random seed from a photo's name (its first 8 bytes): the same noise every run."""
+    return int.from_bytes(text.encode("utf-8")[:8].ljust(8, b"\0"), "little")
+
+
 def noisy_copy(truth: np.ndarray, sigma: float, seed_text: str) -> np.ndarray:
-    seed = int.from_bytes(seed_text.encode("utf-8")[:8].ljust(8, b"\0"), "little")
+    seed = seed_of(seed_text)
     noise = np.random.default_rng(seed).normal(0.0, sigma / 255.0, truth.shape)
     return np.clip(truth + noise, 0.0, 1.0).astype(np.float32)
 
@@ -595,7 +600,7 @@ DENOISE_STRENGTHS = (50, 75, 100, 125, 150, 200, 300)
 
 def grey_grain(truth: np.ndarray, sigma: float, seed_text: str) -> np.ndarray:
     """The same noise of σ in every channel (film-like grey grain), clipped."""
-    seed = int.from_bytes(seed_text.encode("utf-8")[:8].ljust(8, b"\0"), "little")
+    seed = seed_of(seed_text)
     grain = np.random.default_rng(seed).normal(0.0, sigma / 255.0, truth.shape[:2] + (1,))
     return np.clip(truth + grain, 0.0, 1.0).astype(np.float32)
 
@@ -607,7 +612,7 @@ def camera_like_noise(truth: np.ndarray, sigma: float, seed_text: str) -> np.nda
     probe net was not."""
     from onnx_export import degrade
 
-    seed = int.from_bytes(seed_text.encode("utf-8")[:8].ljust(8, b"\0"), "little")
+    seed = seed_of(seed_text)
     noise = np.random.default_rng(seed).normal(0.0, sigma / 255.0, truth.shape).astype(np.float32)
     noise = degrade.gaussian_blur(noise, 0.6)
     return degrade.jpeg(np.clip(truth + noise, 0.0, 1.0), 90)
@@ -621,7 +626,7 @@ def phone_like_noise(truth: np.ndarray, sigma: float, seed_text: str) -> np.ndar
     chroma (Pillow's default, as phones save)."""
     from onnx_export import degrade
 
-    seed = int.from_bytes(seed_text.encode("utf-8")[:8].ljust(8, b"\0"), "little")
+    seed = seed_of(seed_text)
     rng = np.random.default_rng(seed)
     linear = np.clip(truth, 0.0, 1.0).astype(np.float32) ** 2.2
     mid = 0.5 ** 2.2  # mid-grey in linear light; d(x^(1/2.2))/dx there converts σ to linear units
@@ -692,7 +697,7 @@ def bench_inpaint(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
         for set_name, files in sets.items():
             rows = []
             for path, truth in centre_crops(files):
-                rng = np.random.default_rng(int.from_bytes(f"{path.name}/{kind}".encode()[:8].ljust(8, b"\0"), "little"))
+                rng = np.random.default_rng(seed_of(f"{path.name}/{kind}"))
                 hole = degrade.inpaint_hole(*truth.shape[:2], rng, kind=kind)
                 rows.append({"image": path.name, "folder": path.parent.name, **inpaint_row(truth, hole)})
             report[f"{kind}/{set_name}"] = {
