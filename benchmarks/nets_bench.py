@@ -34,8 +34,10 @@ point it at your copy of Set5, Set14, BSD100, Urban100 — the same protocol run
   also scored alone); its ``strength`` is swept (50–300 %) on white σ=25, grey grain σ=25
   and camera-like noise (blurred, JPEG'd).
 - inpaint: the engine's op (``run_op("inpaint", method net)``, the hole window and pre-fill
-  included) with 1 and 8 passes, against its own starting point (``engine.fill``'s smooth
-  fill) and skimage's biharmonic inpainting; PSNR (RGB) inside the hole. On centred 192² crops
+  included) with 1 and 8 passes, and with method patch (texture copied from the image),
+  against the net's own starting point (``engine.fill``'s smooth fill) and skimage's
+  biharmonic inpainting; PSNR (RGB) inside the hole, and the detail there against the
+  truth's (``detail_ratio``: 1 = as textured as the photo). On centred 192² crops
   with one seeded random hole per kind (``degrade.inpaint_hole``: strokes, shapes, scattered
   pixels, mixed; seeded by the image's name), and on the DIP benchmark's inpainting cases
   (``benchmarks/dip_bench.py`` at 256: the paper's kate / library / vase masks, half of
@@ -667,9 +669,20 @@ def bench_denoise_strength(files: list[Path], probe) -> dict[str, Any]:
 
 # -- inpaint -----------------------------------------------------------------------------------
 
+def detail(image: np.ndarray, where: np.ndarray) -> float:
+    """Mean absolute difference to the right and lower neighbours at the pixels ``where``."""
+    image = np.clip(image, 0.0, 1.0)
+    dx = np.abs(np.diff(image, axis=1, append=image[:, -1:]))
+    dy = np.abs(np.diff(image, axis=0, append=image[-1:]))
+    return float((dx + dy)[where].mean())
+
+
 def inpaint_row(truth: np.ndarray, hole: np.ndarray) -> dict[str, Any]:
-    """PSNR inside the hole and seconds: the net (the engine's op, 1 and 8 passes), the smooth
-    pre-fill it starts from, biharmonic."""
+    """PSNR inside the hole and seconds: the net (the engine's op, 1 and 8 passes), the
+    patch-based fill (method patch), the smooth pre-fill the net starts from, biharmonic; and
+    each one's detail in the hole (``detail_ratio``: its mean absolute neighbour difference
+    there over the truth's; 1 = as textured as the photo, a smooth fill far less — PSNR
+    prefers the smooth mean, the eye the texture)."""
     from skimage.restoration import inpaint_biharmonic
 
     from engine.fill import smooth_fill
@@ -680,18 +693,22 @@ def inpaint_row(truth: np.ndarray, hole: np.ndarray) -> dict[str, Any]:
     results = {
         "net": timed(lambda: run_op("inpaint", damaged, mask, {"method": "net", "passes": 1})[0].pixels),
         "net_8_passes": timed(lambda: run_op("inpaint", damaged, mask, {"method": "net", "passes": 8})[0].pixels),
+        "patch": timed(lambda: run_op("inpaint", damaged, mask, {"method": "patch"})[0].pixels),
         "smooth_fill": timed(lambda: smooth_fill(damaged, hole)),
         "biharmonic": timed(lambda: inpaint_biharmonic(damaged, hole, channel_axis=-1)),
     }
     row: dict[str, Any] = {"hole_fraction": round(float(hole.mean()), 3)}
     row.update({name: round(psnr(out, truth, where=hole), 3) for name, (out, _) in results.items()})
+    truth_detail = detail(truth, hole)
+    row["detail_ratio"] = {name: round(detail(out, hole) / max(truth_detail, 1e-6), 3)
+                           for name, (out, _) in results.items()}
     row["seconds"] = {name: round(seconds, 3) for name, (_, seconds) in results.items()}
     return row
 
 
 def bench_inpaint(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
     os.environ["NEURAL_RESTORE_MODELS"] = str(models)  # the op finds its net there
-    fields = ("net", "net_8_passes", "smooth_fill", "biharmonic")
+    fields = ("net", "net_8_passes", "patch", "smooth_fill", "biharmonic")
     report: dict[str, Any] = {}
     for kind in degrade.HOLE_KINDS:
         for set_name, files in sets.items():
@@ -705,6 +722,7 @@ def bench_inpaint(sets: dict[str, list[Path]], models: Path) -> dict[str, Any]:
                 **{f"psnr_in_hole_{k}": mean([r[k] for r in rows]) for k in fields},
                 "gain_over_biharmonic_db": mean([r["net"] - r["biharmonic"] for r in rows]),
                 "gain_8_passes_over_biharmonic_db": mean([r["net_8_passes"] - r["biharmonic"] for r in rows]),
+                "detail_ratio_mean": {k: mean([r["detail_ratio"][k] for r in rows]) for k in fields},
                 "seconds_mean": {k: mean([r["seconds"][k] for r in rows]) for k in fields},
                 "per_image": rows,
             }

@@ -104,6 +104,8 @@ def _net_bytes_per_pixel(op: str, params: dict[str, Any]) -> float | None:
     method = params.get("method")
     if (op == "upscale" and method != "dip") or (op in ("denoise", "inpaint", "dejpeg") and method == "net"):
         return None  # the ONNX nets: not measured here (their runner tiles from a budget)
+    if op == "inpaint" and method == "patch":
+        return None  # OpenCV's patch-based fill: a few copies of the hole's window, no net
     if op == "upscale":
         op = "denoise"  # super-resolution runs the denoise nets on the enlarged image
     per_pixel = _BYTES_PER_PIXEL.get(op)

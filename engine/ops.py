@@ -251,6 +251,13 @@ def _inpaint(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
     colour = np.clip(colour, 0.0, 1.0)
     if params["method"] == "net":
         return finish(_inpaint_with_net(colour, hole, params, ctx))
+    if params["method"] == "patch":
+        from .patch_fill import patch_fill
+
+        ctx.progress(0.0, "copying texture from the image (patch-based fill, CPU)")
+        filled = patch_fill(colour, hole)
+        ctx.progress(1.0, "patch-based fill done")
+        return finish(filled)
     from .dip import tasks
 
     return _run_dip(tasks.inpaint, (colour, hole), params, ctx, finish)
@@ -699,6 +706,24 @@ def _upscale_estimate(params: dict[str, Any], height: int, width: int) -> float 
 JPEG_TABLES_SECONDS_PER_MEGAPIXEL = 0.27
 
 
+# The patch-based fill on the 2-core dev CPU (engine.patch_fill): ~0.25 s for a 46² hole in a
+# 256² photo, 5–7 s for a 100² hole with 0.5–9 megapixels of context, 7–9 s for a 300² one:
+# the time grows with the window up to about half a megapixel, then hardly.
+PATCH_SECONDS_PER_WINDOW_MEGAPIXEL = 12.0
+PATCH_WINDOW_KNEE_MEGAPIXELS = 0.5
+PATCH_SECONDS_PER_HOLE_MEGAPIXEL = 25.0
+
+
+def patch_fill_seconds(box_height: int, box_width: int) -> float:
+    """Expected seconds of the patch-based fill for a hole with this bounding box."""
+    from .patch_fill import context_for
+
+    context = context_for(max(box_height, box_width))
+    window = (box_height + 2 * context) * (box_width + 2 * context) / 1e6
+    return (PATCH_SECONDS_PER_WINDOW_MEGAPIXEL * min(window, PATCH_WINDOW_KNEE_MEGAPIXELS)
+            + PATCH_SECONDS_PER_HOLE_MEGAPIXEL * box_height * box_width / 1e6)
+
+
 def _net_or_dip_estimate(task: str) -> OpEstimator:
     """Denoise's, Inpaint's and Remove JPEG Artifacts': the shipped net ``task`` or the DIP task of that name (Inpaint's
     for the whole layer: the real run works on the hole's box and its context only)."""
@@ -706,6 +731,8 @@ def _net_or_dip_estimate(task: str) -> OpEstimator:
     def estimate(params: dict[str, Any], height: int, width: int) -> float | None:
         if params["method"] == "dip":
             return _dip_estimate(task)(params, height, width)
+        if params["method"] == "patch":  # Inpaint's: height × width is the selection's box
+            return patch_fill_seconds(height, width)
         seconds = _net_seconds(task, params["device"], height, width, params["passes"])
         if task == "denoise" and seconds is not None:  # + measuring the noise (noise_level: ≤ 9 crops)
             from .noise_level import PROBE_GRID, PROBE_SIDE
@@ -757,7 +784,15 @@ _NET_OR_DIP_PARAMS = _DIP_PARAMS + (
 # Inpaint likewise: the trained net fills in seconds (a smooth fill plus the texture and edges
 # it learnt), DIP in minutes (fits the one image: better where the picture repeats itself,
 # e.g. stripes and fabric). The same settings in the same order as denoise.
-_INPAINT_PARAMS = _NET_OR_DIP_PARAMS
+# A third method for removing objects: the net's and DIP's fills of a large hole are smooth
+# (what is likely on average); the patch-based fill copies texture (engine.patch_fill).
+_INPAINT_PARAMS = _DIP_PARAMS + (
+    Param("method", str, "net", "net: trained U-Net, seconds (best on thin or small holes: scratches, "
+          "text, blemishes); dip: Deep Image Prior, minutes (the settings above are for dip); patch: "
+          "texture copied from the image round the hole, seconds (removing objects: a larger area "
+          "keeps the photo's texture instead of a smooth fill)", choices=("net", "dip", "patch")),
+    _NET_PASSES,
+)
 # Remove JPEG Artifacts likewise: a trained U-Net (blind to the quality, seconds) or DIP.
 _DEJPEG_PARAMS = _NET_OR_DIP_PARAMS + (_JPEG_TABLES,)
 # How much Denoise removes, as a share of the noise level measured in the image: the net
@@ -776,8 +811,8 @@ OPS: dict[str, OpSpec] = {
     for spec in (
         OpSpec("denoise", "Remove noise with a trained U-Net (seconds) or a Deep Image Prior (minutes); "
                "the noise level need not be known", _denoise, _DENOISE_PARAMS, estimate=_net_or_dip_estimate("denoise")),
-        OpSpec("inpaint", "Fill the masked pixels with a trained U-Net (seconds) or a Deep Image Prior "
-               "(minutes)", _inpaint, _INPAINT_PARAMS, needs_mask=True,
+        OpSpec("inpaint", "Fill the masked pixels with a trained U-Net (seconds), a Deep Image Prior "
+               "(minutes) or texture copied from the image (patch-based, seconds)", _inpaint, _INPAINT_PARAMS, needs_mask=True,
                estimate=_net_or_dip_estimate("inpaint")),
         OpSpec("dejpeg", "Remove JPEG blocking and ringing with a trained U-Net (seconds) or a Deep Image "
                "Prior (minutes); the quality need not be known", _dejpeg, _DEJPEG_PARAMS,

@@ -405,6 +405,37 @@ def test_inpaint_selection_runs_the_installed_net_by_default(nets_gimp: Gimp3Chr
     assert psnr(out) > psnr(fill) + 1.0
 
 
+def test_inpaint_selection_with_method_patch_copies_the_texture(nets_gimp: Gimp3Chroot) -> None:
+    """Inpaint Selection, method "Texture from the image", on a repeating 16-bit pattern with a
+    block selected: an "Inpaint" layer that keeps every unselected pixel and continues the
+    pattern into the block (a smooth fill would leave a blur there)."""
+    from tests.test_patch_fill import _pattern
+
+    truth = np.round(_pattern(SIZE, SIZE, 3) * 65535).astype("<u2")
+    nets_gimp.to_host(f"{EXCHANGE}/pattern.raw").write_bytes(truth.tobytes())
+    facts = run_in_gimp(nets_gimp, """
+        image, layer = make_image("pattern.raw", "R'G'B' u16", Gimp.ImageType.RGB_IMAGE, (64, 64), (0, 0))
+        image.select_rectangle(Gimp.ChannelOps.REPLACE, 20, 24, 18, 14)
+        facts["status"], _ = run_for_values("plug-in-neural-restore-inpaint-selection", image, layer,
+                                            method="patch")
+        facts["names"] = [l.get_name() for l in image.get_layers()]
+        dump_layer(image.get_layers()[0], "patched.raw", "R'G'B' u16")
+        dump_layer(layer, "pattern-after.raw", "R'G'B' u16")
+        image.delete()
+    """, models=None)
+    assert facts["status"] == "success", facts
+    assert facts["names"] == ["Inpaint", "Source"]
+    out = np.frombuffer(nets_gimp.to_host(f"{EXCHANGE}/patched.raw").read_bytes(), "<u2").reshape(SIZE, SIZE, 3)
+    # The source as GIMP holds it (a new u16 image's precision may round the raw values).
+    source = np.frombuffer(nets_gimp.to_host(f"{EXCHANGE}/pattern-after.raw").read_bytes(), "<u2").reshape(SIZE, SIZE, 3)
+    assert np.abs(source.astype(np.int64) - truth).max() <= 256
+    hole = np.zeros((SIZE, SIZE), bool)
+    hole[24:38, 20:38] = True
+    np.testing.assert_array_equal(out[~hole], source[~hole])
+    error = out[hole].astype(np.float64) - source[hole]
+    assert 10 * np.log10(65535.0 ** 2 / np.mean(error ** 2)) > 35.0
+
+
 def test_damaged_model_fails_cleanly_in_gimp(nets_gimp: Gimp3Chroot, tmp_path: Path) -> None:
     broken = ENGINE_VENV.parent / "broken-nets"
     shutil.rmtree(broken, ignore_errors=True)

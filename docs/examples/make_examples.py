@@ -1,6 +1,6 @@
 """Make the README's before/after pictures with our own CLI, and record the exact commands.
 
-    python docs/examples/make_examples.py [denoise] [denoise_net] [denoise_real] [inpaint] [inpaint_net] [upscale] [sharpen] [dejpeg]
+    python docs/examples/make_examples.py [denoise] [denoise_net] [denoise_real] [inpaint] [inpaint_net] [remove_object] [upscale] [sharpen] [dejpeg]
     # needs ../shared/data (the DIP paper's images) and the dev environment (onnx_export)
 
 Writes the inputs, runs ``python -m engine denoise/inpaint/upscale/sharpen/dejpeg`` on them exactly
@@ -61,13 +61,14 @@ def side_by_side(paths: list[Path], out: Path) -> None:
 
 
 def main() -> None:
-    wanted = set(sys.argv[1:]) or {"denoise", "denoise_net", "denoise_real", "inpaint", "inpaint_net", "upscale", "sharpen", "dejpeg"}
+    wanted = set(sys.argv[1:]) or {"denoise", "denoise_net", "denoise_real", "inpaint", "inpaint_net", "remove_object",
+                                   "upscale", "sharpen", "dejpeg"}
     results_path = HERE / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     rel = lambda p: str(p.relative_to(REPO))  # noqa: E731
     makers = {"denoise": make_denoise, "denoise_net": make_denoise_net, "denoise_real": make_denoise_real,
               "inpaint": make_inpaint,
-              "inpaint_net": make_inpaint_net, "upscale": make_upscale, "sharpen": make_sharpen,
+              "inpaint_net": make_inpaint_net, "remove_object": make_remove_object, "upscale": make_upscale, "sharpen": make_sharpen,
               "dejpeg": make_dejpeg}
     for name, make in makers.items():
         if name in wanted:
@@ -159,6 +160,40 @@ def make_inpaint_net(rel) -> dict:
                  HERE / "inpaint-net-before-after.png")
     return {"command": command, "seconds": seconds, "psnr_damaged": round(psnr(damaged, truth), 2),
             "psnr_inpainted": round(psnr(filled, truth), 2), "hole_fraction": round(float(hole.mean()), 3)}
+
+
+# The jet in the DIP paper's F16, outlined as a user would with Free Select (a polygon on the
+# picture at 256², grown by a few pixels so that no edge of the jet is left).
+JET_OUTLINE = [(10, 60), (41, 60), (62, 91), (180, 94), (200, 97), (242, 117), (240, 127), (200, 135),
+               (180, 142), (100, 147), (72, 146), (62, 156), (36, 156), (12, 132), (7, 110)]
+
+
+def make_remove_object(rel) -> dict:
+    # Removing an object: the jet from F16 at 384², with the default method (the trained net)
+    # and with the patch-based fill (--method patch). No truth exists behind the jet: no PSNR.
+    from PIL import ImageDraw, ImageFilter
+
+    size = 384
+    photo = Image.open(DATA / "denoising" / "F16_GT.png").convert("RGB").resize((size, size), Image.LANCZOS)
+    mask = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(mask).polygon([(x * size / 256, y * size / 256) for x, y in JET_OUTLINE], fill=255)
+    mask = mask.filter(ImageFilter.MaxFilter(9))
+    photo.save(HERE / "f16-jet.png")
+    mask.save(HERE / "f16-jet-mask.png")
+    shown = np.asarray(photo, np.float32)
+    selected = np.asarray(mask)[..., None] > 127
+    marked = np.where(selected, 0.5 * shown + 0.5 * np.array([255.0, 40.0, 40.0]), shown)
+    Image.fromarray(np.round(marked).astype(np.uint8)).save(HERE / "f16-jet-selected.png")
+    records = {}
+    for method, name in (("net", "f16-jet-removed-net.png"), ("patch", "f16-jet-removed-patch.png")):
+        extra = () if method == "net" else ("--method", "patch")
+        command, seconds = run("inpaint", rel(HERE / "f16-jet.png"), "--mask", rel(HERE / "f16-jet-mask.png"),
+                               "-o", rel(HERE / name), *extra)
+        records[method] = {"command": command, "seconds": seconds}
+    side_by_side([HERE / "f16-jet-selected.png", HERE / "f16-jet-removed-net.png", HERE / "f16-jet-removed-patch.png"],
+                 HERE / "remove-object-before-after.png")
+    (HERE / "f16-jet-selected.png").unlink()
+    return {**records, "hole_fraction": round(float(selected.mean()), 3)}
 
 
 def to_float(pixels: np.ndarray) -> np.ndarray:

@@ -1,0 +1,174 @@
+"""Inpaint with method "patch": texture copied from the image (engine.patch_fill, OpenCV's
+shift-map inpainting) — for removing objects, where the net's and DIP's fills are smooth."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine import ops
+from engine.fill import smooth_fill
+from engine.imageio import read_image, write_image
+from engine.patch_fill import blend_seams, context_for, copied_from, patch_fill, window_shape
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+
+def _pattern(height: int, width: int, channels: int) -> np.ndarray:
+    """A texture that repeats every 8 rows and 12 columns (cloth, tiles, a fence)."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    planes = [0.5 + 0.2 * np.sin(2 * np.pi * y / 8) + 0.2 * np.cos(2 * np.pi * x / 12 + c) for c in range(channels)]
+    return np.stack(planes, axis=2).astype(np.float32)
+
+
+def _hole_psnr(result: np.ndarray, truth: np.ndarray, hole: np.ndarray) -> float:
+    return float(10 * np.log10(1.0 / np.mean((result[hole] - truth[hole]) ** 2)))
+
+
+def _gradient_energy(image: np.ndarray, where: np.ndarray) -> float:
+    """Mean absolute horizontal + vertical difference at the pixels ``where`` (texture)."""
+    dx = np.abs(np.diff(image, axis=1, append=image[:, -1:]))
+    dy = np.abs(np.diff(image, axis=0, append=image[-1:]))
+    return float((dx + dy)[where].mean())
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_patch_fill_continues_a_repeating_texture_and_keeps_every_other_pixel(channels: int) -> None:
+    truth = _pattern(96, 120, channels)
+    hole = np.zeros((96, 120), bool)
+    hole[40:60, 50:72] = True
+    damaged = np.where(hole[..., None], 0.0, truth).astype(np.float32)  # the hole's content must not matter
+    out = patch_fill(damaged, hole)
+    assert out.shape == truth.shape and out.dtype == np.float32
+    np.testing.assert_array_equal(out[~hole], truth[~hole])
+    copied, smooth = _hole_psnr(out, truth, hole), _hole_psnr(smooth_fill(damaged, hole), truth, hole)
+    assert copied > 35.0 and copied > smooth + 10.0, (copied, smooth)
+    np.testing.assert_array_equal(patch_fill(damaged, hole), out)  # deterministic
+
+
+@pytest.mark.parametrize("corner", ["top-left", "bottom-right"])
+def test_patch_fill_takes_holes_at_the_image_edge(corner: str) -> None:
+    truth = _pattern(64, 72, 3)
+    hole = np.zeros((64, 72), bool)
+    if corner == "top-left":
+        hole[:14, :20] = True
+    else:
+        hole[50:, 52:] = True
+    out = patch_fill(truth, hole)
+    np.testing.assert_array_equal(out[~hole], truth[~hole])
+    assert _hole_psnr(out, truth, hole) > 30.0
+
+
+def test_patch_fill_copies_known_values_at_full_precision() -> None:
+    # 16-bit values that 8 bits cannot hold: every copied value is one of the known ones.
+    rng = np.random.default_rng(3)
+    levels = rng.integers(0, 65536, size=(64, 64, 3)).astype(np.float32) / 65535.0
+    hole = np.zeros((64, 64), bool)
+    hole[20:30, 24:40] = True
+    out = patch_fill(levels, hole, seams=False)
+    rows, cols = copied_from(out, levels, hole)
+    assert (rows[hole] >= 0).mean() > 0.95  # each copy is found again by its value
+    found = hole & (rows >= 0)
+    np.testing.assert_array_equal(out[found], levels[rows[found], cols[found]])
+    known = np.unique(np.round(levels[~hole] * 65535).astype(np.int64))
+    filled = out[hole] * 65535
+    np.testing.assert_allclose(filled, np.round(filled), atol=0.02)
+    assert np.isin(np.round(filled).astype(np.int64), known).all()
+
+
+def test_blending_removes_the_step_between_two_copies_and_keeps_their_texture() -> None:
+    """A hole filled from two places whose brightness differs by 0.2: the bare copies step by
+    0.2 where they meet and at the hole's edge; blended, every neighbour difference is the
+    sources' own (the texture stays) and the steps are gone."""
+    rng = np.random.default_rng(5)
+    texture = rng.random((40, 80, 1)).astype(np.float32) * 0.3 + 0.2
+    image = texture.copy()
+    image[:, 55:] += 0.2  # the right source is brighter
+    hole = np.zeros((40, 80), bool)
+    hole[10:30, 20:40] = True
+    rows, cols = np.mgrid[0:40, 0:80]
+    src_cols = np.where(cols < 30, cols - 18, cols + 30)  # left half from cols 2–11, right from 60–69
+    filled = image.copy()
+    filled[hole] = image[rows[hole], src_cols[hole]]
+    found_rows, found_cols = copied_from(filled, image, hole)
+    np.testing.assert_array_equal(found_rows[hole], rows[hole])
+    np.testing.assert_array_equal(found_cols[hole], src_cols[hole])
+    out = blend_seams(filled, hole, found_rows, found_cols)
+    np.testing.assert_array_equal(out[~hole], image[~hole])
+    # Inside each copied region the differences are the source's (the texture), give or take
+    # the smooth correction that takes the 0.2 away over the region.
+    for inner in ((slice(11, 29), slice(21, 28)), (slice(11, 29), slice(31, 38))):
+        solved, copied = np.diff(out[inner], axis=1).ravel(), np.diff(filled[inner], axis=1).ravel()
+        assert np.corrcoef(solved, copied)[0, 1] > 0.97 and np.abs(solved - copied).max() < 0.05
+    # Across the seam (cols 29 | 30) and the hole's right edge (39 | 40) the step is what the
+    # sources have between neighbours, not the 0.2 of brightness between them.
+    for left in (29, 39):
+        step = out[10:30, left + 1, 0] - out[10:30, left, 0]
+        bare = filled[10:30, left + 1, 0] - filled[10:30, left, 0]
+        assert abs(float(bare.mean())) > 0.15 and abs(float(step.mean())) < 0.03, (left, step.mean(), bare.mean())
+    assert abs(float(out[10:30, 30:40].mean() - texture[10:30, 60:70].mean())) < 0.05  # brightness of its surroundings
+
+
+def test_patch_fill_keeps_a_photos_texture_where_the_net_smooths() -> None:
+    """A block in barbara's striped tablecloth: the patch fill's detail (gradient energy) is
+    that of the cloth round it; the smooth fill has a fraction of it."""
+    from PIL import Image
+
+    photo = np.asarray(Image.open(SHARED / "dip" / "restoration" / "barbara.png").convert("L"), np.float32)
+    crop = np.ascontiguousarray(photo[330:458, 0:128, None] / 255.0)  # the tablecloth, bottom left
+    hole = np.zeros((128, 128), bool)
+    hole[48:80, 48:80] = True
+    ring = np.zeros_like(hole)
+    ring[36:92, 36:92] = True
+    ring &= ~hole
+    out = patch_fill(crop, hole)
+    around = _gradient_energy(crop, ring)
+    assert _gradient_energy(out, hole) > 0.7 * around
+    assert _gradient_energy(smooth_fill(crop, hole), hole) < 0.5 * around
+
+
+def test_inpaint_op_method_patch_blends_feathering_keeps_alpha_and_estimates(monkeypatch: pytest.MonkeyPatch) -> None:
+    image = np.concatenate([_pattern(64, 80, 3), np.full((64, 80, 1), 0.5, np.float32)], axis=2)
+    mask = np.zeros((64, 80), np.float32)
+    mask[20:36, 30:46] = 1.0
+    mask[20:36, 28:30] = 0.5  # a feathered edge: half the fill, half the image
+    (layer,) = ops.run_op("inpaint", image, mask, {"method": "patch"})
+    out = layer.pixels
+    np.testing.assert_array_equal(out[mask == 0], image[mask == 0])
+    assert np.all(out[mask == 1.0][:, 3] == 1.0)  # filled pixels become opaque
+    full = patch_fill(image[..., :3], mask > 0)
+    np.testing.assert_allclose(out[mask == 0.5][:, :3], 0.5 * full[mask == 0.5] + 0.5 * image[mask == 0.5][:, :3],
+                               atol=1e-6)
+    small, large = (ops.estimate_seconds("inpaint", {"method": "patch"}, side, side) for side in (40, 400))
+    assert 0 < small < large < 60
+
+
+def test_window_is_the_hole_box_and_its_context() -> None:
+    assert context_for(10) == 256 and context_for(100) == 300
+    assert window_shape(100, 50, 2000, 2000) == (700, 650) and window_shape(40, 20, 2000, 2000) == (552, 532)
+    assert window_shape(100, 50, 300, 400) == (300, 400)
+
+
+def test_cli_inpaint_with_method_patch_keeps_16_bit(tmp_path: Path) -> None:
+    image = _pattern(64, 64, 3)
+    write_image(tmp_path / "in.png", image, "u16")
+    mask = np.zeros((64, 64), np.float32)
+    mask[24:40, 20:44] = 1.0
+    write_image(tmp_path / "mask.png", mask[..., None], "u8")
+    done = subprocess.run([sys.executable, "-m", "engine", "inpaint", str(tmp_path / "in.png"), "--mask",
+                           str(tmp_path / "mask.png"), "-o", str(tmp_path / "out.png"), "--method", "patch"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert done.returncode == 0, done.stderr
+    assert "patch-based fill" in done.stderr + done.stdout
+    out = read_image(tmp_path / "out.png")
+    source = read_image(tmp_path / "in.png").pixels
+    assert out.sample_type == "u16" and out.pixels.shape == (64, 64, 3)
+    hole = mask > 0
+    np.testing.assert_array_equal(out.pixels[~hole], source[~hole])
+    assert _hole_psnr(out.pixels, image, hole) > 35.0
