@@ -13,7 +13,7 @@ import pytest
 from engine import ops
 from engine.fill import smooth_fill
 from engine.imageio import read_image, write_image
-from engine.patch_fill import blend_seams, context_for, copied_from, patch_fill, window_shape
+from engine.patch_fill import blend_seams, context_for, copied_from, patch_fill, wide_part, window_shape
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -132,20 +132,42 @@ def test_patch_fill_keeps_a_photos_texture_where_the_net_smooths() -> None:
     assert _gradient_energy(smooth_fill(crop, hole), hole) < 0.5 * around
 
 
-def test_inpaint_op_method_patch_blends_feathering_keeps_alpha_and_estimates(monkeypatch: pytest.MonkeyPatch) -> None:
-    image = np.concatenate([_pattern(64, 80, 3), np.full((64, 80, 1), 0.5, np.float32)], axis=2)
-    mask = np.zeros((64, 80), np.float32)
-    mask[20:36, 30:46] = 1.0
-    mask[20:36, 28:30] = 0.5  # a feathered edge: half the fill, half the image
+def test_inpaint_op_method_patch_copies_wide_parts_nets_thin_ones_blends_feathering(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NEURAL_RESTORE_MODELS", raising=False)  # the shipped inpainting net
+    image = np.concatenate([_pattern(64, 96, 3), np.full((64, 96, 1), 0.5, np.float32)], axis=2)
+    mask = np.zeros((64, 96), np.float32)
+    mask[20:36, 30:46] = 1.0  # a block: wide, copied
+    mask[20:36, 28:30] = 0.5  # its feathered edge: half the fill, half the image
+    mask[8:11, 60:90] = 1.0  # a 3 px scratch: thin, the net's
+    hard = (mask > 0).astype(np.float32)
+    block, scratch = (slice(20, 36), slice(30, 46)), (slice(8, 11), slice(60, 90))
+    wide = wide_part(hard > 0)
+    assert wide[block].all() and not wide[scratch].any()
     (layer,) = ops.run_op("inpaint", image, mask, {"method": "patch"})
+    (full,) = ops.run_op("inpaint", image, hard, {"method": "patch"})
+    (net,) = ops.run_op("inpaint", image, hard, {"method": "net"})
     out = layer.pixels
     np.testing.assert_array_equal(out[mask == 0], image[mask == 0])
     assert np.all(out[mask == 1.0][:, 3] == 1.0)  # filled pixels become opaque
-    full = patch_fill(image[..., :3], mask > 0)
-    np.testing.assert_allclose(out[mask == 0.5][:, :3], 0.5 * full[mask == 0.5] + 0.5 * image[mask == 0.5][:, :3],
-                               atol=1e-6)
+    edge = mask == 0.5
+    np.testing.assert_allclose(out[edge], 0.5 * full.pixels[edge] + 0.5 * image[edge], atol=1e-6)
+    np.testing.assert_array_equal(full.pixels[scratch], net.pixels[scratch])
+    assert _hole_psnr(full.pixels[..., :3], image[..., :3], np.pad(np.ones((16, 16), bool), ((20, 28), (30, 50)))) > 35.0
     small, large = (ops.estimate_seconds("inpaint", {"method": "patch"}, side, side) for side in (40, 400))
     assert 0 < small < large < 60
+
+
+def test_inpaint_op_method_patch_leaves_scattered_pixels_to_the_net(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Half the pixels missing at random: no patch fits, so the net fills them (copying there
+    made noise); the result is the net's."""
+    monkeypatch.delenv("NEURAL_RESTORE_MODELS", raising=False)
+    image = _pattern(48, 48, 3)
+    mask = (np.random.default_rng(0).random((48, 48)) < 0.5).astype(np.float32)
+    assert not wide_part(mask > 0).any()
+    (patch,) = ops.run_op("inpaint", image, mask, {"method": "patch"})
+    (net,) = ops.run_op("inpaint", image, mask, {"method": "net"})
+    np.testing.assert_array_equal(patch.pixels, net.pixels)
 
 
 def test_window_is_the_hole_box_and_its_context() -> None:
