@@ -800,13 +800,14 @@ _NET_OR_DIP_PARAMS = _DIP_PARAMS + (
 # Inpaint likewise: the trained net fills in seconds (a smooth fill plus the texture and edges
 # it learnt), DIP in minutes (fits the one image: better where the picture repeats itself,
 # e.g. stripes and fabric). The same settings in the same order as denoise.
-# A third method for removing objects: the net's and DIP's fills of a large hole are smooth
-# (what is likely on average); the patch-based fill copies texture (engine.patch_fill).
+# A third method, the default since session 22: the net's and DIP's fills of a large hole are
+# smooth (what is likely on average); removing an object wants the photo's texture, which
+# the patch-based fill copies (engine.patch_fill) — with the net for the hole's thin parts.
 _INPAINT_PARAMS = _DIP_PARAMS + (
-    Param("method", str, "net", "net: trained U-Net, seconds (best on thin or small holes: scratches, "
-          "text, blemishes); dip: Deep Image Prior, minutes (the settings above are for dip); patch: "
-          "texture copied from the image round the hole, seconds (removing objects: a larger area "
-          "keeps the photo's texture instead of a smooth fill)", choices=("net", "dip", "patch")),
+    Param("method", str, "patch", "patch: texture copied from the image round the hole where it is "
+          "wide (removing objects), the trained net where it is thin (scratches, text, dust), seconds; "
+          "net: the trained U-Net everywhere (a smooth fill of wide areas), seconds; dip: Deep Image "
+          "Prior, minutes (the settings above are for dip)", choices=("net", "dip", "patch")),
     _NET_PASSES,
 )
 # Remove JPEG Artifacts likewise: a trained U-Net (blind to the quality, seconds) or DIP.

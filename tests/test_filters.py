@@ -478,6 +478,10 @@ def test_preset_is_appended_for_positional_callers_and_shown_first_in_the_dialog
                                                       "iterations", "seed"]
     assert "strength" not in [p.name for p in _spec("inpaint-selection").params]
     assert _spec("denoise").param("method").default == "net"
+    # Inpaint's third method (texture from the image, the default) came last: gimpfu passes
+    # a choice's index, so net and dip keep theirs.
+    assert _spec("inpaint-selection").param("method").choice_values() == ["net", "dip", "patch"]
+    assert _spec("inpaint-selection").param("method").default == "patch"
     # Decompose: which layers first, then quality; filters without either keep their order.
     assert filters.dialog_order(_spec("decompose")) == ["mode", "preset", "iterations", "seed", "device", "working_side"]
     # Upscale: the DIP settings (for method dip) follow the method choice.

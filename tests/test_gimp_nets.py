@@ -370,10 +370,11 @@ def test_upscale_of_an_opened_jpeg_removes_its_artifacts_first(nets_gimp: Gimp3C
     assert psnr(result("auto"), truth, 2, y_only=True) > psnr(result("keep"), truth, 2, y_only=True) + 0.3
 
 
-def test_inpaint_selection_runs_the_installed_net_by_default(nets_gimp: Gimp3Chroot) -> None:
-    """Inpaint Selection with its default settings (method: the trained network) on a photo
-    crop with two scratches selected: an "Inpaint" layer above the source that keeps every
-    unselected pixel and fills the scratches better than the smooth fill it starts from."""
+def test_inpaint_selection_fills_thin_scratches_with_the_installed_net_by_default(nets_gimp: Gimp3Chroot) -> None:
+    """Inpaint Selection with its default settings (method: texture from the image, whose
+    thin parts are the trained network's) on a photo crop with two scratches selected: an
+    "Inpaint" layer above the source that keeps every unselected pixel and fills the
+    scratches better than the smooth fill the network starts from."""
     from engine.fill import smooth_fill
     from tests.test_inpaint_net import _photo
 
@@ -405,10 +406,11 @@ def test_inpaint_selection_runs_the_installed_net_by_default(nets_gimp: Gimp3Chr
     assert psnr(out) > psnr(fill) + 1.0
 
 
-def test_inpaint_selection_with_method_patch_copies_the_texture(nets_gimp: Gimp3Chroot) -> None:
-    """Inpaint Selection, method "Texture from the image", on a repeating 16-bit pattern with a
-    block selected: an "Inpaint" layer that keeps every unselected pixel and continues the
-    pattern into the block (a smooth fill would leave a blur there)."""
+def test_inpaint_selection_copies_texture_into_a_wide_selection_by_default(nets_gimp: Gimp3Chroot) -> None:
+    """Inpaint Selection with its default settings (method: texture from the image) on a
+    repeating 16-bit pattern with a block selected: an "Inpaint" layer that keeps every
+    unselected pixel and continues the pattern into the block (a smooth fill would leave a
+    blur there)."""
     from tests.test_patch_fill import _pattern
 
     truth = np.round(_pattern(SIZE, SIZE, 3) * 65535).astype("<u2")
@@ -416,8 +418,7 @@ def test_inpaint_selection_with_method_patch_copies_the_texture(nets_gimp: Gimp3
     facts = run_in_gimp(nets_gimp, """
         image, layer = make_image("pattern.raw", "R'G'B' u16", Gimp.ImageType.RGB_IMAGE, (64, 64), (0, 0))
         image.select_rectangle(Gimp.ChannelOps.REPLACE, 20, 24, 18, 14)
-        facts["status"], _ = run_for_values("plug-in-neural-restore-inpaint-selection", image, layer,
-                                            method="patch")
+        facts["status"], _ = run_for_values("plug-in-neural-restore-inpaint-selection", image, layer)
         facts["names"] = [l.get_name() for l in image.get_layers()]
         dump_layer(image.get_layers()[0], "patched.raw", "R'G'B' u16")
         dump_layer(layer, "pattern-after.raw", "R'G'B' u16")

@@ -109,7 +109,7 @@ def test_net_inpaint_fills_only_the_hole_with_the_nets_output(tiny_models: Path,
     monkeypatch.setenv("NEURAL_RESTORE_MODELS", str(tiny_models))
     image = np.random.default_rng(channels).random((120, 150, channels), dtype=np.float32)
     mask = _hole(120, 150)
-    (layer,) = ops.run_op("inpaint", image, mask, {})  # the net is the default method
+    (layer,) = ops.run_op("inpaint", image, mask, {"method": "net"})
     out, hole = layer.pixels, mask > 0
     assert layer.title == "Inpainted" and out.shape == image.shape and out.dtype == np.float32
     np.testing.assert_array_equal(out[~hole], image[~hole])
@@ -146,8 +146,9 @@ def test_net_inpaint_blends_a_feathered_mask_and_refuses_bad_masks(tiny_models: 
 
 def test_net_inpaint_estimate_needs_no_torch() -> None:
     code = ("import sys\nfrom engine.ops import estimate_seconds\n"
-            "net = estimate_seconds('inpaint', {'device': 'cpu'}, 1000, 1000)\n"
-            "assert 'torch' not in sys.modules\n"
+            "net = estimate_seconds('inpaint', {'device': 'cpu', 'method': 'net'}, 1000, 1000)\n"
+            "patch = estimate_seconds('inpaint', {'device': 'cpu'}, 200, 200)\n"
+            "assert 'torch' not in sys.modules and 'cv2' not in sys.modules and 0 < patch < 60\n"
             "dip = estimate_seconds('inpaint', {'device': 'cpu', 'method': 'dip'}, 256, 256)\n"
             "assert 0 < net < 10 < dip, (net, dip)\nprint('ok')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO,
@@ -169,7 +170,7 @@ def test_the_shipped_net_fills_better_than_the_smooth_fill(monkeypatch: pytest.M
     mask[20:30, 10:80] = 1.0  # a horizontal one
     hole = mask > 0
     damaged = np.where(hole[..., None], 0.0, image)  # what is in the hole must not matter
-    (layer,) = ops.run_op("inpaint", damaged, mask, {"passes": 1})
+    (layer,) = ops.run_op("inpaint", damaged, mask, {"method": "net", "passes": 1})
     np.testing.assert_array_equal(layer.pixels[~hole], image[~hole])
     net, fill = _hole_psnr(layer.pixels, image, hole), _hole_psnr(smooth_fill(image, hole), image, hole)
     assert net > fill + 1.0, (net, fill)

@@ -250,17 +250,18 @@ STRENGTH_PARAM = FilterParam("strength", "int", 100, "Strength (%)",
                              "smooths noise the measurement underrates (JPEG'd or camera noise)",
                              10, 400)
 DENOISE_PARAMS = _net_or_dip_params("") + (STRENGTH_PARAM,)
-# Inpaint has a third method, last (gimpfu passes a choice's index): texture copied from the
-# image, for removing objects, where the network and DIP fill a large area smoothly.
+# Inpaint has a third method, the default, listed last (gimpfu passes a choice's index):
+# texture copied from the image where the selection is wide (removing objects), the network
+# where it is thin; the network alone and DIP fill a large area smoothly.
 INPAINT_PARAMS = tuple(
-    FilterParam("method", "choice", "net", "Method",
-                "net: trained network, seconds, best for thin or small areas (scratches, text, "
-                "blemishes); dip: Deep Image Prior, minutes (fits this one image: better on repeating "
-                "patterns such as stripes; Quality, Iterations and Seed are its settings); patch: "
-                "texture copied from around the selection, seconds, for removing objects (a larger "
-                "area keeps the photo's texture instead of a smooth fill)",
-                choices=(("net", "Trained network (fast; small areas)"), ("dip", "Deep Image Prior (slow)"),
-                         ("patch", "Texture from the image (removing objects)")))
+    FilterParam("method", "choice", "patch", "Method",
+                "patch: texture copied from around the selection where it is wide (removing objects), "
+                "the trained network where it is thin (scratches, text, dust), seconds; net: the trained "
+                "network everywhere (a smooth fill of large areas), seconds; dip: Deep Image Prior, "
+                "minutes (fits this one image: better on repeating patterns such as stripes; Quality, "
+                "Iterations and Seed are its settings)",
+                choices=(("net", "Trained network (smooth fill)"), ("dip", "Deep Image Prior (slow)"),
+                         ("patch", "Texture from the image (thin parts: network)")))
     if param.name == "method" else param
     for param in _net_or_dip_params(""))
 DEJPEG_PARAMS = _net_or_dip_params("")
