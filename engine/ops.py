@@ -100,7 +100,8 @@ class JobContext:
 
 OpRunner = Callable[[np.ndarray, "np.ndarray | None", dict[str, Any], JobContext], list[ResultLayer]]
 # (validated params, image height, image width) -> expected seconds on this machine, or None.
-OpEstimator = Callable[[dict[str, Any], int, int], "float | None"]
+# (params, height, width) -> seconds; an op that fills a mask also takes selected_pixels
+OpEstimator = Callable[..., "float | None"]
 
 
 @dataclass(frozen=True)
@@ -730,25 +731,32 @@ PATCH_WINDOW_KNEE_MEGAPIXELS = 0.5
 PATCH_SECONDS_PER_HOLE_MEGAPIXEL = 60.0
 
 
-def patch_fill_seconds(box_height: int, box_width: int) -> float:
-    """Expected seconds of the patch-based fill for a hole with this bounding box."""
+def patch_fill_seconds(box_height: int, box_width: int, hole_pixels: int | None = None) -> float:
+    """Expected seconds of the patch-based fill for a hole with this bounding box and
+    ``hole_pixels`` pixels (None: the whole box)."""
     from .patch_fill import context_for
 
     context = context_for(max(box_height, box_width))
     window = (box_height + 2 * context) * (box_width + 2 * context) / 1e6
+    hole = box_height * box_width if hole_pixels is None else min(hole_pixels, box_height * box_width)
     return (PATCH_SECONDS_PER_WINDOW_MEGAPIXEL * min(window, PATCH_WINDOW_KNEE_MEGAPIXELS)
-            + PATCH_SECONDS_PER_HOLE_MEGAPIXEL * box_height * box_width / 1e6)
+            + PATCH_SECONDS_PER_HOLE_MEGAPIXEL * hole / 1e6)
 
 
 def _net_or_dip_estimate(task: str) -> OpEstimator:
     """Denoise's, Inpaint's and Remove JPEG Artifacts': the shipped net ``task`` or the DIP task of that name (Inpaint's
     for the whole layer: the real run works on the hole's box and its context only)."""
 
-    def estimate(params: dict[str, Any], height: int, width: int) -> float | None:
+    def estimate(params: dict[str, Any], height: int, width: int, selected_pixels: int | None = None) -> float | None:
         if params["method"] == "dip":
             return _dip_estimate(task)(params, height, width)
-        if params["method"] == "patch":  # Inpaint's: height × width is the selection's box
-            return patch_fill_seconds(height, width)
+        if params["method"] == "patch":
+            # Inpaint's: height × width is the selection's box. The net fills its thin parts
+            # (counted as if it ran on all of the box: most selections have some), the copies
+            # its wide ones (counted as all that is selected: a scattering of dust spots over
+            # a scan is all thin, but the dialog cannot tell).
+            net = _net_seconds(task, params["device"], height, width, params["passes"])
+            return None if net is None else net + patch_fill_seconds(height, width, selected_pixels)
         seconds = _net_seconds(task, params["device"], height, width, params["passes"])
         if task == "denoise" and seconds is not None:  # + measuring the noise (noise_level: ≤ 9 crops)
             from .noise_level import PROBE_GRID, PROBE_SIDE
@@ -854,10 +862,17 @@ def get_op(name: str) -> OpSpec:
     return spec
 
 
-def estimate_seconds(name: str, params: dict[str, Any] | None, height: int, width: int) -> float | None:
-    """How long ``name`` is expected to take on an image of this size, or None if unknown."""
+def estimate_seconds(name: str, params: dict[str, Any] | None, height: int, width: int,
+                     selected_pixels: int | None = None) -> float | None:
+    """How long ``name`` is expected to take on an image of this size, or None if unknown.
+    ``selected_pixels``: for an op that fills a mask (inpaint), how many of those pixels
+    are to be filled, when the caller knows (None: all of them)."""
     spec = get_op(name)
-    return spec.estimate(spec.validate(params), height, width) if spec.estimate else None
+    if not spec.estimate:
+        return None
+    if spec.needs_mask and selected_pixels is not None:
+        return spec.estimate(spec.validate(params), height, width, selected_pixels)  # type: ignore[call-arg]
+    return spec.estimate(spec.validate(params), height, width)
 
 
 def run_op(name: str, image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any] | None,

@@ -142,10 +142,12 @@ def _estimate(session: _Session, message: Message) -> None:
         variants = message.header.get("params") or [{}]
         if not isinstance(variants, list) or not all(isinstance(v, dict) for v in variants):
             raise BadInput("estimate 'params' must be a list of JSON objects")
+        selected = message.header.get("selected_pixels")  # optional: how much of the area is selected
+        selected = None if selected is None else max(0, int(selected))  # type: ignore[arg-type]
         seconds, memory = [], []
         for raw in variants:
             values = op.validate(raw)
-            seconds.append(estimate_seconds(op.name, values, height, width))
+            seconds.append(estimate_seconds(op.name, values, height, width, selected))
             memory.append(budget.working_bytes(op.name, values, height, width))
         session.send({"type": "estimate", "id": request_id, "seconds": seconds,
                       "memory_bytes": memory, "memory_available": budget.available_bytes()})

@@ -41,7 +41,7 @@ class MemoryHost(object):
         if self.selection is None or not self.selection.any():
             return None
         ys, xs = np.nonzero(self.selection)
-        return xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+        return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
     def read_selection(self, x, y, width, height):
         out = np.zeros((height, width), np.uint8)
@@ -510,6 +510,30 @@ def test_dialog_estimator_follows_setting_changes_on_one_engine(tmp_path):
     assert fixed != on_cpu  # a fixed iteration count changes the figures
     assert on_gpu != on_cpu
     assert estimator.engine is None
+
+
+def test_inpaint_estimate_counts_the_selected_pixels_not_the_selections_box(tmp_path):
+    """Dust spots over a whole scan: the selection's box is the layer, but little of it is
+    selected (and thin: the network's); the dialog sends the count, so the figure is that of
+    the spots, not of a layer-sized hole to copy texture into."""
+    spots = MemoryHost(_pixels(400, 400, 3))
+    spots.selection = np.zeros((400, 400), np.uint8)
+    for k in range(10):
+        spots.selection[20 + 36 * k:24 + 36 * k, 30 + 30 * k:34 + 30 * k] = 255
+    spots.selection[380:384, 10:14] = 128  # partly selected pixels are filled (blended) too
+    block = MemoryHost(_pixels(400, 400, 3))
+    block.selection = np.full((400, 400), 255, np.uint8)
+    source = spots.source()
+    assert filters.selected_pixel_count(_spec("inpaint-selection"), spots, source) == 11 * 16
+    assert filters.selected_pixel_count(_spec("denoise"), spots, source) is None
+    figures = {}
+    for name, host in (("spots", spots), ("block", block)):
+        estimator = filters.DialogEstimator(host, _spec("inpaint-selection"), str(tmp_path))
+        try:
+            figures[name] = estimator._reply({"device": "cpu"})["seconds"][0]
+        finally:
+            estimator.close()
+    assert 0 < figures["spots"] < 0.5 * figures["block"], figures
 
 
 def test_dialog_estimator_gives_up_once_when_the_engine_cannot_start(tmp_path, monkeypatch):

@@ -213,18 +213,22 @@ class EngineProcess(object):
             kept[name] = value
         return kept
 
-    def estimate(self, op, width, height, param_sets, on_idle=None):
+    def estimate(self, op, width, height, param_sets, on_idle=None, selected_pixels=None):
         """Seconds and bytes the engine expects for each params dict, or None if unsupported.
 
         Returns {"seconds": [...], "memory_bytes": [...], "memory_available": n} (entries
-        may be None where the engine has no estimate).
+        may be None where the engine has no estimate). selected_pixels: how many pixels of
+        the area the selection covers (Inpaint's hole), when known.
         """
         if "estimate" not in self.features():
             return None
         request_id = self._next_id
         self._next_id += 1
-        self._send({"type": "estimate", "id": request_id, "op": op, "width": width, "height": height,
-                    "params": [self.supported_params(op, p) for p in param_sets]})
+        frame = {"type": "estimate", "id": request_id, "op": op, "width": width, "height": height,
+                 "params": [self.supported_params(op, p) for p in param_sets]}
+        if selected_pixels is not None:
+            frame["selected_pixels"] = int(selected_pixels)
+        self._send(frame)
         header, _ = self._read("while estimating", on_idle)
         if header.get("type") == "error":
             raise EngineFailure(header.get("kind", "engine"), header.get("message", "unknown error"))
