@@ -99,8 +99,8 @@ class JobContext:
 
 
 OpRunner = Callable[[np.ndarray, "np.ndarray | None", dict[str, Any], JobContext], list[ResultLayer]]
-# (validated params, image height, image width) -> expected seconds on this machine, or None.
-# (params, height, width) -> seconds; an op that fills a mask also takes selected_pixels
+# (validated params, image height, image width) -> expected seconds on this machine, or None;
+# an op that fills a mask (inpaint) also takes selected_pixels, the hole's size when known.
 OpEstimator = Callable[..., "float | None"]
 
 
