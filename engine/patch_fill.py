@@ -64,12 +64,27 @@ def window_shape(box_height: int, box_width: int, image_height: int, image_width
     return min(image_height, box_height + 2 * context), min(image_width, box_width + 2 * context)
 
 
+def _opencv_with_xphoto():
+    """OpenCV with its contrib module xphoto, or an EngineError saying how to get it (another
+    OpenCV wheel in the same environment, e.g. opencv-python, can shadow the contrib one)."""
+    try:
+        import cv2
+
+        cv2.xphoto.inpaint  # noqa: B018 - the attribute is what we need
+    except (ImportError, AttributeError):
+        raise EngineError("Inpaint's texture fill needs OpenCV with its contrib modules (cv2.xphoto): run "
+                          "install.py again, or `pip install opencv-contrib-python-headless` in the engine's "
+                          "environment (and uninstall any other opencv-python package there); or choose the "
+                          "trained network as the method") from None
+    return cv2
+
+
 def patch_fill(colour: np.ndarray, hole: np.ndarray, context: int | None = None, seams: bool = True) -> np.ndarray:
     """``colour`` (H×W×C float32 in [0, 1], C = 1 or 3) with the pixels where ``hole`` (H×W
     bool) is True replaced by texture copied from the known pixels round it, the steps at the
     copied regions' seams smoothed away (``seams``; False: the bare copies); every other
     pixel is returned unchanged (bit for bit)."""
-    import cv2
+    cv2 = _opencv_with_xphoto()
 
     from .ops import hole_window
 

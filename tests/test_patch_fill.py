@@ -170,6 +170,18 @@ def test_inpaint_op_method_patch_leaves_scattered_pixels_to_the_net(monkeypatch:
     np.testing.assert_array_equal(patch.pixels, net.pixels)
 
 
+def test_a_missing_opencv_contrib_module_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cv2
+
+    from engine.errors import EngineError
+
+    monkeypatch.delattr(cv2, "xphoto")  # as when a plain opencv-python shadows the contrib wheel
+    hole = np.zeros((32, 32), bool)
+    hole[8:24, 8:24] = True
+    with pytest.raises(EngineError, match="opencv-contrib-python-headless"):
+        patch_fill(_pattern(32, 32, 3), hole)
+
+
 def test_window_is_the_hole_box_and_its_context() -> None:
     assert context_for(10) == 256 and context_for(100) == 300
     assert window_shape(100, 50, 2000, 2000) == (700, 650) and window_shape(40, 20, 2000, 2000) == (552, 532)
