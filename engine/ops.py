@@ -242,11 +242,48 @@ def _inpaint_with_patches(colour: np.ndarray, hole: np.ndarray, params: dict[str
     if (hole & ~wide).any():
         filled = _inpaint_with_net(colour, hole, params, ctx.stage(0.0, 0.2 if wide.any() else 1.0))
     if wide.any():
-        ctx.progress(0.2, "copying texture from the image (patch-based fill, CPU)")
-        filled = patch_fill(filled, wide)
+        rows, cols = hole_window(wide, 0)
+        expected = patch_fill_seconds(rows.stop - rows.start, cols.stop - cols.start, int(wide.sum()))
+        base = filled
+        filled = _with_heartbeat(lambda: patch_fill(base, wide), ctx.stage(0.2, 1.0), expected,
+                                 "copying texture from the image (patch-based fill, CPU)")
     ctx.progress(1.0, "patch-based fill done" if wide.any()
                  else "the selection is thin (no patch fits): filled by the network")
     return filled
+
+
+# How often a step that cannot report its own progress (OpenCV's fill) is looked in on.
+HEARTBEAT_S = 0.5
+
+
+def _with_heartbeat(work: Callable[[], Any], ctx: JobContext, expected_seconds: float, text: str) -> Any:
+    """``work()`` in a worker thread while this one reports progress (elapsed against
+    ``expected_seconds``, never past 95 %) every HEARTBEAT_S and checks for a cancel: a long
+    copy must neither look like a hung engine (the plug-in stops one silent for 120 s) nor
+    outlive its cancel. OpenCV and numpy release the GIL, so the two threads run together."""
+    import threading
+
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, name="neural-restore-patch-fill", daemon=True)
+    started = time.monotonic()
+    worker.start()
+    while True:
+        worker.join(HEARTBEAT_S)
+        if not worker.is_alive():
+            break
+        ctx.check_cancelled()  # the worker is left to finish on its own; its result is dropped
+        elapsed = time.monotonic() - started
+        ctx.progress(min(0.95, elapsed / max(expected_seconds, 1e-3)), f"{text}, {elapsed:.0f} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def _inpaint(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],

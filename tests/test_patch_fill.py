@@ -182,6 +182,29 @@ def test_a_missing_opencv_contrib_module_is_a_clear_error(monkeypatch: pytest.Mo
         patch_fill(_pattern(32, 32, 3), hole)
 
 
+def test_a_long_fill_keeps_reporting_progress_and_stops_on_cancel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenCV's fill cannot report progress: the op looks in on it every HEARTBEAT_S (the
+    plug-in stops an engine silent for 120 s) and a cancel ends the op at once."""
+    import time
+
+    from engine.errors import Cancelled
+
+    monkeypatch.setattr(ops, "HEARTBEAT_S", 0.05)
+    reports: list[tuple[float, str]] = []
+    ctx = ops.JobContext(lambda fraction, text: reports.append((fraction, text)))
+    assert ops._with_heartbeat(lambda: time.sleep(0.4) or "done", ctx, 1.0, "copying") == "done"
+    fractions = [f for f, _ in reports]
+    assert len(reports) >= 4 and fractions == sorted(fractions) and max(fractions) <= 0.95
+    assert all(text.startswith("copying, ") for _, text in reports)
+    cancelled = ops.JobContext(lambda fraction, text: None, lambda: True)
+    started = time.monotonic()
+    with pytest.raises(Cancelled):
+        ops._with_heartbeat(lambda: time.sleep(2.0), cancelled, 1.0, "copying")
+    assert time.monotonic() - started < 1.0
+    with pytest.raises(ValueError, match="boom"):  # the worker's error reaches the caller
+        ops._with_heartbeat(lambda: (_ for _ in ()).throw(ValueError("boom")), ctx, 1.0, "copying")
+
+
 def test_window_is_the_hole_box_and_its_context() -> None:
     assert context_for(10) == 256 and context_for(100) == 300
     assert window_shape(100, 50, 2000, 2000) == (700, 650) and window_shape(40, 20, 2000, 2000) == (552, 532)
