@@ -257,33 +257,31 @@ HEARTBEAT_S = 0.5
 
 
 def _with_heartbeat(work: Callable[[], Any], ctx: JobContext, expected_seconds: float, text: str) -> Any:
-    """``work()`` in a worker thread while this one reports progress (elapsed against
-    ``expected_seconds``, never past 95 %) every HEARTBEAT_S and checks for a cancel: a long
-    copy must neither look like a hung engine (the plug-in stops one silent for 120 s) nor
-    outlive its cancel. OpenCV and numpy release the GIL, so the two threads run together."""
+    """``work()`` while a helper thread reports progress (elapsed against ``expected_seconds``,
+    never past 95 %) every HEARTBEAT_S, so a long copy does not look like a hung engine (the
+    plug-in stops one silent for 120 s); a cancel asked for meanwhile ends the op when
+    ``work`` returns (a C call cannot be interrupted). ``work`` runs in this thread: OpenCV's
+    shift-map fill called from another thread gave different fills from call to call (on a
+    repeating pattern 32 dB one time, 70 the next), from the main thread always the same."""
     import threading
 
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["value"] = work()
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=run, name="neural-restore-patch-fill", daemon=True)
+    done = threading.Event()
     started = time.monotonic()
-    worker.start()
-    while True:
-        worker.join(HEARTBEAT_S)
-        if not worker.is_alive():
-            break
-        ctx.check_cancelled()  # the worker is left to finish on its own; its result is dropped
-        elapsed = time.monotonic() - started
-        ctx.progress(min(0.95, elapsed / max(expected_seconds, 1e-3)), f"{text}, {elapsed:.0f} s")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
+
+    def beat() -> None:
+        while not done.wait(HEARTBEAT_S):
+            elapsed = time.monotonic() - started
+            ctx.progress(min(0.95, elapsed / max(expected_seconds, 1e-3)), f"{text}, {elapsed:.0f} s")
+
+    heart = threading.Thread(target=beat, name="neural-restore-heartbeat", daemon=True)
+    heart.start()
+    try:
+        result = work()
+    finally:
+        done.set()
+        heart.join()  # no progress frame after this point: the caller's are the only ones
+    ctx.check_cancelled()
+    return result
 
 
 def _inpaint(image: np.ndarray, mask: np.ndarray | None, params: dict[str, Any],
