@@ -757,13 +757,14 @@ def _upscale_estimate(params: dict[str, Any], height: int, width: int) -> float 
 JPEG_TABLES_SECONDS_PER_MEGAPIXEL = 0.27
 
 
-# The patch-based fill on the 2-core dev CPU (engine.patch_fill, seams blended): ~0.3 s for a
-# 46² hole in a 256² photo, 5–8 s for a 100² hole with 0.5–9 megapixels of context, 12–17 s
-# for a 300² one, ~35 s for 500² and ~4 min for 1000² (the last three beside a benchmark):
+# The patch-based fill on the 2-core dev CPU (engine.patch_fill, seams blended;
+# benchmarks/patch_fill_bench.py, results/2026-12-08-patch-fill-cpu.json): ~0.3 s for a 46²
+# hole in a 256² photo, 2 s in a 0.5-megapixel one, 5–6 s for a 100² hole with 0.5–9
+# megapixels round it, 7 s for 300², 14 s for 500² (~4 min for 1000² beside a benchmark):
 # the time grows with the window up to about half a megapixel, then with the hole.
 PATCH_SECONDS_PER_WINDOW_MEGAPIXEL = 12.0
 PATCH_WINDOW_KNEE_MEGAPIXELS = 0.5
-PATCH_SECONDS_PER_HOLE_MEGAPIXEL = 60.0
+PATCH_SECONDS_PER_HOLE_MEGAPIXEL = 40.0
 
 
 def patch_fill_seconds(box_height: int, box_width: int, hole_pixels: int | None = None) -> float:
