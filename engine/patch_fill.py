@@ -256,7 +256,7 @@ def _solve(filled: np.ndarray, hole: np.ndarray, divergence: np.ndarray) -> np.n
     """Laplacian(x) = divergence inside ``hole``, x = filled outside: x = filled + the
     correction that ``_correction`` solves for."""
     start = filled.astype(np.float64)
-    rhs = np.where(hole[..., None], divergence - _laplacian(start), 0.0).astype(np.float32)
+    rhs = np.where(hole[..., None], divergence - _laplacian(start), 0.0)
     return np.where(hole[..., None], start + _correction(hole, rhs), filled).astype(np.float32)
 
 
@@ -280,16 +280,16 @@ def _correction(hole: np.ndarray, rhs: np.ndarray) -> np.ndarray:
             padded[:height, :width] = rhs
             # A cell twice as wide sees 4× the Laplacian: the sum of its four fine values.
             coarse_rhs = padded[0::2, 0::2] + padded[1::2, 0::2] + padded[0::2, 1::2] + padded[1::2, 1::2]
-            coarse = _correction(coarse_hole, np.where(coarse_hole[..., None], coarse_rhs, np.float32(0.0)))
+            coarse = _correction(coarse_hole, np.where(coarse_hole[..., None], coarse_rhs, 0.0))
             start = np.repeat(np.repeat(coarse, 2, axis=0), 2, axis=1)[:height, :width]
-            start = np.where(hole[..., None], start, np.float32(0.0))
+            start = np.where(hole[..., None], start, 0.0)
     return _conjugate_gradients(hole, rhs, start)
 
 
 def _conjugate_gradients(hole: np.ndarray, rhs: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Laplacian(x) = rhs inside ``hole`` with x = 0 outside, from ``x``, per channel."""
     inside = hole[..., None]
-    residual = np.where(inside, rhs - _laplacian(x), np.float32(0.0))
+    residual = np.where(inside, rhs - _laplacian(x), 0.0)
     # (an absolute floor: a flat hole has no right-hand side to be relative to)
     norm_b = np.maximum(np.sqrt(np.square(rhs).sum(axis=(0, 1))), 1e-6 * np.sqrt(hole.sum()))
     direction = residual.copy()
@@ -297,11 +297,11 @@ def _conjugate_gradients(hole: np.ndarray, rhs: np.ndarray, x: np.ndarray) -> np
     for _ in range(SOLVE_MAX_STEPS):
         if np.all(np.sqrt(rr) <= SOLVE_TOLERANCE * norm_b):
             break
-        applied = np.where(inside, _laplacian(direction), np.float32(0.0))
-        alpha = (rr / np.maximum((direction * applied).sum(axis=(0, 1)), 1e-30)).astype(np.float32)
+        applied = np.where(inside, _laplacian(direction), 0.0)
+        alpha = rr / np.maximum((direction * applied).sum(axis=(0, 1)), 1e-30)
         x = x + alpha * direction
         residual -= alpha * applied
         rr_new = np.square(residual).sum(axis=(0, 1))
-        direction = residual + (rr_new / np.maximum(rr, 1e-30)).astype(np.float32) * direction
+        direction = residual + (rr_new / np.maximum(rr, 1e-30)) * direction
         rr = rr_new
     return x

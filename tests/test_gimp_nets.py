@@ -434,7 +434,9 @@ def test_inpaint_selection_copies_texture_into_a_wide_selection_by_default(nets_
     hole[24:38, 20:38] = True
     np.testing.assert_array_equal(out[~hole], source[~hole])
     error = out[hole].astype(np.float64) - source[hole]
-    assert 10 * np.log10(65535.0 ** 2 / np.mean(error ** 2)) > 35.0
+    # The copies are exact (~70 dB); a smooth fill of this pattern scores ~14 dB. (30, not
+    # more: OpenCV's fill is not bit-reproducible, see tests/test_patch_fill.py.)
+    assert 10 * np.log10(65535.0 ** 2 / np.mean(error ** 2)) > 30.0
 
 
 def test_damaged_model_fails_cleanly_in_gimp(nets_gimp: Gimp3Chroot, tmp_path: Path) -> None:

@@ -48,7 +48,6 @@ def test_patch_fill_continues_a_repeating_texture_and_keeps_every_other_pixel(ch
     np.testing.assert_array_equal(out[~hole], truth[~hole])
     copied, smooth = _hole_psnr(out, truth, hole), _hole_psnr(smooth_fill(damaged, hole), truth, hole)
     assert copied > 35.0 and copied > smooth + 10.0, (copied, smooth)
-    np.testing.assert_array_equal(patch_fill(damaged, hole), out)  # deterministic
 
 
 @pytest.mark.parametrize("corner", ["top-left", "bottom-right"])
@@ -212,19 +211,19 @@ def test_a_long_fill_keeps_reporting_progress_and_stops_on_cancel(monkeypatch: p
         ops._with_heartbeat(lambda: (_ for _ in ()).throw(ValueError("boom")), ctx, 1.0, "copying")
 
 
-def test_the_fill_is_the_same_every_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Through the op (heartbeat and all) the texture fill of a repeating pattern whose
-    repeats are not bit-identical comes out the same on every run, and near exact. (OpenCV's
-    fill run in a worker thread was not always: the real-GIMP test's 16-bit pattern got
-    33 dB or 70 dB from run to run; this pattern does not show it, that test does.)"""
+def test_every_run_of_the_op_copies_the_pattern(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the op (heartbeat and all), run after run, the fill of a repeating pattern whose
+    repeats are not bit-identical is near exact. Not bit for bit the same: OpenCV's shift-map
+    fill can differ slightly from call to call in one process (0.008 at most here), and far
+    more when called from a worker thread (the real-GIMP test's pattern: 32 or 70 dB), which is
+    why it runs in the op's own thread."""
     monkeypatch.delenv("NEURAL_RESTORE_MODELS", raising=False)
     image = np.round(_pattern(48, 48, 3) * 255) / 255
     image = (image + np.random.default_rng(1).integers(0, 2, image.shape) / 255).astype(np.float32)
     mask = np.zeros((48, 48), np.float32)
     mask[24:38, 20:38] = 1.0
-    runs = [ops.run_op("inpaint", image, mask, {})[0].pixels for _ in range(4)]
-    assert all(np.array_equal(run, runs[0]) for run in runs)
-    assert _hole_psnr(runs[0], image, mask > 0) > 35.0
+    for _ in range(4):
+        assert _hole_psnr(ops.run_op("inpaint", image, mask, {})[0].pixels, image, mask > 0) > 35.0
 
 
 def test_window_is_the_hole_box_and_its_context() -> None:
