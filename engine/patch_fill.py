@@ -100,8 +100,9 @@ def patch_fill(colour: np.ndarray, hole: np.ndarray, context: int | None = None,
     # goes in turned by 180°, and comes back turned again.
     turn = (slice(None, None, -1),) * 2 if crop_hole[0, 0] else (slice(None),) * 2
     known = np.where(crop_hole[turn], 0, 255).astype(np.uint8)  # OpenCV: non-zero = known
-    # Its patch statistics are tuned for 8-bit values and colour comes in OpenCV's BGR order
-    # (it matches in Lab): float32 on a 0–255 scale gives the 8-bit behaviour, full precision.
+    # Its thresholds are tuned for 8-bit values: float32 on a 0–255 scale gives the 8-bit
+    # behaviour at full precision. Colour in OpenCV's BGR order: RGB chose far worse copies,
+    # the Lab its documentation suggests no better (docs/results.md).
     source = (crop[turn][:, :, 0] if crop.shape[2] == 1 else crop[turn][:, :, ::-1]) * np.float32(255.0)
     source = np.ascontiguousarray(source)
     filled = np.zeros_like(source)
@@ -256,7 +257,7 @@ def _solve(filled: np.ndarray, hole: np.ndarray, divergence: np.ndarray) -> np.n
     """Laplacian(x) = divergence inside ``hole``, x = filled outside: x = filled + the
     correction that ``_correction`` solves for."""
     start = filled.astype(np.float64)
-    rhs = np.where(hole[..., None], divergence - _laplacian(start), 0.0)
+    rhs = np.where(hole[..., None], divergence - _laplacian(start), 0.0).astype(np.float32)
     return np.where(hole[..., None], start + _correction(hole, rhs), filled).astype(np.float32)
 
 
@@ -280,16 +281,16 @@ def _correction(hole: np.ndarray, rhs: np.ndarray) -> np.ndarray:
             padded[:height, :width] = rhs
             # A cell twice as wide sees 4× the Laplacian: the sum of its four fine values.
             coarse_rhs = padded[0::2, 0::2] + padded[1::2, 0::2] + padded[0::2, 1::2] + padded[1::2, 1::2]
-            coarse = _correction(coarse_hole, np.where(coarse_hole[..., None], coarse_rhs, 0.0))
+            coarse = _correction(coarse_hole, np.where(coarse_hole[..., None], coarse_rhs, np.float32(0.0)))
             start = np.repeat(np.repeat(coarse, 2, axis=0), 2, axis=1)[:height, :width]
-            start = np.where(hole[..., None], start, 0.0)
+            start = np.where(hole[..., None], start, np.float32(0.0))
     return _conjugate_gradients(hole, rhs, start)
 
 
 def _conjugate_gradients(hole: np.ndarray, rhs: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Laplacian(x) = rhs inside ``hole`` with x = 0 outside, from ``x``, per channel."""
     inside = hole[..., None]
-    residual = np.where(inside, rhs - _laplacian(x), 0.0)
+    residual = np.where(inside, rhs - _laplacian(x), np.float32(0.0))
     # (an absolute floor: a flat hole has no right-hand side to be relative to)
     norm_b = np.maximum(np.sqrt(np.square(rhs).sum(axis=(0, 1))), 1e-6 * np.sqrt(hole.sum()))
     direction = residual.copy()
@@ -297,11 +298,11 @@ def _conjugate_gradients(hole: np.ndarray, rhs: np.ndarray, x: np.ndarray) -> np
     for _ in range(SOLVE_MAX_STEPS):
         if np.all(np.sqrt(rr) <= SOLVE_TOLERANCE * norm_b):
             break
-        applied = np.where(inside, _laplacian(direction), 0.0)
-        alpha = rr / np.maximum((direction * applied).sum(axis=(0, 1)), 1e-30)
+        applied = np.where(inside, _laplacian(direction), np.float32(0.0))
+        alpha = (rr / np.maximum((direction * applied).sum(axis=(0, 1)), 1e-30)).astype(np.float32)
         x = x + alpha * direction
         residual -= alpha * applied
         rr_new = np.square(residual).sum(axis=(0, 1))
-        direction = residual + (rr_new / np.maximum(rr, 1e-30)) * direction
+        direction = residual + (rr_new / np.maximum(rr, 1e-30)).astype(np.float32) * direction
         rr = rr_new
     return x
