@@ -759,8 +759,8 @@ JPEG_TABLES_SECONDS_PER_MEGAPIXEL = 0.27
 
 # The patch-based fill on the 2-core dev CPU (engine.patch_fill, seams blended;
 # benchmarks/patch_fill_bench.py, results/2026-12-08-patch-fill-cpu.json): ~0.3 s for a 46²
-# hole in a 256² photo, 2 s in a 0.5-megapixel one, 5–6 s for a 100² hole with 0.5–9
-# megapixels round it, 7 s for 300², 14 s for 500² (~4 min for 1000² beside a benchmark):
+# hole in a 256² photo, 2.5 s in a 0.5-megapixel one, 5.5–7 s for a 100² hole with 0.5–9
+# megapixels round it, 8.5 s for 300², 16 s for 500² (~4 min for 1000² beside a benchmark):
 # the time grows with the window up to about half a megapixel, then with the hole.
 PATCH_SECONDS_PER_WINDOW_MEGAPIXEL = 12.0
 PATCH_WINDOW_KNEE_MEGAPIXELS = 0.5

@@ -15,7 +15,7 @@ box's longer side, at least ``MIN_CONTEXT``), like Resynthesizer's context sampl
 context chose better on 256² photos (a 46² block in barbara's striped cloth: 12.2 dB in the
 hole with 48 px of context, 18.0 with the whole photo — biharmonic 17.3, the trained net
 17.8); the time grows little with it (a 100² hole: 5–8 s with 0.5 to 9 megapixels round it
-on the 2-core dev CPU) and more with the hole (300²: 7 s, 500²: 14 s;
+on the 2-core dev CPU) and more with the hole (300²: 8.5 s, 500²: 16 s;
 benchmarks/patch_fill_bench.py). Values keep their precision: the window goes to OpenCV as float32 (on the 0–255
 scale its thresholds expect).
 
