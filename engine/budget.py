@@ -186,6 +186,22 @@ def _decompose_need(params: dict[str, Any], height: int, width: int) -> int:
     return int(TORCH_BASE_BYTES + fit + DECOMPOSE_IMAGE_BYTES_PER_PIXEL * height * width)
 
 
+# Inpaint's texture fill (engine/patch_fill.py): a fixed part (Python, numpy, OpenCV, the
+# inpainting net for the thin parts), the image's copies, and the seam solve's arrays over the
+# hole's box (indices, guidance, conjugate-gradient vectors). Measured peaks
+# (benchmarks/patch_fill_bench.py): 0.42 GB for a 500² hole in a 2.2-megapixel photo, 0.9 GB
+# for a 1000² hole in a 6-megapixel one.
+PATCH_BASE_BYTES = 200 << 20
+PATCH_IMAGE_BYTES_PER_PIXEL = 40
+PATCH_BOX_BYTES_PER_PIXEL = 600
+
+
+def patch_need(image_pixels: int, box_pixels: int) -> int:
+    """Expected peak bytes of the texture fill on an image of ``image_pixels`` whose hole's
+    bounding box holds ``box_pixels``."""
+    return PATCH_BASE_BYTES + PATCH_IMAGE_BYTES_PER_PIXEL * image_pixels + PATCH_BOX_BYTES_PER_PIXEL * box_pixels
+
+
 def _uses_trained_net(op: str, params: dict[str, Any]) -> bool:
     if op == "sharpen":
         return True
@@ -256,6 +272,9 @@ def working_bytes(op: str, params: dict[str, Any], height: int, width: int,
     (``tile`` param, else from the memory available)."""
     if _uses_trained_net(op, params):
         return _net_need(op, params, height, width, smallest=False)
+    if op == "inpaint" and params.get("method") == "patch":  # the dialog's area is the box
+        work_h, work_w = work or (height, width)
+        return patch_need(height * width, work_h * work_w)
     if op == "decompose":
         return _decompose_need(params, height, width)
     per_pixel = _net_bytes_per_pixel(op, params)
@@ -277,10 +296,18 @@ def check(op: str, params: dict[str, Any], image_shape: tuple[int, ...], mask: n
     even in its smallest tiles (or the requested ``tile``)."""
     per_pixel = _net_bytes_per_pixel(op, params)
     budget = available_bytes()
-    if budget is None or (per_pixel is None and not _uses_trained_net(op, params) and op != "decompose"):
+    patch = op == "inpaint" and params.get("method") == "patch" and mask is not None and bool(np.any(mask > 0))
+    if budget is None or (per_pixel is None and not _uses_trained_net(op, params) and op != "decompose"
+                          and not patch):
         return
     height, width = image_shape[0], image_shape[1]
-    if op == "decompose":  # the fit on the working copy and the full-size layers
+    if patch:  # the texture fill: the image's copies and the solve over the hole's box
+        assert mask is not None
+        rows, cols = np.flatnonzero(np.any(mask > 0, axis=1)), np.flatnonzero(np.any(mask > 0, axis=0))
+        work_h, work_w = int(rows[-1] - rows[0]) + 1, int(cols[-1] - cols[0]) + 1
+        need = patch_need(height * width, work_h * work_w)
+        area = "the selected area"
+    elif op == "decompose":  # the fit on the working copy and the full-size layers
         work_h, work_w = height, width
         need = _decompose_need(params, height, width)
         area = "the image"

@@ -226,6 +226,25 @@ def test_every_run_of_the_op_copies_the_pattern(monkeypatch: pytest.MonkeyPatch)
         assert _hole_psnr(ops.run_op("inpaint", image, mask, {})[0].pixels, image, mask > 0) > 35.0
 
 
+def test_the_texture_fill_is_refused_when_its_memory_is_not_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before any work: a hole whose box would need more memory than is free is refused with
+    the need, and the dialog's memory figure for the selection's box is the same model."""
+    from engine import budget
+    from engine.errors import BadInput
+
+    image = _pattern(2000, 2000, 3)
+    mask = np.zeros((2000, 2000), np.float32)
+    mask[200:1800, 300:1700] = 1.0  # a 1600×1400 box
+    need = budget.patch_need(2000 * 2000, 1600 * 1400)
+    assert 1.2 * (1 << 30) < need < 1.8 * (1 << 30)
+    monkeypatch.setenv(budget.BUDGET_ENV, "1000")
+    with pytest.raises(BadInput, match=r"inpaint on the selected area \(1400×1600 pixels\) needs about 1\.\d GB"):
+        ops.run_op("inpaint", image, mask, {})
+    assert budget.working_bytes("inpaint", {"method": "patch"}, 1600, 1400) == budget.patch_need(1600 * 1400, 1600 * 1400)
+    monkeypatch.setenv(budget.BUDGET_ENV, "4000")
+    budget.check("inpaint", {"method": "patch"}, image.shape, mask)  # fits: no refusal
+
+
 def test_window_is_the_hole_box_and_its_context() -> None:
     assert context_for(10) == 256 and context_for(100) == 300
     assert window_shape(100, 50, 2000, 2000) == (700, 650) and window_shape(40, 20, 2000, 2000) == (552, 532)
