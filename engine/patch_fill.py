@@ -58,12 +58,6 @@ def context_for(hole_box_side: int) -> int:
     return max(MIN_CONTEXT, CONTEXT_FACTOR * int(hole_box_side))
 
 
-def window_shape(box_height: int, box_width: int, image_height: int, image_width: int) -> tuple[int, int]:
-    """(height, width) of the area a hole of that bounding box is filled from (for estimates)."""
-    context = context_for(max(box_height, box_width))
-    return min(image_height, box_height + 2 * context), min(image_width, box_width + 2 * context)
-
-
 def _opencv_with_xphoto():
     """OpenCV with its contrib module xphoto, or an EngineError saying how to get it (another
     OpenCV wheel in the same environment, e.g. opencv-python, can shadow the contrib one)."""

@@ -13,7 +13,8 @@ import pytest
 from engine import ops
 from engine.fill import smooth_fill
 from engine.imageio import read_image, write_image
-from engine.patch_fill import blend_seams, context_for, copied_from, patch_fill, wide_part, window_shape
+from engine.patch_fill import blend_seams, context_for, copied_from, patch_fill, wide_part
+from tests.test_inpaint_net import _hole_psnr
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -24,10 +25,6 @@ def _pattern(height: int, width: int, channels: int) -> np.ndarray:
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     planes = [0.5 + 0.2 * np.sin(2 * np.pi * y / 8) + 0.2 * np.cos(2 * np.pi * x / 12 + c) for c in range(channels)]
     return np.stack(planes, axis=2).astype(np.float32)
-
-
-def _hole_psnr(result: np.ndarray, truth: np.ndarray, hole: np.ndarray) -> float:
-    return float(10 * np.log10(1.0 / np.mean((result[hole] - truth[hole]) ** 2)))
 
 
 def _gradient_energy(image: np.ndarray, where: np.ndarray) -> float:
@@ -247,6 +244,14 @@ def test_the_texture_fill_is_refused_when_its_memory_is_not_free(monkeypatch: py
 
 def test_window_is_the_hole_box_and_its_context() -> None:
     assert context_for(10) == 256 and context_for(100) == 300
+    def window_shape(box_height: int, box_width: int, image_height: int, image_width: int) -> tuple[int, int]:
+        """(height, width) of the window the fill copies from, for a centred hole of that box."""
+        hole = np.zeros((image_height, image_width), bool)
+        top, left = (image_height - box_height) // 2, (image_width - box_width) // 2
+        hole[top:top + box_height, left:left + box_width] = True
+        rows, cols = ops.hole_window(hole, context_for(max(box_height, box_width)))
+        return rows.stop - rows.start, cols.stop - cols.start
+
     assert window_shape(100, 50, 2000, 2000) == (700, 650) and window_shape(40, 20, 2000, 2000) == (552, 532)
     assert window_shape(100, 50, 300, 400) == (300, 400)
 
