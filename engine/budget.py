@@ -302,9 +302,11 @@ def check(op: str, params: dict[str, Any], image_shape: tuple[int, ...], mask: n
         return
     height, width = image_shape[0], image_shape[1]
     if patch:  # the texture fill: the image's copies and the solve over the hole's box
+        from .ops import hole_window
+
         assert mask is not None
-        rows, cols = np.flatnonzero(np.any(mask > 0, axis=1)), np.flatnonzero(np.any(mask > 0, axis=0))
-        work_h, work_w = int(rows[-1] - rows[0]) + 1, int(cols[-1] - cols[0]) + 1
+        rows, cols = hole_window(mask > 0, 0)
+        work_h, work_w = rows.stop - rows.start, cols.stop - cols.start
         need = patch_need(height * width, work_h * work_w)
         area = "the selected area"
     elif op == "decompose":  # the fit on the working copy and the full-size layers

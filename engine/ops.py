@@ -262,7 +262,7 @@ def _with_heartbeat(work: Callable[[], Any], ctx: JobContext, expected_seconds: 
     plug-in stops one silent for 120 s); a cancel asked for meanwhile ends the op when
     ``work`` returns (a C call cannot be interrupted). ``work`` runs in this thread: OpenCV's
     shift-map fill called from another thread gave different fills from call to call (on a
-    repeating pattern 32 dB one time, 70 the next), from the main thread always the same."""
+    repeating pattern 32 dB one time, 70 the next), from the op's thread near exact each time."""
     import threading
 
     done = threading.Event()
@@ -873,7 +873,8 @@ OPS: dict[str, OpSpec] = {
         OpSpec("denoise", "Remove noise with a trained U-Net (seconds) or a Deep Image Prior (minutes); "
                "the noise level need not be known", _denoise, _DENOISE_PARAMS, estimate=_net_or_dip_estimate("denoise")),
         OpSpec("inpaint", "Fill the masked pixels with a trained U-Net (seconds), a Deep Image Prior "
-               "(minutes) or texture copied from the image (patch-based, seconds)", _inpaint, _INPAINT_PARAMS, needs_mask=True,
+               "(minutes) or texture copied from the image (patch-based, seconds)", _inpaint,
+               _INPAINT_PARAMS, needs_mask=True,
                estimate=_net_or_dip_estimate("inpaint")),
         OpSpec("dejpeg", "Remove JPEG blocking and ringing with a trained U-Net (seconds) or a Deep Image "
                "Prior (minutes); the quality need not be known", _dejpeg, _DEJPEG_PARAMS,
